@@ -1,0 +1,45 @@
+"""Flask API: ``gunicorn 'api:create_app()'``.
+
+It validates uploads, stores them, writes the job row and publishes a Celery
+message. It never imports TensorFlow or librosa.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.health import bp as health_bp
+from api.jobs import bp as jobs_bp
+from shared.config import Settings, load_settings
+from shared.queue import make_celery
+from shared.storage import make_storage
+
+# Multipart framing around the file itself (boundaries, headers, other fields).
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def celery_init_app(app: Flask, settings: Settings) -> None:
+    """As in Flask's Celery example: the app carries its Celery instance in extensions."""
+    app.extensions["celery"] = make_celery(settings, name="tussis-api")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
+    app.extensions["tussis.settings"] = settings
+    app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
+    celery_init_app(app, settings)
+    register_error_handlers(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(jobs_bp, url_prefix="/api/v1")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=settings.log_level)
+    return app

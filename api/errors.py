@@ -1,0 +1,76 @@
+"""One error shape for every rejection:
+
+{"error": {"code": "audio_too_short", "message": "...", "status": 422}}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+log = logging.getLogger(__name__)
+
+# Codes for errors Werkzeug raises itself.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    500: "internal_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> Response:
+    response = jsonify({"error": {"code": code, "message": message, "status": status}, **extra})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def upload_too_large(limit_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        "upload_too_large",
+        f"The upload is larger than the {limit_bytes // (1024 * 1024)} MiB limit; "
+        "send a shorter recording.",
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(_exc: RequestEntityTooLarge) -> Response:
+        settings = app.extensions["tussis.settings"]
+        err = upload_too_large(settings.max_upload_bytes)
+        return error_response(err.status, err.code, err.message, {"Connection": "close"})
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or "")
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "An unexpected error occurred on the server.")

@@ -1,0 +1,43 @@
+"""Liveness (``/healthz``) and readiness (``/readyz``: database and broker reachable)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from api.errors import error_response
+from shared.db import ping
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    settings = current_app.extensions["tussis.settings"]
+    checks: dict[str, str] = {}
+    try:
+        ping(settings.database_url)
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        celery = current_app.extensions["celery"]
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=settings.publish_timeout_s)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"unreachable: {type(exc).__name__}"
+    if all(v == "ok" for v in checks.values()):
+        return jsonify({"status": "ready", "checks": checks})
+    failing = ", ".join(k for k, v in checks.items() if v != "ok")
+    return error_response(
+        503,
+        "not_ready",
+        f"Not ready: cannot reach the {failing}.",
+        {"Retry-After": "5"},
+        checks=checks,
+    )

@@ -1,0 +1,289 @@
+"""Every read and write of a job's state.
+
+The ``jobs`` row is the truth; Celery messages only say "look at job X".
+Each state change is a conditional UPDATE (compare-and-set), so duplicate or
+late deliveries of the same message cannot move a job backwards or run it
+twice at once, and a job that keeps killing its worker gives up after
+``max_attempts`` with ``failed``/``worker_lost``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.db import session_scope
+from shared.models import Job, JobStatus, utcnow
+
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _proc_start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            # Field 22 (after the parenthesised command name) is the start time.
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_worker_id() -> str:
+    """``host:pid:start`` — the start time tells a dead pid from a reused one."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_proc_start_ticks(pid) or '-'}"
+
+
+def worker_is_dead(worker_id: str | None) -> bool:
+    """True only when ``worker_id`` ran on this host and that process is gone."""
+    if not worker_id:
+        return True
+    try:
+        host, pid_text, start = worker_id.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False  # cannot see other hosts' processes: trust the lease
+    current = _proc_start_ticks(pid)
+    if current is not None:
+        return start != "-" and current != start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"
+    MISSING = "missing"  # deleted by its owner
+    TERMINAL = "terminal"  # duplicate delivery of a finished job
+    BUSY = "busy"  # a live worker holds it
+    GAVE_UP = "gave_up"  # too many attempts died: now failed/worker_lost
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: ClaimOutcome
+    job: Job | None = None
+    attempt: int = 0
+
+
+def claim(
+    database_url: str,
+    job_id: str,
+    worker_id: str,
+    *,
+    max_attempts: int,
+    lease_s: float,
+    is_dead: Callable[[str | None], bool] = worker_is_dead,
+) -> Claim:
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Claim(ClaimOutcome.MISSING)
+        if job.is_terminal:
+            return Claim(ClaimOutcome.TERMINAL, job)
+        now = utcnow()
+        if (
+            job.status == JobStatus.RUNNING
+            and job.lease_expires_at is not None
+            and job.lease_expires_at > now
+            and not is_dead(job.worker)
+        ):
+            return Claim(ClaimOutcome.BUSY, job)
+        guard = and_(Job.id == job_id, Job.status == job.status, Job.attempts == job.attempts)
+        if job.attempts >= max_attempts:
+            session.execute(
+                update(Job)
+                .where(guard)
+                .values(
+                    status=JobStatus.FAILED,
+                    finished_at=now,
+                    updated_at=now,
+                    lease_expires_at=None,
+                    error_code="worker_lost",
+                    error_message=(
+                        f"Processing stopped unexpectedly {job.attempts} times "
+                        "(the worker process died); giving up on this recording."
+                    ),
+                )
+            )
+            return Claim(ClaimOutcome.GAVE_UP, job)
+        result = session.execute(
+            update(Job)
+            .where(guard)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                worker=worker_id,
+                started_at=now,
+                updated_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+            )
+        )
+        if result.rowcount != 1:
+            return Claim(ClaimOutcome.BUSY, job)
+        session.expire(job)
+        job = session.get(Job, job_id)
+        return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
+
+
+def _finish(database_url: str, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
+    """Write a terminal state if this worker's claim still holds."""
+    now = utcnow()
+    with session_scope(database_url) as session:
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.RUNNING,
+                Job.worker == worker_id,
+                Job.attempts == attempt,
+            )
+            .values(finished_at=now, updated_at=now, lease_expires_at=None, **values)
+        )
+        return result.rowcount == 1
+
+
+def succeed(
+    database_url: str,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    *,
+    diagnosis: str,
+    score: float,
+    threshold: float,
+    model_id: str,
+    model_version: str,
+    duration_s: float | None,
+) -> bool:
+    return _finish(
+        database_url,
+        job_id,
+        worker_id,
+        attempt,
+        status=JobStatus.SUCCEEDED,
+        diagnosis=diagnosis,
+        score=score,
+        threshold=threshold,
+        model_id=model_id,
+        model_version=model_version,
+        duration_s=duration_s,
+    )
+
+
+def fail(
+    database_url: str, job_id: str, worker_id: str, attempt: int, *, code: str, message: str
+) -> bool:
+    return _finish(
+        database_url,
+        job_id,
+        worker_id,
+        attempt,
+        status=JobStatus.FAILED,
+        error_code=code,
+        error_message=message,
+    )
+
+
+# --- API side -----------------------------------------------------------------
+
+
+def get_for_owner(session: Session, job_id: str, owner: str) -> Job | None:
+    job = session.get(Job, job_id)
+    return job if job is not None and job.owner == owner else None
+
+
+def encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ``ValueError`` for anything that is not a cursor this API issued."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_text, job_id = json.loads(raw)
+        created = datetime.fromisoformat(created_text)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError("malformed cursor") from exc
+    if created.tzinfo is None or not isinstance(job_id, str):
+        raise ValueError("malformed cursor")
+    return created, job_id
+
+
+def list_for_owner(
+    session: Session, owner: str, limit: int, cursor: str | None = None
+) -> tuple[list[Job], str | None]:
+    """Newest first; keyset pagination on (created_at, id) so pages never skip or repeat."""
+    query = select(Job).where(Job.owner == owner)
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
+        )
+    rows = list(
+        session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    )
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def delete_job(session: Session, job_id: str) -> None:
+    session.execute(delete(Job).where(Job.id == job_id))
+
+
+# --- Sweeper ----------------------------------------------------------------------
+
+
+def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 500) -> list[str]:
+    """Jobs whose message may be lost: queued and not published for a while, or
+    running with an expired lease (its worker died with the message)."""
+    now = utcnow()
+    stale = now - timedelta(seconds=requeue_after_s)
+    with session_scope(database_url) as session:
+        candidates = session.execute(
+            select(Job.id, Job.published_at)
+            .where(
+                or_(
+                    and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
+                    and_(
+                        Job.status == JobStatus.RUNNING,
+                        Job.lease_expires_at < now,
+                        Job.published_at < now - timedelta(seconds=min(requeue_after_s, 60)),
+                    ),
+                )
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+        ).all()
+        won: list[str] = []
+        for job_id, published_at in candidates:
+            # Several sweepers may run at once: only the one whose update lands publishes.
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.published_at == published_at)
+                .values(published_at=now)
+            )
+            if result.rowcount == 1:
+                won.append(job_id)
+        return won

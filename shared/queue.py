@@ -1,0 +1,74 @@
+"""The Celery application's configuration, shared by the API (which only
+publishes) and the worker (which consumes). Neither side's imports pull in
+the other: task bodies live in ``worker.tasks``, and the API publishes by
+task name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.config import Settings
+
+TASK_ANALYSE = "tussis.analyse_job"
+TASK_SWEEP = "tussis.sweep"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {}
+    if not settings.embedded_broker:
+        # kombu's SQLAlchemy transport hands every option to create_engine(), so
+        # these are for Redis only. The visibility timeout must exceed the task
+        # time limit, or Redis re-delivers tasks that are still running.
+        transport["visibility_timeout"] = settings.visibility_timeout_s
+        # A dead broker must fail a publish within seconds, not hang the request.
+        transport["socket_connect_timeout"] = settings.publish_timeout_s
+        transport["socket_timeout"] = max(settings.publish_timeout_s, 10.0)
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.publish_timeout_s,
+        "task_default_queue": settings.queue_name,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # The SQL row holds results and state; Celery's result backend is not used.
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 1.0,
+        },
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.worker_concurrency,
+        # Model loading in a new child takes seconds; the 4 s default kills replacements.
+        "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": {
+            "republish-lost-jobs": {
+                "task": TASK_SWEEP,
+                "schedule": settings.sweep_interval_s,
+                "options": {"expires": settings.sweep_interval_s},
+            }
+        },
+    }
+
+
+def make_celery(settings: Settings, name: str = "tussis") -> Celery:
+    app = Celery(name, set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def publish_analysis(app: Celery, settings: Settings, job_id: str) -> None:
+    app.send_task(TASK_ANALYSE, args=[job_id], queue=settings.queue_name)
