@@ -76,6 +76,9 @@ class Settings:
     api_keys: dict[str, str] = field(default_factory=dict)
     inception_weights: str = "imagenet"
     log_level: str = "INFO"
+    # Failure drills only: hold each analysis this long after claiming it, so an
+    # operator (or a test) can kill a worker mid-job and watch the recovery.
+    drill_task_delay_s: float = 0.0
 
     @property
     def task_soft_time_limit_s(self) -> int:
@@ -163,6 +166,7 @@ def load_settings() -> Settings:
         api_keys=_parse_api_keys(os.environ.get("TUSSIS_API_KEYS", "")),
         inception_weights=_env_str("TUSSIS_INCEPTION_WEIGHTS", "imagenet"),
         log_level=_env_str("TUSSIS_LOG_LEVEL", "INFO").upper(),
+        drill_task_delay_s=_env_float("TUSSIS_DRILL_TASK_DELAY_S", 0.0),
     )
     settings.validate()
     return settings

@@ -4,6 +4,7 @@ conditional claim succeeds, so duplicates and redeliveries are harmless."""
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -42,6 +43,8 @@ def analyse_job(job_id: str) -> None:
             log.warning("job %s: claim lost before recording failure %s", job_id, code)
 
     try:
+        if settings.drill_task_delay_s:
+            time.sleep(settings.drill_task_delay_s)
         try:
             model = runtime.load_model()
         except Exception as exc:

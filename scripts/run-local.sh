@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Start the API (gunicorn) and one worker (celery, with the sweeper's beat) in
+# the foreground; Ctrl-C stops both. Used by `make run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HOST="${TUSSIS_HOST:-127.0.0.1}"
+PORT="${TUSSIS_PORT:-5000}"
+DATA_DIR="${TUSSIS_DATA_DIR:-$PWD/var}"
+mkdir -p "$DATA_DIR"
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    echo
+    echo "Stopping Tussis..."
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    echo "Stopped."
+}
+trap stop INT TERM EXIT
+
+gunicorn --bind "$HOST:$PORT" --workers "${TUSSIS_API_WORKERS:-2}" --access-logfile - 'api:create_app()' &
+pids+=($!)
+celery -A worker worker --beat --schedule "$DATA_DIR/celerybeat-schedule" \
+    --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" &
+pids+=($!)
+
+sleep 2
+echo
+echo "Tussis is running at http://$HOST:$PORT  (API: http://$HOST:$PORT/api/v1/jobs)"
+echo "Press Ctrl-C to stop."
+echo
+# Return as soon as either process exits, so a crash is not hidden.
+wait -n "${pids[@]}"

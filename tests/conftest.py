@@ -1,0 +1,187 @@
+"""Fixtures: real PostgreSQL, Redis and SQLite; real recordings from ../shared.
+
+Outside CI a test whose service is missing is skipped with the reason; under
+``CI=true`` it fails, so a green CI run means the real thing was exercised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from shared.config import PROJECT_ROOT, Settings, normalise_database_url
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SHARED_DIR = Path(os.environ.get("TUSSIS_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
+COUGH_DIR = SHARED_DIR / "data" / "covid19-cough"
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DAMAGED_FILE = "098d66e5-bda6-4e99-b787-ab890046c44b.mp3"
+
+
+def require(ok: bool, reason: str) -> None:
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+# --- data -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cough_metadata() -> list[dict]:
+    require((COUGH_DIR / "metadata.json").is_file(), f"no cough data at {COUGH_DIR}")
+    return json.loads((COUGH_DIR / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def cough_files(cough_metadata: list[dict]) -> list[Path]:
+    """Decodable real recordings, in a fixed order."""
+    return [
+        COUGH_DIR / "raw" / m["filename"]
+        for m in cough_metadata
+        if m["filename"] != DAMAGED_FILE and (COUGH_DIR / "raw" / m["filename"]).is_file()
+    ]
+
+
+@pytest.fixture(scope="session")
+def cough_file(cough_files: list[Path]) -> Path:
+    return cough_files[4]
+
+
+@pytest.fixture(scope="session")
+def damaged_file(cough_metadata: list[dict]) -> Path:
+    return COUGH_DIR / "raw" / DAMAGED_FILE
+
+
+# --- services ---------------------------------------------------------------------
+
+
+def migrate(database_url: str) -> None:
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = database_url
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    url = normalise_database_url(os.environ.get("DATABASE_URL", DEFAULT_PG))
+    if not url.startswith("postgresql"):
+        url = normalise_database_url(DEFAULT_PG)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        reachable, why = True, ""
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        reachable, why = False, str(exc).splitlines()[0]
+    finally:
+        engine.dispose()
+    require(reachable, f"PostgreSQL not reachable at {url}: {why}")
+    return url
+
+
+def _create_database(admin_url: str) -> str:
+    name = f"tussis_test_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_database(admin_url: str, url: str) -> None:
+    name = sa.make_url(url).database
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database for this test session."""
+    url = _create_database(postgres_admin_url)
+    migrate(url)
+    yield url
+    _drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """An empty, unmigrated database for one test."""
+    url = _create_database(postgres_admin_url)
+    yield url
+    _drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS)
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+        reachable, why = True, ""
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        reachable, why = False, str(exc)
+    require(reachable, f"Redis not reachable at {url}: {why}")
+    return url
+
+
+def base_settings(tmp: Path, **overrides: object) -> Settings:
+    """Settings for tests: embedded defaults under ``tmp`` unless overridden."""
+    settings = Settings(
+        data_dir=tmp,
+        database_url=f"sqlite:///{tmp / 'tussis.sqlite3'}",
+        broker_url=f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
+        storage_url="database",
+        model_bundle=tmp / "no-bundle",
+        queue_name=f"tussis-test-{uuid.uuid4().hex[:8]}",
+    )
+    return replace(settings, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["embedded", "services"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """The same tests on SQLite + SQLite broker and on PostgreSQL + Redis."""
+    if request.param == "embedded":
+        s = base_settings(tmp_path)
+        migrate(s.database_url)
+        return s
+    pg = request.getfixturevalue("postgres_url")
+    broker = request.getfixturevalue("redis_url")
+    return base_settings(tmp_path, database_url=normalise_database_url(pg), broker_url=broker)
+
+
+# --- models -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(
+    tmp_path_factory: pytest.TempPathFactory, cough_metadata: list[dict], cough_files: list[Path]
+) -> Path:
+    """A small Inception V3 bundle trained on 8 real recordings through the real code path
+    (random backbone weights: ImageNet weights cannot be downloaded here)."""
+    from shared.audio import decode
+    from worker.training import build_inception_bundle
+
+    by_name = {m["filename"]: m for m in cough_metadata}
+    positives = [f for f in cough_files if by_name[f.name]["covid19"]][:4]
+    negatives = [f for f in cough_files if not by_name[f.name]["covid19"]][:4]
+    waves = [decode(f.read_bytes(), 16000).samples for f in positives + negatives]
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_inception_bundle(
+        out, waves, [1] * 4 + [0] * 4, name="tiny-test", version="0.0.1", weights="imagenet"
+    )
+    return out
