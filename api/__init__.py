@@ -29,11 +29,9 @@ def celery_init_app(app: Flask, settings: Settings) -> None:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD,
-        JSON_SORT_KEYS=False,
-    )
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.json.ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
+    app.json.sort_keys = False  # keep the documented field order
     app.extensions["tussis.settings"] = settings
     app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
     celery_init_app(app, settings)

@@ -75,6 +75,9 @@ class Settings:
     page_size: int = 50
     api_keys: dict[str, str] = field(default_factory=dict)
     inception_weights: str = "imagenet"
+    yamnet_model: Path = PROJECT_ROOT.parent / "shared" / "models" / "yamnet.tflite"
+    yamnet_url: str = "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"
+    cough_gate_bundle: Path | None = PROJECT_ROOT / "models" / "cough-gate"
     log_level: str = "INFO"
     # Failure drills only: hold each analysis this long after claiming it, so an
     # operator (or a test) can kill a worker mid-job and watch the recovery.
@@ -101,6 +104,8 @@ class Settings:
                 "TUSSIS_TASK_TIME_LIMIT must be lower than TUSSIS_VISIBILITY_TIMEOUT "
                 f"({self.task_time_limit_s} >= {self.visibility_timeout_s})"
             )
+        if not 1 <= self.page_size <= 200:
+            raise ValueError("TUSSIS_PAGE_SIZE must be between 1 and 200")
         if self.job_max_attempts < 1:
             raise ValueError("TUSSIS_JOB_MAX_ATTEMPTS must be at least 1")
 
@@ -131,6 +136,18 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def _default_yamnet_path() -> Path:
+    """The team's copy beside the repo when present, else a per-user cache (downloaded once)."""
+    beside = PROJECT_ROOT.parent / "shared" / "models" / "yamnet.tflite"
+    if beside.is_file():
+        return beside
+    return Path.home() / ".cache" / "tussis" / "yamnet.tflite"
+
+
+def _cough_gate_path(value: str) -> Path | None:
+    return None if value.lower() in ("off", "none", "") else Path(value)
 
 
 def load_settings() -> Settings:
@@ -165,6 +182,11 @@ def load_settings() -> Settings:
         page_size=_env_int("TUSSIS_PAGE_SIZE", 50),
         api_keys=_parse_api_keys(os.environ.get("TUSSIS_API_KEYS", "")),
         inception_weights=_env_str("TUSSIS_INCEPTION_WEIGHTS", "imagenet"),
+        yamnet_model=Path(_env_str("TUSSIS_YAMNET_MODEL", str(_default_yamnet_path()))),
+        yamnet_url=_env_str("TUSSIS_YAMNET_URL", Settings.yamnet_url),
+        cough_gate_bundle=_cough_gate_path(
+            _env_str("TUSSIS_COUGH_GATE_BUNDLE", str(PROJECT_ROOT / "models" / "cough-gate"))
+        ),
         log_level=_env_str("TUSSIS_LOG_LEVEL", "INFO").upper(),
         drill_task_delay_s=_env_float("TUSSIS_DRILL_TASK_DELAY_S", 0.0),
     )

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from shared.config import PROJECT_ROOT, Settings
+from tests.conftest import require
 
 BIN = Path(sys.executable).parent
 TERMINAL = {"succeeded", "failed"}
@@ -227,8 +228,8 @@ class RedisServer:
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed")
+        require(exe is not None, "redis-server is not installed")
+        assert exe is not None
         self.proc = subprocess.Popen(
             [
                 exe,
