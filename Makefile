@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install migrate run api worker test lint format bench clean
+.PHONY: install migrate run test lint format bench clean models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,13 @@ bench: migrate
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
+
+# Re-create the shipped bundles from ../shared (see README, "Model card").
+SHARED_DIR ?= ../shared
+models: install
+	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1
+	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
+		--negatives var/negatives-train --out models/cough-gate --version 2026.11.23
+	$(BIN)/tussis train --data $(SHARED_DIR)/data/covid19-cough --backbone yamnet \
+		--out models/default --name tussis-yamnet-covid19 --version 2026.11.23 \
+		--logdir var/tensorboard/default

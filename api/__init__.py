@@ -13,6 +13,7 @@ from flask import Flask
 from api.errors import register_error_handlers
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
+from api.models import bp as models_bp
 from shared.config import Settings, load_settings
 from shared.queue import make_celery
 from shared.storage import make_storage
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp, url_prefix="/api/v1")
+    app.register_blueprint(models_bp, url_prefix="/api/v1")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level)
     return app

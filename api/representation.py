@@ -27,10 +27,14 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "threshold": job.threshold,
             "model_id": job.model_id,
             "model_version": job.model_version,
+            "cough_detected": job.cough_detected,
+            "cough_score": job.cough_score,
         }
     error = None
     if job.status == JobStatus.FAILED:
         error = {"code": job.error_code, "message": job.error_message}
+        if job.cough_detected is not None:
+            error.update(cough_detected=job.cough_detected, cough_score=job.cough_score)
     return {
         "id": job.id,
         "status": job.status,

@@ -175,6 +175,8 @@ def succeed(
     model_id: str,
     model_version: str,
     duration_s: float | None,
+    cough_detected: bool | None = None,
+    cough_score: float | None = None,
 ) -> bool:
     return _finish(
         database_url,
@@ -188,12 +190,22 @@ def succeed(
         model_id=model_id,
         model_version=model_version,
         duration_s=duration_s,
+        cough_detected=cough_detected,
+        cough_score=cough_score,
     )
 
 
 def fail(
-    database_url: str, job_id: str, worker_id: str, attempt: int, *, code: str, message: str
+    database_url: str,
+    job_id: str,
+    worker_id: str,
+    attempt: int,
+    *,
+    code: str,
+    message: str,
+    **details: object,
 ) -> bool:
+    """``details``: extra columns known at failure time (the cough gate's verdict)."""
     return _finish(
         database_url,
         job_id,
@@ -202,6 +214,7 @@ def fail(
         status=JobStatus.FAILED,
         error_code=code,
         error_message=message,
+        **details,
     )
 
 

@@ -10,6 +10,8 @@ import enum
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    JSON,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -95,6 +97,8 @@ class Job(Base):
     threshold: Mapped[float | None] = mapped_column(Float)
     model_id: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(64))
+    cough_detected: Mapped[bool | None] = mapped_column(Boolean)
+    cough_score: Mapped[float | None] = mapped_column(Float)
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -117,3 +121,21 @@ class AudioBlob(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ServedModel(Base):
+    """A bundle some worker has loaded: what ``GET /api/v1/models`` lists.
+
+    Workers register their bundles at start and refresh ``last_seen_at`` while
+    running, so the API reports what is served, not what is configured.
+    """
+
+    __tablename__ = "served_models"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(32))  # "diagnosis" or "cough_gate"
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -27,6 +27,7 @@ COUGH_DIR = SHARED_DIR / "data" / "covid19-cough"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 DAMAGED_FILE = "098d66e5-bda6-4e99-b787-ab890046c44b.mp3"
+YAMNET_MODEL = SHARED_DIR / "models" / "yamnet.tflite"
 
 
 def require(ok: bool, reason: str) -> None:
@@ -148,6 +149,8 @@ def base_settings(tmp: Path, **overrides: object) -> Settings:
         storage_url="database",
         model_bundle=tmp / "no-bundle",
         queue_name=f"tussis-test-{uuid.uuid4().hex[:8]}",
+        yamnet_model=YAMNET_MODEL,
+        cough_gate_bundle=PROJECT_ROOT / "models" / "cough-gate",
     )
     return replace(settings, **overrides)  # type: ignore[arg-type]
 
@@ -167,21 +170,54 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 # --- models -------------------------------------------------------------------------
 
 
+def make_label_folders(root: Path, metadata: list[dict], files: list[Path], per_label: int) -> Path:
+    """``root/sick`` and ``root/not sick`` with links to real recordings, as retrain.py took."""
+    by_name = {m["filename"]: m for m in metadata}
+    for label, folder in ((True, "sick"), (False, "not sick")):
+        (root / folder).mkdir(parents=True)
+        chosen = [f for f in files if by_name[f.name]["covid19"] is label][:per_label]
+        for f in chosen:
+            (root / folder / f.name).symlink_to(f)
+    return root
+
+
+def train_tiny(out: Path, data: Path, backbone: str, name: str) -> Path:
+    from tussis.training import TrainOptions, train_bundle
+
+    options = TrainOptions(
+        backbone=backbone,
+        test_fraction=0.25,
+        validation_fraction=0.25,
+        max_epochs=60,
+        patience=10,
+        inception_weights="none",  # ImageNet weights cannot be downloaded here
+        yamnet_model=YAMNET_MODEL,
+        cache_dir=out.parent / "cache",
+        progress=False,
+    )
+    train_bundle(data, out, name=name, version="0.0.1", options=options)
+    return out
+
+
 @pytest.fixture(scope="session")
-def tiny_bundle(
+def tiny_data(
     tmp_path_factory: pytest.TempPathFactory, cough_metadata: list[dict], cough_files: list[Path]
 ) -> Path:
-    """A small Inception V3 bundle trained on 8 real recordings through the real code path
-    (random backbone weights: ImageNet weights cannot be downloaded here)."""
-    from shared.audio import decode
-    from worker.training import build_inception_bundle
+    return make_label_folders(tmp_path_factory.mktemp("tiny-data"), cough_metadata, cough_files, 12)
 
-    by_name = {m["filename"]: m for m in cough_metadata}
-    positives = [f for f in cough_files if by_name[f.name]["covid19"]][:4]
-    negatives = [f for f in cough_files if not by_name[f.name]["covid19"]][:4]
-    waves = [decode(f.read_bytes(), 16000).samples for f in positives + negatives]
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    build_inception_bundle(
-        out, waves, [1] * 4 + [0] * 4, name="tiny-test", version="0.0.1", weights="imagenet"
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """Inception V3 (random weights, stored in the bundle) trained by `tussis train`'s code
+    on 24 real recordings."""
+    return train_tiny(
+        tmp_path_factory.mktemp("bundles") / "tiny", tiny_data, "inception_v3", "tiny-test"
     )
-    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_yamnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    return train_tiny(
+        tmp_path_factory.mktemp("bundles") / "tiny-yamnet", tiny_data, "yamnet", "tiny-yamnet"
+    )

@@ -17,8 +17,10 @@ import sqlalchemy as sa
 
 from shared.audio import decode
 from shared.config import PROJECT_ROOT, Settings, normalise_database_url
+from tests.audio_samples import wav
 from tests.conftest import base_settings, migrate
 from tests.stack import RedisServer, Stack, free_port, settings_env, wait_until
+from tussis.negatives import generate
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +53,17 @@ def expected_score(tiny_bundle: Path, cough_file: Path) -> float:
     return model.predict([decode(cough_file.read_bytes(), model.sample_rate).samples])[0].score
 
 
-def check_succeeded(job: dict, expected_score: float) -> None:
+def check_succeeded(job: dict, expected_score: float, model_id: str = "tiny-test") -> None:
     assert job["status"] == "succeeded", job
     result = job["result"]
+    assert result["cough_detected"] is True
+    assert 0.0 <= result["cough_score"] <= 1.0
     assert result["diagnosis"] in ("sick", "not sick")
     assert result["Diagnóstico"] == result["diagnosis"]
     assert 0.0 <= result["score"] <= 1.0
     assert result["score"] == pytest.approx(expected_score, abs=1e-4)
     assert result["diagnosis"] == ("sick" if result["score"] >= result["threshold"] else "not sick")
-    assert (result["model_id"], result["model_version"]) == ("tiny-test", "0.0.1")
+    assert (result["model_id"], result["model_version"]) == (model_id, "0.0.1")
     assert job["error"] is None
     assert job["finished_at"] >= job["started_at"] >= job["created_at"]
 
@@ -246,3 +250,39 @@ def test_make_run_script_serves_on_embedded_defaults_and_stops_on_ctrl_c(
     time.sleep(0.5)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_yamnet_bundle_with_the_cough_gate_through_the_service(
+    tmp_path: Path, services_settings: Settings, tiny_yamnet_bundle: Path, cough_file: Path
+) -> None:
+    from worker.model import load_model
+
+    model = load_model(tiny_yamnet_bundle, yamnet_model=services_settings.yamnet_model)
+    expected = model.predict([decode(cough_file.read_bytes(), 16000).samples])[0].score
+    stack = Stack(replace(services_settings, model_bundle=tiny_yamnet_bundle), tmp_path)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        job_id = stack.submit(cough_file.read_bytes(), cough_file.name).json()["id"]
+        check_succeeded(dict(stack.wait_done(job_id)), expected, model_id="tiny-yamnet")
+
+        # Music passes the door (it is audible audio) but is not a cough.
+        _, music = next(generate(seed=99, per_kind=1, kinds=["music"]))
+        response = stack.submit(wav(music), "song.wav")
+        assert response.status_code == 202
+        job = stack.wait_done(response.json()["id"])
+        assert job["status"] == "failed"
+        assert job["result"] is None
+        assert job["error"]["code"] == "no_cough_detected"
+        assert job["error"]["cough_detected"] is False
+        assert job["error"]["cough_score"] < 0.5
+
+        listing = requests.get(f"{stack.url}/api/v1/models", timeout=10).json()
+        assert "not a diagnostic device" in listing["notice"]
+        served = {(m["id"], m["role"]): m for m in listing["models"]}
+        diagnosis = served[("tiny-yamnet", "diagnosis")]
+        assert diagnosis["active"] and diagnosis["backbone"] == "yamnet"
+        assert diagnosis["card"]["metrics"]["overall"]["n"] > 0
+        assert ("cough-gate", "cough_gate") in served
+    finally:
+        stack.stop()

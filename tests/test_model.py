@@ -84,12 +84,20 @@ def test_worker_refuses_to_start_without_a_bundle(tmp_path: Path) -> None:
     assert "TUSSIS_MODEL_BUNDLE" in out.stderr + out.stdout
 
 
-def test_training_head_separates_its_training_data() -> None:
-    from worker.training import fit_head
+def test_training_head_separates_its_training_data(tmp_path: Path) -> None:
+    from tussis.datasets import Example
+    from tussis.features import FeatureSet
+    from tussis.training import TrainOptions, train_head
 
     rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(0, 1, (30, 5)), rng.normal(1.5, 1, (10, 5))])
-    y = np.array([0] * 30 + [1] * 10)
-    head = fit_head(x, y)
-    scores = head.scores(x.astype(np.float32))
-    assert scores[y == 1].mean() > 0.7 > 0.3 > scores[y == 0].mean()
+    x = np.concatenate([rng.normal(0, 1, (60, 5)), rng.normal(1.5, 1, (20, 5))]).astype(np.float32)
+    y = [0] * 60 + [1] * 20
+    examples = [
+        Example(tmp_path / f"{i}.wav", label, "s", f"{i:064x}") for i, label in enumerate(y)
+    ]
+    data = FeatureSet(examples, x, [])
+    head, info = train_head(data, data, TrainOptions(max_epochs=200, patience=20, progress=False))
+    scores = head.scores(x)
+    labels = np.array(y)
+    assert scores[labels == 1].mean() > 0.6 > 0.4 > scores[labels == 0].mean()
+    assert info["class_weight"][1] == pytest.approx(2.0)  # 80 / (2 * 20): balanced

@@ -10,6 +10,7 @@ from typing import Any
 
 from celery.signals import setup_logging, worker_init, worker_process_init
 
+from shared import served_models
 from shared.bundle import BundleError, read_manifest
 from shared.db import dispose_engines
 from shared.spectrogram import warm_up
@@ -28,7 +29,7 @@ def _configure_logging(**_: Any) -> None:
 
 
 @worker_init.connect
-def _check_bundle(**_: Any) -> None:
+def _check_bundles(**_: Any) -> None:
     # Fail fast in the parent with a readable message instead of crashing every child.
     try:
         manifest = read_manifest(settings.model_bundle)
@@ -36,6 +37,19 @@ def _check_bundle(**_: Any) -> None:
         raise SystemExit(
             f"tussis worker: {exc}. Set TUSSIS_MODEL_BUNDLE to a model bundle folder."
         ) from exc
+    bundles = [(served_models.DIAGNOSIS, settings.model_bundle)]
+    if settings.cough_gate_bundle is not None:
+        try:
+            read_manifest(settings.cough_gate_bundle)
+        except BundleError as exc:
+            raise SystemExit(
+                f"tussis worker: {exc}. Set TUSSIS_COUGH_GATE_BUNDLE to the cough gate "
+                "bundle, or to 'off' to analyse recordings without checking for a cough."
+            ) from exc
+        bundles.append((served_models.COUGH_GATE, settings.cough_gate_bundle))
+    runtime.served_fingerprints = [
+        served_models.register(settings.database_url, role, path) for role, path in bundles
+    ]
     log.info(
         "serving model %s %s (%s) from %s; broker %s; database %s",
         manifest.name,
@@ -53,9 +67,16 @@ def _init_child(**_: Any) -> None:
     dispose_engines()
     started = time.monotonic()
     try:
-        model = runtime.load_model()
+        models = runtime.load_models()
     except Exception:
-        return  # logged by load_model; jobs fail with model_unavailable
-    warm_up(model.manifest.spectrogram)
-    model.warm_up()
-    log.info("model %s %s ready in %.1f s", model.id, model.version, time.monotonic() - started)
+        return  # logged by load_models; jobs fail with model_unavailable
+    warm_up(models.diagnosis.manifest.spectrogram)
+    for model in filter(None, (models.diagnosis, models.cough_gate)):
+        model.warm_up()
+    log.info(
+        "model %s %s ready in %.1f s (cough gate: %s)",
+        models.diagnosis.id,
+        models.diagnosis.version,
+        time.monotonic() - started,
+        models.cough_gate.version if models.cough_gate else "off",
+    )

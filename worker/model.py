@@ -109,11 +109,11 @@ class InceptionV3Backbone:
         cls, params: SpectrogramParams, weights: str, threads: int | None = None, seed: int = 0
     ) -> InceptionV3Backbone:
         """ImageNet weights when obtainable; otherwise say so and use random weights."""
+        if weights in (None, "none"):
+            return cls(params, weights=None, threads=threads, seed=seed)
         try:
             return cls(params, weights=weights, threads=threads, seed=seed)
         except Exception as exc:  # keras raises plain Exception subclasses for fetch errors
-            if weights in (None, "none"):
-                raise
             log.warning(
                 "ImageNet weights for Inception V3 are not obtainable (%s: %s). "
                 "Falling back to weights=None: features come from a randomly initialised "
@@ -160,6 +160,51 @@ def _inception_from_manifest(
     raise BundleError(f"unknown Inception V3 weights source {source!r} in {path}")
 
 
+_yamnet_instances: dict[str, Any] = {}
+
+
+def shared_yamnet(model_path: Path, url: str | None = None) -> Any:
+    """One YAMNet interpreter per process, shared by the diagnosis model and the cough gate."""
+    from worker.yamnet import DEFAULT_URL, Yamnet, ensure_model_file
+
+    key = str(Path(model_path).resolve())
+    if key not in _yamnet_instances:
+        path = ensure_model_file(Path(model_path), url or DEFAULT_URL)
+        _yamnet_instances[key] = Yamnet(path)
+    return _yamnet_instances[key]
+
+
+class YamnetBackbone:
+    """YAMNet (AudioSet) over 0.975 s windows, pooled over the clip.
+
+    ``features="embedding_mean"``: the 1,024-d embeddings averaged over windows.
+    ``features="embedding_mean+scores_max"``: those plus each of the 521 class
+    scores at its maximum over windows (used by the cough gate, which needs to
+    know about speech, music and noise as well as coughs).
+    """
+
+    name = "yamnet"
+    FEATURES = ("embedding_mean", "embedding_mean+scores_max")
+
+    def __init__(
+        self, model_path: Path, features: str = "embedding_mean", url: str | None = None
+    ) -> None:
+        if features not in self.FEATURES:
+            raise BundleError(f"unknown YAMNet features {features!r}")
+        self.features = features
+        self.yamnet = shared_yamnet(model_path, url)
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        rows = []
+        for waveform in waveforms:
+            out = self.yamnet.run(waveform)
+            parts = [out.embeddings.mean(axis=0)]
+            if self.features == "embedding_mean+scores_max":
+                parts.append(out.scores.max(axis=0))
+            rows.append(np.concatenate(parts))
+        return np.stack(rows).astype(np.float32)
+
+
 class Model:
     def __init__(self, path: Path, manifest: Manifest, backbone: Backbone, head: Head) -> None:
         self.path = Path(path)
@@ -199,13 +244,27 @@ class Model:
 
 
 def load_model(
-    path: Path, inception_weights: str = "imagenet", threads: int | None = None
+    path: Path,
+    inception_weights: str = "imagenet",
+    yamnet_model: Path | None = None,
+    threads: int | None = None,
+    yamnet_url: str | None = None,
 ) -> Model:
     path = Path(path)
     manifest = read_manifest(path)
     head = read_head(path, manifest)
     if manifest.backbone_name == InceptionV3Backbone.name:
         backbone: Backbone = _inception_from_manifest(path, manifest, inception_weights, threads)
+    elif manifest.backbone_name == YamnetBackbone.name:
+        if yamnet_model is None:
+            raise ModelUnavailable(f"bundle {path} needs YAMNet: set TUSSIS_YAMNET_MODEL")
+        features = manifest.backbone.get("features", "embedding_mean")
+        try:
+            backbone = YamnetBackbone(yamnet_model, features=features, url=yamnet_url)
+        except BundleError:
+            raise
+        except Exception as exc:
+            raise ModelUnavailable(f"cannot load YAMNet from {yamnet_model}: {exc}") from exc
     else:
         raise BundleError(f"unknown backbone {manifest.backbone_name!r} in {path}")
     return Model(path, manifest, backbone, head)

@@ -1,44 +1,65 @@
-"""What one worker process holds: settings, storage and (in children) the model."""
+"""What one worker process holds: settings, storage and (in children) the models."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from shared.config import Settings
 from shared.storage import AudioStorage, make_storage
 
+if TYPE_CHECKING:
+    from worker.model import Model
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Models:
+    diagnosis: Model
+    cough_gate: Model | None
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage: AudioStorage = make_storage(settings.storage_url, settings.database_url)
-        self._model = None
-        self._model_error: Exception | None = None
+        self.served_fingerprints: list[str] = []
+        self._models: Models | None = None
+        self._error: Exception | None = None
         self._lock = threading.Lock()
 
     def tf_threads(self) -> int:
         cores = os.cpu_count() or 1
         return max(1, cores // max(1, self.settings.worker_concurrency))
 
-    def load_model(self):  # -> worker.model.Model
-        """Load once per process; later calls return the same model (or the same error)."""
-        with self._lock:
-            if self._model is None and self._model_error is None:
-                from worker.model import load_model
+    def _load(self) -> Models:
+        from worker.model import load_model
 
+        s = self.settings
+        kwargs = {
+            "inception_weights": s.inception_weights,
+            "yamnet_model": s.yamnet_model,
+            "yamnet_url": s.yamnet_url,
+            "threads": self.tf_threads(),
+        }
+        diagnosis = load_model(s.model_bundle, **kwargs)
+        gate = load_model(s.cough_gate_bundle, **kwargs) if s.cough_gate_bundle else None
+        return Models(diagnosis, gate)
+
+    def load_models(self) -> Models:
+        """Load once per process; later calls return the same models (or the same error)."""
+        with self._lock:
+            if self._models is None and self._error is None:
                 try:
-                    self._model = load_model(
-                        self.settings.model_bundle,
-                        inception_weights=self.settings.inception_weights,
-                        threads=self.tf_threads(),
-                    )
+                    self._models = self._load()
                 except Exception as exc:
-                    log.error("cannot load model bundle %s: %s", self.settings.model_bundle, exc)
-                    self._model_error = exc
-            if self._model_error is not None:
-                raise self._model_error
-            return self._model
+                    log.error("cannot load the model bundles: %s", exc)
+                    self._error = exc
+            if self._error is not None:
+                raise self._error
+            assert self._models is not None
+            return self._models

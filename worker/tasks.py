@@ -8,7 +8,7 @@ import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import jobs
+from shared import jobs, served_models
 from shared.audio import AudioError, check_usable, decode
 from shared.queue import TASK_ANALYSE, TASK_SWEEP, publish_analysis
 from shared.storage import AudioNotFound
@@ -36,9 +36,15 @@ def analyse_job(job_id: str) -> None:
     attempt = claim.attempt
     log.info("job %s: attempt %d on %s", job_id, attempt, worker_id)
 
-    def fail(code: str, message: str) -> None:
+    def fail(code: str, message: str, **details: object) -> None:
         if not jobs.fail(
-            settings.database_url, job_id, worker_id, attempt, code=code, message=message
+            settings.database_url,
+            job_id,
+            worker_id,
+            attempt,
+            code=code,
+            message=message,
+            **details,
         ):
             log.warning("job %s: claim lost before recording failure %s", job_id, code)
 
@@ -46,7 +52,7 @@ def analyse_job(job_id: str) -> None:
         if settings.drill_task_delay_s:
             time.sleep(settings.drill_task_delay_s)
         try:
-            model = runtime.load_model()
+            models = runtime.load_models()
         except Exception as exc:
             fail(
                 "model_unavailable", f"The analysis model could not be loaded on the worker: {exc}"
@@ -57,6 +63,7 @@ def analyse_job(job_id: str) -> None:
         except AudioNotFound:
             fail("audio_missing", "The uploaded recording is no longer stored.")
             return
+        model, gate = models.diagnosis, models.cough_gate
         try:
             audio = decode(data, model.sample_rate, max_seconds=settings.max_duration_s + 1)
             check_usable(
@@ -65,6 +72,24 @@ def analyse_job(job_id: str) -> None:
         except AudioError as exc:
             fail(exc.code, exc.message)
             return
+        cough_detected: bool | None = None
+        cough_score: float | None = None
+        if gate is not None:
+            samples = audio.samples
+            if gate.sample_rate != model.sample_rate:
+                samples = decode(data, gate.sample_rate, settings.max_duration_s + 1).samples
+            verdict = gate.predict([samples])[0]
+            cough_score = verdict.score
+            cough_detected = verdict.diagnosis == gate.manifest.positive_label
+            if not cough_detected:
+                fail(
+                    "no_cough_detected",
+                    "No cough was found in this recording, so it was not analysed; "
+                    "record one or more coughs and try again.",
+                    cough_detected=False,
+                    cough_score=cough_score,
+                )
+                return
         prediction = model.predict([audio.samples])[0]
         done = jobs.succeed(
             settings.database_url,
@@ -77,6 +102,8 @@ def analyse_job(job_id: str) -> None:
             model_id=model.id,
             model_version=model.version,
             duration_s=audio.duration_s,
+            cough_detected=cough_detected,
+            cough_score=cough_score,
         )
         if not done:
             log.warning("job %s: claim lost (deleted or taken over); result discarded", job_id)
@@ -93,6 +120,8 @@ def analyse_job(job_id: str) -> None:
 @celery.task(name=TASK_SWEEP)
 def sweep() -> int:
     """Re-publish jobs whose message was lost (broker restart, failed publish, dead host)."""
+    if runtime.served_fingerprints:
+        served_models.touch(settings.database_url, runtime.served_fingerprints)
     job_ids = jobs.jobs_to_republish(settings.database_url, settings.requeue_after_s)
     for job_id in job_ids:
         publish_analysis(celery, settings, job_id)

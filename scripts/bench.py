@@ -1,0 +1,220 @@
+"""Benchmarks: prints figures, asserts nothing. ``make bench`` (BENCH_ARGS=...).
+
+Parts:
+  components  decode, spectrogram, YAMNet, cough gate and Inception V3 timings in-process
+  service     real gunicorn + celery worker: upload latency, end-to-end latency, throughput
+
+    python scripts/bench.py components
+    python scripts/bench.py service --jobs 100 --concurrency 1      # embedded defaults
+    DATABASE_URL=postgresql://... REDIS_URL=redis://... python scripts/bench.py service
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.audio import decode  # noqa: E402
+from shared.config import load_settings, normalise_database_url  # noqa: E402
+
+SHARED = Path(os.environ.get("TUSSIS_SHARED_DIR", ROOT.parent / "shared"))
+COUGHS = SHARED / "data" / "covid19-cough"
+
+
+def real_files(count: int) -> list[Path]:
+    meta = json.loads((COUGHS / "metadata.json").read_text())
+    files = [COUGHS / "raw" / m["filename"] for m in meta]
+    good = []
+    for f in files:
+        try:
+            if decode(f.read_bytes(), 16000).duration_s >= 0.3:
+                good.append(f)
+        except Exception:
+            continue
+        if len(good) == count:
+            break
+    return good
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def line(name: str, values_ms: list[float], unit: str = "ms") -> None:
+    print(
+        f"  {name:<44} median {statistics.median(values_ms):8.2f} {unit}"
+        f"   p95 {pct(values_ms, 95):8.2f} {unit}   n={len(values_ms)}"
+    )
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def bench_components(n_files: int) -> None:
+    from shared.spectrogram import SpectrogramParams, render, warm_up
+    from worker.model import InceptionV3Backbone, load_model, spectrogram_batch
+
+    settings = load_settings()
+    files = real_files(n_files)
+    blobs = [f.read_bytes() for f in files]
+    durations = [decode(b, 16000).duration_s for b in blobs]
+    print(f"components on {len(files)} real recordings (mean {np.mean(durations):.1f} s)")
+    line(
+        "decode + resample to 16 kHz (PyAV)",
+        [timed(lambda b=b: decode(b, 16000), 1)[0] for b in blobs],
+    )
+    waves = [decode(b, 16000).samples for b in blobs]
+    params = SpectrogramParams()
+    t = time.perf_counter()
+    warm_up(params)
+    print(f"  {'first spectrogram in a process (numba)':<44} {time.perf_counter() - t:8.2f} s")
+    line(
+        "mel spectrogram per clip (librosa)",
+        [timed(lambda w=w: render(w, params), 1)[0] for w in waves],
+    )
+
+    t = time.perf_counter()
+    model = load_model(
+        settings.model_bundle, yamnet_model=settings.yamnet_model, yamnet_url=settings.yamnet_url
+    )
+    print(f"  {'load default bundle (' + model.id + ')':<44} {time.perf_counter() - t:8.2f} s")
+    line(
+        "default model predict per clip",
+        [timed(lambda w=w: model.predict([w]), 1)[0] for w in waves],
+    )
+    if settings.cough_gate_bundle:
+        gate = load_model(settings.cough_gate_bundle, yamnet_model=settings.yamnet_model)
+        line("cough gate per clip", [timed(lambda w=w: gate.predict([w]), 1)[0] for w in waves])
+
+    t = time.perf_counter()
+    inception = InceptionV3Backbone(params, weights=None)
+    print(
+        f"  {'build Inception V3 (' + 'x'.join(map(str, params.shape)) + ')':<44} "
+        f"{time.perf_counter() - t:8.2f} s"
+    )
+    inception.embed(waves[:1])
+    line("Inception V3 batch 1 (incl. spectrogram)", timed(lambda: inception.embed(waves[:1]), 20))
+    images = spectrogram_batch(waves[:16], params)
+    inception._call(images)
+    per_batch = timed(lambda: inception._call(images), 5)
+    line("Inception V3 forward, batch 16", per_batch)
+    clips_per_s = 16000 / statistics.median(per_batch)
+    print(f"  {'Inception V3 throughput, batch 16':<44} {clips_per_s:8.1f} clips/s")
+
+
+def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
+    import requests
+
+    from tests.stack import Stack
+
+    settings = load_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        env_db = os.environ.get("DATABASE_URL")
+        if env_db:
+            database_url = normalise_database_url(env_db)
+            broker = os.environ.get("REDIS_URL") or settings.broker_url
+        else:
+            database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
+            broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+        from dataclasses import replace
+
+        from tests.conftest import migrate
+
+        run_settings = replace(
+            settings,
+            data_dir=tmp_path,
+            database_url=database_url,
+            broker_url=broker,
+            queue_name=f"bench-{os.getpid()}",
+        )
+        migrate(database_url)
+        stack = Stack(run_settings, tmp_path)
+        files = real_files(n_jobs)
+        blobs = [(f.name, f.read_bytes()) for f in files]
+        kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
+        print(
+            f"service on {kind}: {len(blobs)} jobs, {concurrency} uploading clients, "
+            f"{worker_children} worker child(ren)"
+        )
+        try:
+            t = time.perf_counter()
+            stack.start_api()
+            stack.start_worker(worker_children)
+            print(f"  {'start API + worker (model warm)':<44} {time.perf_counter() - t:8.2f} s")
+            upload_ms: list[float] = []
+
+            def submit(item: tuple[str, bytes]) -> str:
+                t0 = time.perf_counter()
+                r = requests.post(f"{stack.url}/api/v1/jobs", files={"audio": item}, timeout=60)
+                upload_ms.append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+                return r.json()["id"]
+
+            t_start = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                ids = list(pool.map(submit, blobs))
+            t_uploaded = time.perf_counter()
+            done = [stack.wait_done(i, timeout=1800) for i in ids]
+            t_end = time.perf_counter()
+            line("upload -> 202 (decode + store + publish)", upload_ms)
+            e2e = [
+                (
+                    datetime.fromisoformat(j["finished_at"].replace("Z", "+00:00"))
+                    - datetime.fromisoformat(j["created_at"].replace("Z", "+00:00"))
+                ).total_seconds()
+                * 1000
+                for j in done
+            ]
+            line("created -> finished (queue + analysis)", e2e)
+            statuses = {s: sum(j["status"] == s for j in done) for s in ("succeeded", "failed")}
+            print(f"  {'uploads/s':<44} {len(ids) / (t_uploaded - t_start):8.1f}")
+            print(f"  {'jobs finished/s (whole run)':<44} {len(ids) / (t_end - t_start):8.1f}")
+            print(f"  {'outcomes':<44} {statistics_str(statuses)}")
+        finally:
+            stack.stop()
+
+
+def statistics_str(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("part", choices=["components", "service", "all"], nargs="?", default="all")
+    parser.add_argument("--files", type=int, default=50, help="recordings for component timings")
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=4, help="uploading clients")
+    parser.add_argument("--children", type=int, default=1, help="worker child processes")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    if args.part in ("components", "all"):
+        bench_components(args.files)
+    if args.part in ("service", "all"):
+        bench_service(args.jobs, args.concurrency, args.children)
+
+
+if __name__ == "__main__":
+    main()
