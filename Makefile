@@ -44,7 +44,9 @@ SHARED_DIR ?= ../shared
 models: install
 	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1
 	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
+		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite \
 		--negatives var/negatives-train --out models/cough-gate --version 2026.11.23
 	$(BIN)/tussis train --data $(SHARED_DIR)/data/covid19-cough --backbone yamnet \
+		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite \
 		--out models/default --name tussis-yamnet-covid19 --version 2026.11.23 \
 		--logdir var/tensorboard/default

@@ -96,7 +96,11 @@ def test_training_head_separates_its_training_data(tmp_path: Path) -> None:
         Example(tmp_path / f"{i}.wav", label, "s", f"{i:064x}") for i, label in enumerate(y)
     ]
     data = FeatureSet(examples, x, [])
-    head, info = train_head(data, data, TrainOptions(max_epochs=200, patience=20, progress=False))
+    head, info = train_head(
+        data,
+        data,
+        TrainOptions(max_epochs=200, patience=20, l2=1e-3, learning_rate=3e-3, progress=False),
+    )
     scores = head.scores(x)
     labels = np.array(y)
     assert scores[labels == 1].mean() > 0.6 > 0.4 > scores[labels == 0].mean()

@@ -111,6 +111,7 @@ def train(
         patience=patience,
         inception_weights=inception_weights or settings.inception_weights,
         yamnet_model=yamnet_model or settings.yamnet_model,
+        yamnet_url=settings.yamnet_url,
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         logdir=logdir,
         progress=not no_progress,
@@ -170,6 +171,7 @@ def evaluate(
         include_training_files=include_training_files,
         seed=seed,
         yamnet_model=yamnet_model or settings.yamnet_model,
+        yamnet_url=settings.yamnet_url,
         inception_weights=inception_weights or settings.inception_weights,
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         default_out_root=settings.data_dir / "evaluations",
@@ -234,6 +236,7 @@ def train_cough_gate_command(
     options = TrainOptions(
         seed=seed,
         yamnet_model=yamnet_model or settings.yamnet_model,
+        yamnet_url=settings.yamnet_url,
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         progress=not no_progress,
     )

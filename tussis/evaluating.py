@@ -32,7 +32,8 @@ def evaluate_bundle(
     include_training_files: bool,
     seed: int,
     yamnet_model: Path | None,
-    inception_weights: str,
+    yamnet_url: str | None = None,
+    inception_weights: str = "imagenet",
     cache_dir: Path | None,
     default_out_root: Path,
     progress: bool = True,
@@ -40,7 +41,12 @@ def evaluate_bundle(
     from worker.model import load_model
 
     manifest = read_manifest(model_dir)
-    model = load_model(model_dir, inception_weights=inception_weights, yamnet_model=yamnet_model)
+    model = load_model(
+        model_dir,
+        inception_weights=inception_weights,
+        yamnet_model=yamnet_model,
+        yamnet_url=yamnet_url,
+    )
     examples = load_dataset(data_dir)
     seen = set() if include_training_files else seen_in_training(model_dir)
     held_out = [ex for ex in examples if ex.sha256 not in seen]
@@ -66,6 +72,11 @@ def evaluate_bundle(
         + (f" ({skipped} used in training were left out)" if skipped else "")
         + (f"; {len(data.rejected)} unusable" if data.rejected else "")
     )
+    if not (Path(model_dir) / SPLIT_FILE).is_file() and not include_training_files:
+        report["evaluated_on"] += (
+            "; WARNING: the bundle records no training split, so these recordings may "
+            "include its training data and the numbers may be optimistic"
+        )
     report["model"] = {"name": manifest.name, "version": manifest.version}
     out = out or default_out_root / f"{manifest.name}-{manifest.version}"
     write_outputs(out, report, data.labels, scores, data.sources)

@@ -20,12 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from shared.audio import AudioError, check_usable, decode
+from shared.config import load_settings
 from tussis.datasets import Example
 
 log = logging.getLogger(__name__)
-
-# The serving defaults (shared.config): training sees exactly what serving accepts.
-MIN_DURATION_S, MAX_DURATION_S, SILENCE_DBFS = 0.3, 120.0, -60.0
 
 
 def feature_key(spec: dict[str, Any]) -> str:
@@ -52,9 +50,10 @@ class FeatureSet:
 
 
 def load_waveform(path: Path, sample_rate: int) -> np.ndarray:
-    """Decode and check a file exactly as the worker does."""
-    audio = decode(path.read_bytes(), sample_rate, max_seconds=MAX_DURATION_S + 1)
-    check_usable(audio, MIN_DURATION_S, MAX_DURATION_S, SILENCE_DBFS)
+    """Decode and check a file exactly as the worker does, with the same settings."""
+    s = load_settings()
+    audio = decode(path.read_bytes(), sample_rate, max_seconds=s.max_duration_s + 1)
+    check_usable(audio, s.min_duration_s, s.max_duration_s, s.silence_dbfs)
     return audio.samples
 
 

@@ -41,10 +41,13 @@ class TrainOptions:
     validation_fraction: float = 0.2
     max_epochs: int = 300
     patience: int = 30
-    l2: float = 1e-3
-    learning_rate: float = 3e-3
+    # Chosen on the validation split of covid19-cough (lowest validation loss among
+    # l2 in {1e-3, 1e-2, 1e-1, 1} x learning rate in {3e-3, 3e-4}); never on test data.
+    l2: float = 1.0
+    learning_rate: float = 3e-4
     inception_weights: str = "imagenet"
     yamnet_model: Path | None = None
+    yamnet_url: str | None = None
     cache_dir: Path | None = None
     logdir: Path | None = None
     progress: bool = True
@@ -67,11 +70,22 @@ def make_backbone(
             raise ValueError("the yamnet backbone needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
         from worker.yamnet import sha256_of
 
-        backbone = YamnetBackbone(options.yamnet_model, features=features)
+        backbone = YamnetBackbone(options.yamnet_model, features=features, url=options.yamnet_url)
         spec = {"name": "yamnet", "features": features}
         cache_spec = {**spec, "model_sha256": sha256_of(options.yamnet_model), "rate": 16000}
         return backbone, {"manifest": spec, "cache": cache_spec}
     raise ValueError(f"unknown backbone {options.backbone!r}: use inception_v3 or yamnet")
+
+
+def data_quality(examples: list) -> dict[str, int]:
+    """Identical files, and identical files carrying both labels: a card must say so."""
+    labels_by_hash: dict[str, set[int]] = {}
+    for ex in examples:
+        labels_by_hash.setdefault(ex.sha256, set()).add(ex.label)
+    return {
+        "distinct_recordings": len(labels_by_hash),
+        "recordings_with_both_labels": sum(len(v) > 1 for v in labels_by_hash.values()),
+    }
 
 
 class _EpochBar:
@@ -209,6 +223,7 @@ def train_bundle(
         "data": {
             "folder": data_dir.name,
             "recordings": len(examples),
+            **data_quality(examples),
             "usable": len(data.examples),
             "rejected": {ex.path.name: code for ex, code in data.rejected},
             "positive_rate_by_source": source_prevalence(data.labels, data.sources),
