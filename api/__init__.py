@@ -10,10 +10,12 @@ import logging
 
 from flask import Flask
 
+from api.batches import bp as batches_bp
 from api.errors import register_error_handlers
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
 from api.models import bp as models_bp
+from api.web import bp as web_bp
 from shared.config import Settings, load_settings
 from shared.queue import make_celery
 from shared.storage import make_storage
@@ -29,7 +31,7 @@ def celery_init_app(app: Flask, settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # api/web.py serves the page and its assets
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.json.ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
     app.json.sort_keys = False  # keep the documented field order
@@ -40,6 +42,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health_bp)
     app.register_blueprint(jobs_bp, url_prefix="/api/v1")
     app.register_blueprint(models_bp, url_prefix="/api/v1")
+    app.register_blueprint(web_bp)
+    app.register_blueprint(batches_bp, url_prefix="/api/v1")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level)
     return app

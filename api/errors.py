@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(_exc: RequestEntityTooLarge) -> Response:
         settings = app.extensions["tussis.settings"]
-        err = upload_too_large(settings.max_upload_bytes)
+        if request.path.startswith("/api/v1/batches"):
+            err = ApiError(
+                413,
+                "upload_too_large",
+                f"The request is larger than the {settings.max_batch_upload_bytes // 1024**2} MiB "
+                "batch limit (or has more parts than allowed); send it in several parts.",
+            )
+        else:
+            err = upload_too_large(settings.max_upload_bytes)
         return error_response(err.status, err.code, err.message, {"Connection": "close"})
 
     @app.errorhandler(HTTPException)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from api import intake
 from api.auth import current_owner
 from api.errors import ApiError, upload_too_large
 from api.representation import job_to_dict, job_url
 from shared import jobs
-from shared.audio import AudioError, check_usable, decode
+from shared.audio import AudioError
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import Job, JobStatus, utcnow
-from shared.queue import publish_analysis
-from shared.storage import AudioStorage
+from shared.models import JobStatus
+from shared.storage import AudioNotFound, AudioStorage, spectrogram_key
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -52,53 +51,18 @@ def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
     return data, upload.filename or None, upload.mimetype or None
 
 
-def checked_duration(data: bytes) -> float:
-    """Decode and check the audio at the door, so nothing unusable is queued."""
-    settings = _settings()
-    try:
-        audio = decode(data, max_seconds=settings.max_duration_s + 1)
-        check_usable(audio, settings.min_duration_s, settings.max_duration_s, settings.silence_dbfs)
-    except AudioError as exc:
-        raise ApiError(422, exc.code, exc.message) from exc
-    return audio.duration_s
-
-
 @bp.post("/jobs")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
     owner = current_owner()
     data, filename, content_type = read_upload("audio")
-    duration = checked_duration(data)
-
-    job_id = jobs.new_job_id()
-    _storage().put(job_id, data)
-    now = utcnow()
-    job = Job(
-        id=job_id,
-        owner=owner,
-        status=JobStatus.QUEUED,
-        attempts=0,
-        filename=filename[:255] if filename else None,
-        content_type=content_type[:127] if content_type else None,
-        size_bytes=len(data),
-        audio_sha256=hashlib.sha256(data).hexdigest(),
-        audio_key=job_id,
-        duration_s=duration,
-        created_at=now,
-        updated_at=now,
-        published_at=now,
-    )
-    # Commit first, publish second: a worker must always find the row.
-    with session_scope(settings.database_url) as session:
-        session.add(job)
     try:
-        publish_analysis(current_app.extensions["celery"], settings, job_id)
-    except Exception as exc:
-        # The row is committed; the sweeper re-publishes queued jobs it finds unpublished.
-        log.warning(
-            "job %s accepted but not yet published (%s); the sweeper will retry", job_id, exc
-        )
-    headers = {"Location": job_url(job_id), "Retry-After": str(settings.retry_after_s)}
+        duration = intake.usable_duration(data)
+    except AudioError as exc:
+        raise ApiError(422, exc.code, exc.message) from exc
+    job = intake.store(owner, intake.new_job(data, filename, content_type, duration))
+    intake.publish_single(job.id)
+    headers = {"Location": job_url(job.id), "Retry-After": str(settings.retry_after_s)}
     return jsonify(job_to_dict(job)), 202, headers
 
 
@@ -153,4 +117,28 @@ def delete_job(job_id: str) -> tuple[str, int]:
         audio_key = job.audio_key
         jobs.delete_job(session, job_id)
     _storage().delete(audio_key)
+    _storage().delete(spectrogram_key(audio_key))
     return "", 204
+
+
+@bp.get("/jobs/<job_id>/spectrogram.png")
+def get_spectrogram(job_id: str) -> Response:
+    settings = _settings()
+    owner = current_owner()
+    with session_scope(settings.database_url) as session:
+        job = jobs.get_for_owner(session, job_id, owner)
+        if job is None:
+            raise _not_found(job_id)
+        key, ready = job.audio_key, job.has_spectrogram
+    missing = ApiError(
+        404, "spectrogram_not_found", "The spectrogram is not available (yet) for this job."
+    )
+    if not ready:
+        raise missing
+    try:
+        png = _storage().get(spectrogram_key(key))
+    except AudioNotFound as exc:
+        raise missing from exc
+    response = Response(png, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response

@@ -8,7 +8,7 @@ from typing import Any
 from shared.models import Job, JobStatus
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -38,10 +38,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     return {
         "id": job.id,
         "status": job.status,
-        "created_at": _iso(job.created_at),
-        "updated_at": _iso(job.updated_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
         "attempts": job.attempts,
         "audio": {
             "filename": job.filename,
@@ -52,5 +52,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         },
         "result": result,
         "error": error,
-        "links": {"self": job_url(job.id)},
+        "batch_id": job.batch_id,
+        "path": job.path,
+        "label": job.label,
+        "links": {"self": job_url(job.id), "spectrogram": f"{job_url(job.id)}/spectrogram.png"},
     }

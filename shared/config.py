@@ -78,6 +78,13 @@ class Settings:
     yamnet_model: Path = PROJECT_ROOT.parent / "shared" / "models" / "yamnet.tflite"
     yamnet_url: str = "https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite"
     cough_gate_bundle: Path | None = PROJECT_ROOT / "models" / "cough-gate"
+    max_batch_upload_bytes: int = 2 * 1024**3
+    archive_max_members: int = 10000
+    archive_max_uncompressed_bytes: int = 8 * 1024**3
+    archive_max_ratio: float = 100.0
+    batch_chunk_size: int = 16
+    callback_secret: str = ""
+    callback_max_attempts: int = 8
     log_level: str = "INFO"
     # Failure drills only: hold each analysis this long after claiming it, so an
     # operator (or a test) can kill a worker mid-job and watch the recovery.
@@ -92,6 +99,11 @@ class Settings:
     def lease_s(self) -> int:
         """How long a claimed job is presumed alive without news from its worker."""
         return self.task_time_limit_s + 30
+
+    @property
+    def batch_queue_name(self) -> str:
+        """Batch chunks wait here, so a single job never queues behind a whole batch."""
+        return f"{self.queue_name}.batch"
 
     @property
     def embedded_broker(self) -> bool:
@@ -111,7 +123,7 @@ class Settings:
 
     def public_dict(self) -> dict[str, object]:
         """Settings safe to log (no credentials, no keys)."""
-        hidden = {"api_keys"}
+        hidden = {"api_keys", "callback_secret"}
         out: dict[str, object] = {}
         for f in fields(self):
             if f.name in hidden:
@@ -187,6 +199,15 @@ def load_settings() -> Settings:
         cough_gate_bundle=_cough_gate_path(
             _env_str("TUSSIS_COUGH_GATE_BUNDLE", str(PROJECT_ROOT / "models" / "cough-gate"))
         ),
+        max_batch_upload_bytes=_env_int("TUSSIS_MAX_BATCH_UPLOAD_BYTES", 2 * 1024**3),
+        archive_max_members=_env_int("TUSSIS_ARCHIVE_MAX_MEMBERS", 10000),
+        archive_max_uncompressed_bytes=_env_int(
+            "TUSSIS_ARCHIVE_MAX_UNCOMPRESSED_BYTES", 8 * 1024**3
+        ),
+        archive_max_ratio=_env_float("TUSSIS_ARCHIVE_MAX_RATIO", 100.0),
+        batch_chunk_size=_env_int("TUSSIS_BATCH_CHUNK_SIZE", 16),
+        callback_secret=os.environ.get("TUSSIS_CALLBACK_SECRET", ""),
+        callback_max_attempts=_env_int("TUSSIS_CALLBACK_MAX_ATTEMPTS", 8),
         log_level=_env_str("TUSSIS_LOG_LEVEL", "INFO").upper(),
         drill_task_delay_s=_env_float("TUSSIS_DRILL_TASK_DELAY_S", 0.0),
     )

@@ -218,6 +218,11 @@ def fail(
     )
 
 
+def mark_spectrogram(database_url: str, job_id: str) -> None:
+    with session_scope(database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(has_spectrogram=True))
+
+
 # --- API side -----------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -103,14 +105,53 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # Batch items only: the batch, the upload order, the file's relative path and label.
+    batch_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE")
+    )
+    batch_seq: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str | None] = mapped_column(String(1024))
+    label: Mapped[str | None] = mapped_column(String(255))
+    has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_status_published", "status", "published_at"),
+        Index("ix_jobs_batch_seq", "batch_id", "batch_seq"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),
     )
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+class BatchStatus(enum.StrEnum):
+    OPEN = "open"  # accepting more parts
+    RUNNING = "running"  # closed; items still in progress
+    COMPLETED = "completed"  # closed; every item terminal
+
+
+class Batch(Base):
+    """A group of jobs submitted together; its counts are derived from its jobs."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.OPEN)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    callback_state: Mapped[str | None] = mapped_column(String(16))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("ix_batches_owner_created", "owner", "created_at", "id"),
+        Index("ix_batches_status", "status"),
+    )
 
 
 class AudioBlob(Base):

@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 from shared.config import Settings
 
 TASK_ANALYSE = "tussis.analyse_job"
 TASK_SWEEP = "tussis.sweep"
+TASK_ANALYSE_CHUNK = "tussis.analyse_chunk"
+TASK_BATCH_CALLBACK = "tussis.batch_callback"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -32,6 +35,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.publish_timeout_s,
         "task_default_queue": settings.queue_name,
+        # Two queues: single jobs, and batch chunks. A worker takes from both in
+        # turn, so a single job waits at most for one chunk, never a whole batch.
+        "task_queues": (Queue(settings.queue_name), Queue(settings.batch_queue_name)),
         "task_serializer": "json",
         "accept_content": ["json"],
         # The SQL row holds results and state; Celery's result backend is not used.
@@ -72,3 +78,11 @@ def make_celery(settings: Settings, name: str = "tussis") -> Celery:
 
 def publish_analysis(app: Celery, settings: Settings, job_id: str) -> None:
     app.send_task(TASK_ANALYSE, args=[job_id], queue=settings.queue_name)
+
+
+def publish_chunk(app: Celery, settings: Settings, job_ids: list[str]) -> None:
+    app.send_task(TASK_ANALYSE_CHUNK, args=[job_ids], queue=settings.batch_queue_name)
+
+
+def publish_callback(app: Celery, settings: Settings, batch_id: str) -> None:
+    app.send_task(TASK_BATCH_CALLBACK, args=[batch_id], queue=settings.batch_queue_name)

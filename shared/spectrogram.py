@@ -87,3 +87,18 @@ def warm_up(params: SpectrogramParams) -> None:
     """Run the renderer once so numba compiles before the first real job."""
     rng = np.random.default_rng(0)
     render(rng.standard_normal(params.sample_rate).astype(np.float32) * 0.1, params)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """The rendered spectrogram as the PNG people see: low frequencies at the bottom."""
+    import io
+
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rgba = colormaps["magma"](np.clip(image[::-1, :], 0.0, 1.0), bytes=True)
+    buf = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).resize((image.shape[1] * 2, image.shape[0] * 2)).save(
+        buf, format="PNG", optimize=True
+    )
+    return buf.getvalue()

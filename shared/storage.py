@@ -83,6 +83,11 @@ class FileStorage:
         self._path(key).unlink(missing_ok=True)
 
 
+def spectrogram_key(audio_key: str) -> str:
+    """Where the worker keeps the spectrogram image it rendered for a job."""
+    return f"{audio_key}.spectrogram.png"
+
+
 def make_storage(storage_url: str, database_url: str) -> AudioStorage:
     if storage_url == "database":
         return DatabaseStorage(database_url)

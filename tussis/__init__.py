@@ -1,2 +1,2 @@
-"""The ``tussis`` command: training and evaluating model bundles (and, later,
-submitting recordings to a Tussis server)."""
+"""The ``tussis`` command: submitting recordings to a Tussis server (``submit``,
+``status``, ``results``), and training and evaluating model bundles."""

@@ -244,5 +244,200 @@ def train_cough_gate_command(
     click.echo(json.dumps(report, indent=2))
 
 
+# --- client commands: a running Tussis server's batch API over HTTP (tussis/client.py) ---
+
+_DEFAULT_SERVER = "http://127.0.0.1:5000"
+
+_SUBMIT_EPILOG = """\b
+Exit codes:
+  0    all files accepted (and, when waiting, the batch completed
+       with every item succeeded)
+  1    done, but some files were rejected or some items failed
+  2    usage error
+  3    cannot reach the server
+  4    the server refused a request (its error code and message are shown)
+  130  interrupted (Ctrl-C); the state file is kept, so running
+       the same command again resumes without re-uploading anything"""
+
+_READ_EPILOG = """\b
+Exit codes:
+  0    done
+  2    usage error
+  3    cannot reach the server
+  4    the server refused the request (e.g. batch_not_found; its code and message are shown)
+  130  interrupted (Ctrl-C)"""
+
+
+def _server_options(func):
+    func = click.option(
+        "--api-key",
+        envvar="TUSSIS_API_KEY",
+        default=None,
+        help="API key, sent as a Bearer token (default: $TUSSIS_API_KEY).",
+    )(func)
+    func = click.option(
+        "--server",
+        envvar="TUSSIS_SERVER",
+        default=_DEFAULT_SERVER,
+        show_default=True,
+        help="The Tussis server's URL (or $TUSSIS_SERVER).",
+    )(func)
+    return func
+
+
+def _fail(exc: Exception) -> None:
+    """Print a client error and exit with its code."""
+    from tussis.client import UsageProblem
+
+    if isinstance(exc, UsageProblem):
+        raise click.UsageError(exc.message)
+    click.echo(f"tussis: {exc}", err=True)
+    raise SystemExit(getattr(exc, "exit_code", 1))
+
+
+@main.command(epilog=_SUBMIT_EPILOG)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@_server_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the results CSV here (implies --wait).",
+)
+@click.option("--wait", is_flag=True, help="Wait until every item has been analysed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option(
+    "--part-size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Files per upload request.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Resume file (default: .tussis-submit-<hash of the paths and server>.json here).",
+)
+@click.option("--callback-url", default=None, help="URL the server POSTs to when done.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars on stderr (default: only when stderr is a terminal).",
+)
+def submit(
+    paths: tuple[Path, ...],
+    server: str,
+    api_key: str | None,
+    out: Path | None,
+    wait: bool,
+    as_json: bool,
+    part_size: int,
+    state_path: Path | None,
+    callback_url: str | None,
+    progress: bool | None,
+) -> None:
+    """Upload recordings as one batch: files, and folders (searched for audio files,
+    keeping their paths relative to the folder).
+
+    Files go up in parts of --part-size; an interrupted run leaves a state file, and
+    running the same command again uploads only what the server does not have yet.
+    Progress and messages go to stderr; the summary (or --json) to stdout.
+    """
+    from tussis.client import Client, ClientError, SubmitOptions, Submitter
+
+    options = SubmitOptions(
+        paths=list(paths),
+        part_size=part_size,
+        state_path=state_path,
+        wait=wait or out is not None,
+        out=out,
+        callback_url=callback_url,
+        progress=progress,
+    )
+    submitter = None
+    try:
+        submitter = Submitter(Client(server, api_key), options)
+        report = submitter.run()
+    except ClientError as exc:
+        if submitter is not None and submitter.state is not None:
+            click.echo(f"tussis: the state file {submitter.state.path} is kept", err=True)
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        state = submitter.state if submitter is not None else None
+        if state is not None and state.path.exists():
+            click.echo(
+                f"\ntussis: interrupted; batch {state.batch_id} is recorded in {state.path}: "
+                "run the same command again to resume",
+                err=True,
+            )
+        else:
+            click.echo("\ntussis: interrupted before any batch was created", err=True)
+        raise SystemExit(130) from None
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(report.summary())
+    raise SystemExit(report.exit_code)
+
+
+@main.command(epilog=_READ_EPILOG)
+@click.argument("batch_id")
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
+def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> None:
+    """Show a batch's status, counts, progress and estimated time left."""
+    from tussis.client import Client, ClientError, describe_batch
+
+    try:
+        batch, _ = Client(server, api_key).get_batch(batch_id)
+    except ClientError as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if as_json:
+        click.echo(json.dumps(batch, indent=2, ensure_ascii=False))
+    else:
+        click.echo(describe_batch(batch))
+
+
+@main.command(epilog=_READ_EPILOG)
+@click.argument("batch_id")
+@_server_options
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the CSV here (default: stdout).",
+)
+def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -> None:
+    """Download a batch's results CSV (one row per item)."""
+    from tussis.client import Client, ClientError
+
+    try:
+        client = Client(server, api_key)
+        batch, _ = client.get_batch(batch_id)
+        if batch.get("status") != "completed":
+            click.echo(
+                f"tussis: batch {batch_id} is {batch.get('status')}; "
+                "the CSV shows each item's current status",
+                err=True,
+            )
+        if out is None:
+            stdout = click.get_binary_stream("stdout")
+            client.download_results(batch_id, stdout)
+            stdout.flush()
+        else:
+            client.write_results(batch_id, out)
+            click.echo(f"results written to {out}", err=True)
+    except ClientError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
 if __name__ == "__main__":
     main()

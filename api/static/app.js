@@ -1,0 +1,875 @@
+/* Tussis web page: record or choose cough recordings, send them to this server's
+ * API (/api/v1), follow the job or batch, and show the result.
+ * Hand-written, no framework, no build step, nothing loaded from another origin. */
+(function () {
+  "use strict";
+
+  var API = "/api/v1";
+  var MAX_RECORD_S = 60;
+  var DEFAULT_POLL_S = 1;
+  var MAX_POLL_FAILURES = 8;
+  var KEY_STORAGE = "tussis.apiKey";
+  var RECORDER_TYPES = [
+    ["audio/webm;codecs=opus", "webm"],
+    ["audio/webm", "webm"],
+    ["audio/ogg;codecs=opus", "ogg"],
+    ["audio/ogg", "ogg"],
+    ["audio/mp4", "m4a"],
+  ];
+  var STATUS_TEXT = {
+    queued: "Queued — waiting for a worker to pick up the recording…",
+    running: "Running — the model is analysing the recording…",
+    succeeded: "Succeeded — the analysis is finished.",
+    failed: "Failed — the recording could not be analysed.",
+  };
+
+  function $(id) {
+    return document.getElementById(id);
+  }
+
+  var state = {
+    apiKey: readStoredKey(),
+    pending: null, // what to retry once an API key has been entered
+    run: 0, // bumped by every new submission; stale timers and responses check it
+    busy: false,
+    objectUrls: [],
+    models: null,
+    recorder: null,
+    lastStatus: null,
+    batchItemsUrl: null,
+    batchDone: -1,
+  };
+
+  // --- small helpers -------------------------------------------------------------
+
+  function readStoredKey() {
+    try {
+      return window.sessionStorage.getItem(KEY_STORAGE) || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function storeKey(key) {
+    try {
+      window.sessionStorage.setItem(KEY_STORAGE, key);
+    } catch (e) {
+      /* private mode: keep it in memory only */
+    }
+  }
+
+  function authHeaders() {
+    return state.apiKey ? { Authorization: "Bearer " + state.apiKey } : {};
+  }
+
+  function setText(id, text) {
+    $(id).textContent = text;
+  }
+
+  function show(id, visible) {
+    $(id).hidden = !visible;
+  }
+
+  function pct(x) {
+    return (x * 100).toFixed(1) + " %";
+  }
+
+  function bytes(n) {
+    if (n == null) return "";
+    if (n < 1024) return n + " B";
+    if (n < 1024 * 1024) return (n / 1024).toFixed(0) + " KB";
+    return (n / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  function duration(s) {
+    if (s == null) return "";
+    s = Math.max(0, Math.round(s));
+    if (s < 90) return s + " s";
+    var m = Math.floor(s / 60);
+    return m + " min " + String(s % 60).padStart(2, "0") + " s";
+  }
+
+  function objectUrl(blob) {
+    var url = URL.createObjectURL(blob);
+    state.objectUrls.push(url);
+    return url;
+  }
+
+  function retryAfterMs(value) {
+    var seconds = parseFloat(value);
+    if (!isFinite(seconds) || seconds <= 0) seconds = DEFAULT_POLL_S;
+    return Math.min(seconds, 30) * 1000;
+  }
+
+  function later(run, ms, fn) {
+    window.setTimeout(function () {
+      if (run === state.run) fn();
+    }, ms);
+  }
+
+  /** The API's {"error": {"code", "message"}} or a sentence for anything else. */
+  function apiError(response) {
+    var body = response.body;
+    if (body && body.error && body.error.message) {
+      return { code: body.error.code || "error", message: body.error.message };
+    }
+    if (response.status === 0) {
+      return {
+        code: "network_error",
+        message: "Could not reach the Tussis server. Check the connection and try again.",
+      };
+    }
+    return {
+      code: "http_" + response.status,
+      message: "The server answered with HTTP status " + response.status + ".",
+    };
+  }
+
+  function parseJson(text) {
+    try {
+      return text ? JSON.parse(text) : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  /** POST multipart form data with XMLHttpRequest, for its upload progress events. */
+  function upload(url, form, onProgress) {
+    return new Promise(function (resolve) {
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      var headers = authHeaders();
+      Object.keys(headers).forEach(function (name) {
+        xhr.setRequestHeader(name, headers[name]);
+      });
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.upload.addEventListener("progress", function (event) {
+        if (event.lengthComputable) onProgress(event.loaded / event.total, false);
+      });
+      xhr.upload.addEventListener("load", function () {
+        onProgress(1, true);
+      });
+      xhr.addEventListener("load", function () {
+        resolve({
+          status: xhr.status,
+          body: parseJson(xhr.responseText),
+          retryAfter: xhr.getResponseHeader("Retry-After"),
+        });
+      });
+      xhr.addEventListener("error", function () {
+        resolve({ status: 0, body: null, retryAfter: null });
+      });
+      xhr.addEventListener("abort", function () {
+        resolve({ status: 0, body: null, retryAfter: null });
+      });
+      xhr.send(form);
+    });
+  }
+
+  function getJson(url) {
+    return fetch(url, {
+      headers: Object.assign({ Accept: "application/json" }, authHeaders()),
+      cache: "no-store",
+      credentials: "same-origin",
+    }).then(
+      function (response) {
+        return response.text().then(function (text) {
+          return {
+            status: response.status,
+            body: parseJson(text),
+            retryAfter: response.headers.get("Retry-After"),
+          };
+        });
+      },
+      function () {
+        return { status: 0, body: null, retryAfter: null };
+      }
+    );
+  }
+
+  // --- API key -------------------------------------------------------------------
+
+  function askForKey(response, retry) {
+    state.pending = retry;
+    var err = apiError(response);
+    setText(
+      "key-message",
+      (state.apiKey
+        ? "The server did not accept this API key. Enter another one."
+        : "This server asks for an API key. Enter the key you were given.") +
+        " (" + err.code + ")"
+    );
+    show("key-panel", true);
+    show("key-toggle", true);
+    setStatus(state.apiKey ? "The API key was refused." : "An API key is needed to continue.");
+    $("api-key").focus();
+  }
+
+  $("key-form").addEventListener("submit", function (event) {
+    event.preventDefault();
+    var key = $("api-key").value.trim();
+    if (!key) return;
+    state.apiKey = key;
+    storeKey(key);
+    $("api-key").value = "";
+    show("key-panel", false);
+    show("key-toggle", true);
+    var retry = state.pending;
+    state.pending = null;
+    if (retry) retry();
+  });
+
+  $("key-toggle").addEventListener("click", function () {
+    setText("key-message", "Enter the API key to use for the next requests.");
+    show("key-panel", true);
+    $("api-key").focus();
+  });
+
+  // --- views ---------------------------------------------------------------------
+
+  function setStatus(text) {
+    setText("status", text);
+  }
+
+  function setSteps(current, failed) {
+    var order = ["uploaded", "queued", "running", "done"];
+    var index = order.indexOf(current);
+    Array.prototype.forEach.call($("steps").children, function (li) {
+      var i = order.indexOf(li.getAttribute("data-step"));
+      li.className = "";
+      li.removeAttribute("aria-current");
+      if (i < index) li.className = "done";
+      if (i === index) {
+        li.className = failed ? "failed" : current === "done" ? "done" : "current";
+        li.setAttribute("aria-current", "step");
+      }
+    });
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    $("file-input").disabled = busy;
+    $("drop-zone").classList.toggle("disabled", busy);
+    if (!state.recorder) $("record-button").disabled = busy || !recordingSupported();
+    show("again", !busy && (!$("result-view").hidden || !$("progress-view").hidden));
+  }
+
+  function showError(err) {
+    setText("error-message", err.message);
+    setText("error-code", err.code);
+    show("error-box", true);
+  }
+
+  function reset() {
+    state.run += 1;
+    state.pending = null;
+    state.lastStatus = null;
+    state.objectUrls.forEach(function (url) {
+      URL.revokeObjectURL(url);
+    });
+    state.objectUrls = [];
+    ["progress-view", "result-view", "batch-view", "error-box", "spectrogram", "playback"].forEach(
+      function (id) {
+        show(id, false);
+      }
+    );
+    show("again", false);
+    show("steps", true);
+    setUploadProgress(0);
+    setSteps("");
+    setStatus("");
+    setText("batch-status", "");
+    $("batch-rows").textContent = "";
+    $("rejection-list").textContent = "";
+    $("spectrogram-img").removeAttribute("src");
+    $("playback-audio").removeAttribute("src");
+    return state.run;
+  }
+
+  function setUploadProgress(fraction) {
+    var value = Math.round(fraction * 100);
+    $("upload-progress").value = value;
+    setText("upload-percent", value + " %");
+  }
+
+  // --- one recording: POST /api/v1/jobs, then poll ---------------------------------
+
+  function analyseOne(blob, filename) {
+    var run = reset();
+    setBusy(true);
+    show("progress-view", true);
+    setText("progress-title", "Analysis");
+    setText("subject", filename + " · " + bytes(blob.size));
+    setStatus("Uploading the recording…");
+    $("playback-audio").src = objectUrl(blob);
+    show("playback", true);
+
+    var form = new FormData();
+    form.append("audio", blob, filename);
+    upload(API + "/jobs", form, function (fraction, done) {
+      if (run !== state.run) return;
+      setUploadProgress(fraction);
+      if (done) setStatus("Uploaded — the server is checking the recording…");
+    }).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 202 && response.body && response.body.id) {
+        setUploadProgress(1);
+        showJob(response.body);
+        later(run, retryAfterMs(response.retryAfter), function () {
+          pollJob(run, response.body.id, 0);
+        });
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          analyseOne(blob, filename);
+        });
+        return;
+      }
+      var err = apiError(response);
+      show("steps", false); // no job was created
+      show("playback", false);
+      setStatus("The recording was not accepted.");
+      showError(err);
+      setBusy(false);
+    });
+  }
+
+  function pollJob(run, jobId, failures) {
+    getJson(API + "/jobs/" + encodeURIComponent(jobId)).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 200 && response.body) {
+        var job = response.body;
+        showJob(job);
+        if (job.status === "succeeded" || job.status === "failed") {
+          finishJob(run, job);
+        } else {
+          later(run, retryAfterMs(response.retryAfter), function () {
+            pollJob(run, jobId, 0);
+          });
+        }
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          pollJob(run, jobId, 0);
+        });
+        return;
+      }
+      if (response.status === 404) {
+        showError(apiError(response));
+        setStatus("The job is gone.");
+        setBusy(false);
+        return;
+      }
+      // The server or the network hiccuped: keep trying for a while.
+      if (failures + 1 >= MAX_POLL_FAILURES) {
+        showError(apiError(response));
+        setStatus("Lost contact with the server.");
+        setBusy(false);
+        return;
+      }
+      setStatus("Lost contact with the server; trying again…");
+      later(run, Math.min(1000 * Math.pow(2, failures), 15000), function () {
+        pollJob(run, jobId, failures + 1);
+      });
+    });
+  }
+
+  function showJob(job) {
+    if (job.status === state.lastStatus) return;
+    state.lastStatus = job.status;
+    setSteps(job.status === "succeeded" || job.status === "failed" ? "done" : job.status,
+      job.status === "failed");
+    setStatus(STATUS_TEXT[job.status] || "Status: " + job.status);
+  }
+
+  function finishJob(run, job) {
+    var audio = job.audio || {};
+    var details = [audio.filename || "recording"];
+    if (audio.duration_s != null) details.push(audio.duration_s.toFixed(1) + " s");
+    if (audio.size_bytes != null) details.push(bytes(audio.size_bytes));
+    setText("result-file", details.join(" · "));
+
+    if (job.status === "succeeded") {
+      var result = job.result || {};
+      setText("result-diagnosis", result.diagnosis);
+      setText("result-score", pct(result.score));
+      setText("result-score-text", "probability of “sick” according to the model");
+      positiveLabel(result).then(function (label) {
+        if (run !== state.run) return;
+        var text = "probability of “" + label + "” according to the model";
+        if (result.threshold != null) {
+          text += " (it answers “" + label + "” at " + pct(result.threshold) + " or more)";
+        }
+        setText("result-score-text", text);
+      });
+      setText("result-cough", coughText(result.cough_detected, result.cough_score));
+      setText("result-model", result.model_id + " · version " + result.model_version);
+      show("result-view", true);
+      $("result-title").focus();
+    } else {
+      var err = job.error || { code: "failed", message: "The analysis failed." };
+      var message = err.message;
+      if (err.cough_score != null) {
+        message += " (Cough detected: " + coughText(err.cough_detected, err.cough_score) + ".)";
+      }
+      showError({ code: err.code, message: message });
+    }
+    if (job.links && job.links.spectrogram) loadSpectrogram(run, job.links.spectrogram, 0);
+    setBusy(false);
+  }
+
+  function coughText(detected, score) {
+    if (detected == null) return "not checked (the cough gate is off)";
+    var answer = detected ? "yes" : "no";
+    return score != null ? answer + " — cough gate score " + pct(score) : answer;
+  }
+
+  /** The bundle's positive label, from GET /api/v1/models (needs no key). */
+  function positiveLabel(result) {
+    var lookup = state.models
+      ? Promise.resolve(state.models)
+      : getJson(API + "/models").then(function (response) {
+          state.models = response.status === 200 && response.body ? response.body.models || [] : [];
+          return state.models;
+        });
+    return lookup.then(function (models) {
+      for (var i = 0; i < models.length; i++) {
+        var m = models[i];
+        if (m.id === result.model_id && m.version === result.model_version && m.labels && m.labels.length) {
+          return m.labels[m.labels.length - 1];
+        }
+      }
+      return "sick";
+    });
+  }
+
+  /** Fetched (with the API key, if any) and shown through a blob: URL; hidden if absent. */
+  function loadSpectrogram(run, url, attempt) {
+    fetch(url, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" })
+      .then(function (response) {
+        var type = response.headers.get("Content-Type") || "";
+        if (!response.ok || type.indexOf("image/") !== 0) {
+          throw new Error(String(response.status));
+        }
+        return response.blob();
+      })
+      .then(function (blob) {
+        if (run !== state.run) return;
+        var img = $("spectrogram-img");
+        img.onload = function () {
+          if (run === state.run) show("spectrogram", true);
+        };
+        img.onerror = function () {
+          show("spectrogram", false);
+        };
+        img.src = objectUrl(blob);
+      })
+      .catch(function () {
+        show("spectrogram", false);
+        // Rendered by the worker; it may appear a moment after the result.
+        if (attempt < 2) later(run, 1500, function () {
+          loadSpectrogram(run, url, attempt + 1);
+        });
+      });
+  }
+
+  // --- several files: POST /api/v1/batches, then follow the batch ----------------------
+
+  function analyseMany(files) {
+    var run = reset();
+    setBusy(true);
+    var total = files.reduce(function (sum, f) {
+      return sum + f.size;
+    }, 0);
+    show("progress-view", true);
+    show("steps", false);
+    setText("progress-title", "Upload");
+    setText("subject", files.length + " files · " + bytes(total));
+    setStatus("Uploading " + files.length + " files…");
+
+    var form = new FormData();
+    files.forEach(function (file) {
+      form.append("files", file, file.webkitRelativePath || file.name);
+    });
+    upload(API + "/batches", form, function (fraction, done) {
+      if (run !== state.run) return;
+      setUploadProgress(fraction);
+      if (done) setStatus("Uploaded — the server is checking the files…");
+    }).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 202 && response.body && response.body.id) {
+        setUploadProgress(1);
+        startBatch(run, response.body, files.length);
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          analyseMany(files);
+        });
+        return;
+      }
+      var err = apiError(response);
+      if (response.status === 404 && err.code === "not_found") {
+        err = {
+          code: "batches_unavailable",
+          message: "This server cannot analyse several files at once. Choose one file at a time.",
+        };
+      }
+      setStatus("The files were not accepted.");
+      showError(err);
+      setBusy(false);
+    });
+  }
+
+  function startBatch(run, batch, sent) {
+    var accepted = batch.accepted != null ? batch.accepted : batch.total;
+    var parts = [accepted + " of " + sent + " files accepted"];
+    if (batch.duplicates) parts.push(batch.duplicates + " duplicate" + (batch.duplicates > 1 ? "s" : ""));
+    setStatus(parts.join(", ") + ".");
+
+    var rejected = batch.rejected || [];
+    var list = $("rejection-list");
+    rejected.forEach(function (item) {
+      var li = document.createElement("li");
+      var name = document.createElement("strong");
+      name.textContent = item.path || "(unnamed file)";
+      li.appendChild(name);
+      var error = item.error || {};
+      li.appendChild(document.createTextNode(" — " + (error.message || "rejected") + " "));
+      var code = document.createElement("code");
+      code.textContent = error.code || "";
+      li.appendChild(code);
+      list.appendChild(li);
+    });
+    show("rejections", rejected.length > 0);
+
+    setText("batch-title", "Batch of " + batch.total + " file" + (batch.total === 1 ? "" : "s"));
+    var csv = $("csv-link");
+    csv.href = batch.links.results;
+    show("csv-link", true);
+    show("batch-view", true);
+    state.batchItemsUrl = batch.links.items;
+    state.batchDone = -1;
+    showBatch(run, batch);
+    if (batch.status !== "completed") {
+      later(run, DEFAULT_POLL_S * 1000, function () {
+        pollBatch(run, batch.links.self, 0);
+      });
+    }
+  }
+
+  function pollBatch(run, url, failures) {
+    getJson(url).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 200 && response.body) {
+        showBatch(run, response.body);
+        if (response.body.status !== "completed") {
+          later(run, retryAfterMs(response.retryAfter), function () {
+            pollBatch(run, url, 0);
+          });
+        }
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          pollBatch(run, url, 0);
+        });
+        return;
+      }
+      if (response.status === 404 || failures + 1 >= MAX_POLL_FAILURES) {
+        showError(apiError(response));
+        setText("batch-status", "Lost track of the batch.");
+        setBusy(false);
+        return;
+      }
+      setText("batch-status", "Lost contact with the server; trying again…");
+      later(run, Math.min(1000 * Math.pow(2, failures), 15000), function () {
+        pollBatch(run, url, failures + 1);
+      });
+    });
+  }
+
+  function showBatch(run, batch) {
+    var counts = batch.counts || {};
+    var finished = (counts.succeeded || 0) + (counts.failed || 0);
+    var progress = batch.total ? batch.progress || 0 : batch.status === "completed" ? 1 : 0;
+    var value = Math.round(progress * 100);
+    $("batch-progress").value = value;
+    setText("batch-percent", value + " %");
+
+    var list = $("batch-counts");
+    list.textContent = "";
+    [
+      ["queued", "queued"],
+      ["running", "running"],
+      ["succeeded", "succeeded"],
+      ["failed", "failed"],
+    ].forEach(function (pair) {
+      var li = document.createElement("li");
+      var n = document.createElement("strong");
+      n.textContent = String(counts[pair[0]] || 0);
+      li.appendChild(n);
+      li.appendChild(document.createTextNode(" " + pair[1]));
+      list.appendChild(li);
+    });
+
+    var text;
+    if (batch.status === "completed") {
+      text = batch.total
+        ? "Completed — all " + batch.total + " files are analysed."
+        : "Completed — no file was accepted.";
+    } else {
+      text = "Analysing — " + finished + " of " + batch.total + " files finished";
+      text += batch.eta_s != null ? ", about " + duration(batch.eta_s) + " left." : ".";
+    }
+    if ($("batch-status").textContent !== text) setText("batch-status", text);
+
+    // Re-read the items when something finished, and once more at the end.
+    if (finished !== state.batchDone || batch.status === "completed") {
+      state.batchDone = finished;
+      loadItems(run, batch.status === "completed");
+    }
+  }
+
+  function loadItems(run, last) {
+    var rows = [];
+    function page(cursor) {
+      var url = state.batchItemsUrl + "?limit=200" + (cursor ? "&cursor=" + encodeURIComponent(cursor) : "");
+      return getJson(url).then(function (response) {
+        if (run !== state.run) return null;
+        if (response.status !== 200 || !response.body) return null;
+        rows = rows.concat(response.body.items || []);
+        return response.body.next_cursor ? page(response.body.next_cursor) : rows;
+      });
+    }
+    page(null).then(function (items) {
+      if (run !== state.run || !items) return;
+      renderItems(items);
+      if (last) {
+        setBusy(false);
+      }
+    });
+  }
+
+  function cell(row, text, className) {
+    var td = document.createElement("td");
+    if (className) td.className = className;
+    if (text instanceof Node) td.appendChild(text);
+    else td.textContent = text == null ? "" : text;
+    row.appendChild(td);
+    return td;
+  }
+
+  function renderItems(items) {
+    var body = $("batch-rows");
+    var fragment = document.createDocumentFragment();
+    items.forEach(function (job) {
+      var tr = document.createElement("tr");
+      var audio = job.audio || {};
+      cell(tr, job.path || audio.filename || job.id, "file");
+      var badge = document.createElement("span");
+      badge.className = "badge " + job.status;
+      badge.textContent = job.status;
+      cell(tr, badge);
+      var result = job.result || {};
+      var error = job.error || {};
+      cell(tr, job.status === "succeeded" ? result.diagnosis : "");
+      cell(tr, job.status === "succeeded" ? pct(result.score) : "", "num");
+      var detected = job.status === "succeeded" ? result.cough_detected : error.cough_detected;
+      var score = job.status === "succeeded" ? result.cough_score : error.cough_score;
+      cell(tr, job.status === "succeeded" || error.cough_score != null ? coughText(detected, score) : "");
+      var message = cell(tr, job.status === "failed" ? error.message : "");
+      if (error.code) message.title = error.code;
+      fragment.appendChild(tr);
+    });
+    body.textContent = "";
+    body.appendChild(fragment);
+  }
+
+  // The CSV link is a plain link; with an API key it has to be fetched with the header.
+  $("csv-link").addEventListener("click", function (event) {
+    if (!state.apiKey) return;
+    event.preventDefault();
+    var link = event.currentTarget;
+    fetch(link.href, { headers: authHeaders(), cache: "no-store" })
+      .then(function (response) {
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        return response.blob();
+      })
+      .then(function (blob) {
+        var a = document.createElement("a");
+        a.href = objectUrl(blob);
+        a.download = link.getAttribute("download") || "tussis-results.csv";
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+      })
+      .catch(function (e) {
+        setText("batch-status", "Could not download the CSV (" + e.message + ").");
+      });
+  });
+
+  // --- choosing and dropping files -------------------------------------------------
+
+  function submitFiles(fileList) {
+    var files = Array.prototype.slice.call(fileList || []);
+    if (!files.length || state.busy) return;
+    if (files.length === 1) analyseOne(files[0], files[0].name);
+    else analyseMany(files);
+  }
+
+  $("file-input").addEventListener("change", function (event) {
+    var files = event.target.files;
+    submitFiles(files);
+    event.target.value = ""; // choosing the same file again fires "change" again
+  });
+
+  var zone = $("drop-zone");
+  ["dragenter", "dragover"].forEach(function (type) {
+    zone.addEventListener(type, function (event) {
+      event.preventDefault();
+      event.dataTransfer.dropEffect = state.busy ? "none" : "copy";
+      zone.classList.add("dragging");
+    });
+  });
+  ["dragleave", "dragend"].forEach(function (type) {
+    zone.addEventListener(type, function () {
+      zone.classList.remove("dragging");
+    });
+  });
+  zone.addEventListener("drop", function (event) {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    submitFiles(event.dataTransfer.files);
+  });
+  // A file dropped beside the zone must not make the browser leave the page.
+  window.addEventListener("dragover", function (event) {
+    event.preventDefault();
+  });
+  window.addEventListener("drop", function (event) {
+    event.preventDefault();
+  });
+
+  // --- recording -------------------------------------------------------------------
+
+  function recordingSupported() {
+    return !!(window.isSecureContext && navigator.mediaDevices &&
+      navigator.mediaDevices.getUserMedia && window.MediaRecorder);
+  }
+
+  function recorderType() {
+    for (var i = 0; i < RECORDER_TYPES.length; i++) {
+      if (MediaRecorder.isTypeSupported(RECORDER_TYPES[i][0])) return RECORDER_TYPES[i];
+    }
+    return null;
+  }
+
+  function extensionFor(mimeType) {
+    var type = (mimeType || "").toLowerCase();
+    if (type.indexOf("ogg") >= 0) return "ogg";
+    if (type.indexOf("mp4") >= 0 || type.indexOf("aac") >= 0) return "m4a";
+    if (type.indexOf("wav") >= 0) return "wav";
+    return "webm";
+  }
+
+  function setRecording(on) {
+    var button = $("record-button");
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    setText("record-label", on ? "Stop recording" : "Start recording");
+  }
+
+  function startRecording() {
+    var note = $("record-note");
+    note.textContent = "Asking for the microphone…";
+    $("record-button").disabled = true;
+    navigator.mediaDevices
+      .getUserMedia({
+        audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      })
+      .then(function (stream) {
+        var type = recorderType();
+        var recorder = type ? new MediaRecorder(stream, { mimeType: type[0] }) : new MediaRecorder(stream);
+        var chunks = [];
+        var started = performance.now();
+        var timer = window.setInterval(function () {
+          var seconds = (performance.now() - started) / 1000;
+          setText("record-time", seconds.toFixed(1) + " s");
+          if (seconds >= MAX_RECORD_S && recorder.state === "recording") recorder.stop();
+        }, 100);
+        state.recorder = recorder;
+        setBusy(true); // no file is taken while recording
+        recorder.addEventListener("dataavailable", function (event) {
+          if (event.data && event.data.size) chunks.push(event.data);
+        });
+        recorder.addEventListener("stop", function () {
+          window.clearInterval(timer);
+          stream.getTracks().forEach(function (track) {
+            track.stop();
+          });
+          state.recorder = null;
+          setRecording(false);
+          var seconds = (performance.now() - started) / 1000;
+          setText("record-time", seconds.toFixed(1) + " s");
+          var mimeType = recorder.mimeType || (chunks[0] && chunks[0].type) || "audio/webm";
+          var blob = new Blob(chunks, { type: mimeType });
+          if (!blob.size) {
+            note.textContent = "Nothing was recorded. Check the microphone and try again.";
+            setBusy(false);
+            return;
+          }
+          note.textContent = "Recorded " + seconds.toFixed(1) + " s.";
+          analyseOne(blob, "recording." + extensionFor(mimeType));
+        });
+        recorder.start(250);
+        setRecording(true);
+        $("record-button").disabled = false;
+        setText("record-time", "0.0 s");
+        note.textContent = "Recording… cough now, then press Stop (at most " + MAX_RECORD_S + " s).";
+      })
+      .catch(function (error) {
+        $("record-button").disabled = false;
+        var name = error && error.name;
+        note.textContent =
+          name === "NotAllowedError" || name === "SecurityError"
+            ? "Microphone access was refused. Allow it in the browser, or choose a file instead."
+            : name === "NotFoundError"
+              ? "No microphone was found. Connect one, or choose a file instead."
+              : "The microphone could not be started (" + (error && error.message) + ").";
+      });
+  }
+
+  $("record-button").addEventListener("click", function () {
+    if (state.recorder) {
+      if (state.recorder.state === "recording") state.recorder.stop();
+      return;
+    }
+    if (!state.busy) startRecording();
+  });
+
+  // A file the browser cannot play (the server may still decode it) needs no dead player.
+  $("playback-audio").addEventListener("error", function () {
+    if ($("playback-audio").getAttribute("src")) show("playback", false);
+  });
+
+  $("again-button").addEventListener("click", function () {
+    reset();
+    setBusy(false);
+    window.scrollTo(0, 0);
+    $("record-button").focus();
+  });
+
+  // --- start -----------------------------------------------------------------------
+
+  if (!recordingSupported()) {
+    $("record-button").disabled = true;
+    setText(
+      "record-note",
+      window.isSecureContext
+        ? "This browser cannot record audio. Choose a file instead."
+        : "Recording needs a secure connection (HTTPS, or this computer itself). Choose a file instead."
+    );
+  }
+  if (state.apiKey) show("key-toggle", true);
+})();

@@ -1,0 +1,461 @@
+"""The web page (``GET /``, ``api/web.py``, ``api/static/``) as a person uses it: a real
+headless Chromium (Debian's ``/usr/bin/chromium``, driven by Playwright) against a real
+gunicorn + celery worker stack on PostgreSQL and Redis, with real recordings.
+
+Playwright's own browser downloads are never used (``playwright install`` needs the
+internet); the page must work with no internet at all, which ``test_page_*`` check.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from api.web import CONTENT_SECURITY_POLICY
+from shared.audio import decode
+from shared.config import PROJECT_ROOT, normalise_database_url
+from tests.audio_samples import wav
+from tests.conftest import base_settings, migrate, require
+from tests.stack import Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FAKE_MICROPHONE_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+STATIC = PROJECT_ROOT / "api" / "static"
+SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+RESULT_TIMEOUT_MS = 120_000
+API_KEY = "web-test-key"
+
+
+# --- the page's files: no external URL, strict CSP (no browser needed) ------------------
+
+
+class _Refs(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("src", "href", "action", "srcset", "poster", "data") and value:
+                self.refs.append(value)
+
+
+def _is_local(ref: str) -> bool:
+    """Relative (or same-origin absolute path); never another host or protocol-relative."""
+    parts = urlsplit(ref.strip())
+    return not parts.scheme and not parts.netloc and not ref.strip().startswith("//")
+
+
+@pytest.fixture(scope="module")
+def web_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from api import create_app
+
+    settings = base_settings(tmp_path_factory.mktemp("web-client"))
+    migrate(settings.database_url)
+    return create_app(settings).test_client()
+
+
+def test_page_references_nothing_outside_this_server(web_client: Any) -> None:
+    index = web_client.get("/")
+    assert index.status_code == 200
+    assert index.mimetype == "text/html"
+    page = index.get_data(as_text=True)
+
+    parser = _Refs()
+    parser.feed(page)
+    refs = list(parser.refs)
+    css = (STATIC / "app.css").read_text()
+    refs += re.findall(r"url\(\s*['\"]?([^'\")]+)", css)
+    refs += re.findall(r"@import\s+['\"]([^'\"]+)", css)
+    js = (STATIC / "app.js").read_text()
+    # Every string literal in the script that looks like a URL or a path.
+    literals = re.findall(r"\"((?:[^\"\\]|\\.)*)\"|'((?:[^'\\]|\\.)*)'", js)
+    url_like = re.compile(r"^(/|[A-Za-z][\w+.-]*:\S|\.\.?/)")
+    refs += [s for pair in literals for s in pair if url_like.match(s)]
+    assert any(r.endswith("app.js") for r in parser.refs)
+    assert any(r.endswith("app.css") for r in parser.refs)
+    external = [r for r in refs if not _is_local(r)]
+    assert not external, f"external URLs in the page: {external}"
+    # Nothing that fetches from elsewhere hides in the code either.
+    for name, text in (("app.js", js), ("app.css", css), ("index.html", page)):
+        assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I), name
+
+    # Every local reference the HTML makes is served by the app, under the same CSP.
+    for ref in parser.refs:
+        if ref.startswith("#"):
+            continue
+        asset = web_client.get("/" + ref.lstrip("/"))
+        assert asset.status_code == 200, ref
+        assert asset.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+
+
+def test_page_has_a_strict_content_security_policy(web_client: Any) -> None:
+    response = web_client.get("/")
+    csp = {
+        d.split()[0]: d.split()[1:]
+        for d in response.headers["Content-Security-Policy"].split(";")
+        if d.strip()
+    }
+    assert csp["default-src"] == ["'self'"]
+    assert csp["media-src"] == ["'self'", "blob:"]
+    assert csp["img-src"] == ["'self'", "blob:", "data:"]
+    assert csp["object-src"] == ["'none'"]
+    assert csp["frame-ancestors"] == ["'none'"]
+    assert "unsafe-inline" not in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    # The API itself is unchanged: JSON, and no page policy on it.
+    models = web_client.get("/api/v1/models")
+    assert models.mimetype == "application/json"
+
+
+def test_page_tells_people_it_is_not_a_diagnosis(web_client: Any) -> None:
+    page = web_client.get("/").get_data(as_text=True)
+    assert "Research tool — not a diagnosis." in page
+    assert 'aria-live="polite"' in page
+    # Every form control has a label.
+    for control in re.findall(r"<input[^>]*\bid=\"([^\"]+)\"", page):
+        assert f'for="{control}"' in page, control
+
+
+# --- a real stack and a real browser ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web_stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str, tiny_bundle: Path
+) -> Iterator[Stack]:
+    """One API and one worker for this module, as tests/test_integration.py's stacks."""
+    tmp = tmp_path_factory.mktemp("web-stack")
+    settings = base_settings(
+        tmp,
+        database_url=normalise_database_url(postgres_url),
+        broker_url=redis_url,
+        model_bundle=tiny_bundle,
+    )
+    stack = Stack(settings, tmp)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    require(CHROMIUM.is_file(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "Playwright for Python is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as p:
+        yield p
+
+
+@dataclass
+class Session:
+    page: Any
+    requests: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def assert_only_loopback(self) -> None:
+        assert self.requests, "the page made no request at all"
+        for url in self.requests:
+            parts = urlsplit(url)
+            if parts.scheme in ("blob", "data"):
+                continue
+            assert parts.scheme in ("http", "https") and parts.hostname in LOOPBACK, url
+
+    def assert_clean(self) -> None:
+        assert not self.problems, self.problems
+
+
+@contextmanager
+def browser(playwright: Any, url: str, *extra_args: str) -> Iterator[Session]:
+    """Chromium on the page at ``url``, with every request and script problem recorded."""
+    chromium = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + list(extra_args)
+    )
+    try:
+        context = chromium.new_context(viewport={"width": 1100, "height": 900}, locale="en-GB")
+        if extra_args:
+            context.grant_permissions(["microphone"], origin=url)
+        page = context.new_page()
+        session = Session(page)
+        page.on("request", lambda r: session.requests.append(r.url))
+        page.on("pageerror", lambda e: session.problems.append(f"script error: {e}"))
+
+        def console(message: Any) -> None:
+            text = message.text
+            if "Content Security Policy" in text or "Refused to" in text:
+                session.problems.append(f"CSP: {text}")
+
+        page.on("console", console)
+        page.set_default_timeout(30_000)
+        page.goto(f"{url}/")
+        page.wait_for_selector("#input-view")
+        yield session
+        context.close()
+    finally:
+        chromium.close()
+
+
+def _expect() -> Any:
+    from playwright.sync_api import expect
+
+    return expect
+
+
+def _submitted_job(page: Any, action: Any) -> dict[str, Any]:
+    """Do ``action`` and return the 202 body of the POST /api/v1/jobs it causes."""
+    with page.expect_response(
+        lambda r: urlsplit(r.url).path == "/api/v1/jobs" and r.request.method == "POST",
+        timeout=60_000,
+    ) as info:
+        action()
+    response = info.value
+    assert response.status == 202, response.text()
+    return response.json()
+
+
+def _check_result_on_screen(session: Session, stack: Stack, job_id: str) -> dict[str, Any]:
+    page, expect = session.page, _expect()
+    expect(page.locator("#result-view")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    job = stack.job(job_id)
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    expect(page.locator("#status")).to_contain_text("Succeeded")
+    expect(page.locator("#result-diagnosis")).to_have_text(result["diagnosis"])
+    expect(page.locator("#result-score")).to_have_text(f"{result['score'] * 100:.1f} %")
+    expect(page.locator("#result-score-text")).to_contain_text(
+        "probability of “sick” according to the model"
+    )
+    expect(page.locator("#result-model")).to_have_text(
+        f"{result['model_id']} · version {result['model_version']}"
+    )
+    cough = "yes" if result["cough_detected"] else "no"
+    expect(page.locator("#result-cough")).to_contain_text(cough)
+    expect(page.locator("#result-cough")).to_contain_text(f"{result['cough_score'] * 100:.1f} %")
+    expect(page.locator(".notice")).to_contain_text("Research tool — not a diagnosis.")
+
+    # The spectrogram is shown when the API has one, and hidden when it answers 404.
+    spectrogram = job["links"].get("spectrogram")
+    has_png = (
+        spectrogram is not None
+        and requests.get(f"{stack.url}{spectrogram}", timeout=10).status_code == 200
+    )
+    if has_png:
+        expect(page.locator("#spectrogram")).to_be_visible(timeout=10_000)
+        width = page.locator("#spectrogram-img").evaluate("img => img.naturalWidth")
+        assert width > 0
+    else:
+        page.wait_for_timeout(4_000)  # the page retries a 404 twice, then gives up
+        expect(page.locator("#spectrogram")).to_be_hidden()
+    return job
+
+
+@pytest.mark.integration
+def test_one_uploaded_recording_shows_its_result(
+    playwright: Any, web_stack: Stack, cough_file: Path, tmp_path: Path
+) -> None:
+    with browser(playwright, web_stack.url) as session:
+        page = session.page
+        _expect()(page.get_by_text("Research tool — not a diagnosis.")).to_be_visible()
+        accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", cough_file))
+        assert accepted["audio"]["filename"] == cough_file.name
+        _check_result_on_screen(session, web_stack, accepted["id"])
+        assert page.locator("#upload-progress").evaluate("p => p.value") == 100
+        _expect()(page.locator("#again-button")).to_be_visible()
+
+        page.wait_for_load_state("networkidle")
+        shot = tmp_path / "result.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if os.environ.get("TUSSIS_UPDATE_SCREENSHOT") == "1":
+            shutil.copyfile(shot, SCREENSHOT)
+
+        session.assert_only_loopback()
+        session.assert_clean()
+        paths = {urlsplit(u).path for u in session.requests}
+        assert {"/", "/assets/app.js", "/assets/app.css", "/api/v1/jobs"} <= paths
+
+
+@pytest.fixture(scope="module")
+def cough_wav(tmp_path_factory: pytest.TempPathFactory, cough_file: Path) -> Path:
+    """A real cough as 48 kHz WAV, what Chromium's fake microphone plays (looped)."""
+    audio = decode(cough_file.read_bytes(), 48000)
+    path = tmp_path_factory.mktemp("fake-mic") / "cough.wav"
+    path.write_bytes(wav(audio.samples, 48000))
+    return path
+
+
+@pytest.mark.integration
+def test_a_recording_made_in_the_browser_is_analysed(
+    playwright: Any, web_stack: Stack, cough_wav: Path
+) -> None:
+    args = [*FAKE_MICROPHONE_ARGS, f"--use-file-for-fake-audio-capture={cough_wav}"]
+    with browser(playwright, web_stack.url, *args) as session:
+        page, expect = session.page, _expect()
+        button = page.locator("#record-button")
+        expect(button).to_be_enabled()
+        button.click()
+        expect(button).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#record-label")).to_have_text("Stop recording")
+        page.wait_for_timeout(2_500)
+        seconds = float(page.locator("#record-time").inner_text().removesuffix(" s"))
+        assert seconds >= 1.5
+        accepted = _submitted_job(page, button.click)
+        expect(button).to_have_attribute("aria-pressed", "false")
+        assert accepted["audio"]["filename"] == "recording.webm"
+        assert accepted["audio"]["content_type"].startswith("audio/webm")
+        assert accepted["audio"]["duration_s"] >= 1.5
+
+        # The fake microphone's sound may or may not pass the cough gate: either way the
+        # page shows where the job ended and why.
+        expect(page.locator("#status")).to_have_text(
+            re.compile(r"^(Succeeded|Failed)"), timeout=RESULT_TIMEOUT_MS
+        )
+        job = web_stack.job(accepted["id"])
+        if job["status"] == "succeeded":
+            _check_result_on_screen(session, web_stack, job["id"])
+        else:
+            expect(page.locator("#error-message")).to_contain_text(job["error"]["message"])
+            expect(page.locator("#error-code")).to_have_text(job["error"]["code"])
+        expect(page.locator("#playback")).to_be_visible()
+        session.assert_only_loopback()
+        session.assert_clean()
+
+
+@pytest.mark.integration
+def test_a_rejected_upload_shows_the_apis_message(
+    playwright: Any, web_stack: Stack, tmp_path: Path
+) -> None:
+    fake = tmp_path / "notes.wav"
+    fake.write_text("These are my notes, not a recording.\n" * 20)
+    expected = web_stack.submit(fake.read_bytes(), fake.name)
+    assert expected.status_code == 422
+    error = expected.json()["error"]
+
+    with browser(playwright, web_stack.url) as session:
+        page, expect = session.page, _expect()
+        with page.expect_response(lambda r: urlsplit(r.url).path == "/api/v1/jobs") as info:
+            page.set_input_files("#file-input", fake)
+        assert info.value.status == 422
+        expect(page.locator("#error-box")).to_be_visible()
+        expect(page.locator("#error-message")).to_have_text(error["message"])
+        expect(page.locator("#error-code")).to_have_text(error["code"])
+        expect(page.locator("#status")).to_have_text("The recording was not accepted.")
+        expect(page.locator("#result-view")).to_be_hidden()
+        # The page is usable again at once.
+        expect(page.locator("#file-input")).to_be_enabled()
+        expect(page.locator("#record-button")).to_be_enabled()
+        session.assert_clean()
+
+
+@pytest.mark.integration
+def test_several_files_go_as_one_batch(
+    playwright: Any, web_stack: Stack, cough_files: list[Path], tmp_path: Path
+) -> None:
+    probe = requests.post(f"{web_stack.url}/api/v1/batches", timeout=30)
+    if probe.status_code == 404:
+        pytest.skip("the API has no POST /api/v1/batches yet (docs/batches-api.md)")
+    chosen = cough_files[:3]
+    junk = tmp_path / "readme.txt"
+    junk.write_text("not audio\n" * 10)
+
+    with browser(playwright, web_stack.url) as session:
+        page, expect = session.page, _expect()
+        with page.expect_response(
+            lambda r: urlsplit(r.url).path == "/api/v1/batches" and r.request.method == "POST",
+            timeout=60_000,
+        ) as info:
+            page.set_input_files("#file-input", [*chosen, junk])
+        assert info.value.status == 202, info.value.text()
+        batch = info.value.json()
+        assert batch["accepted"] == 3
+
+        expect(page.locator("#batch-view")).to_be_visible()
+        # The file that is not audio is listed with the API's reason; the others go on.
+        rejected = batch["rejected"]
+        assert [r["path"] for r in rejected] == ["readme.txt"]
+        expect(page.locator("#rejections")).to_contain_text("readme.txt")
+        expect(page.locator("#rejections")).to_contain_text(rejected[0]["error"]["message"])
+
+        expect(page.locator("#batch-percent")).to_have_text("100 %", timeout=RESULT_TIMEOUT_MS)
+        assert page.locator("#batch-progress").evaluate("p => p.value") == 100
+        expect(page.locator("#batch-status")).to_contain_text("Completed")
+        rows = page.locator("#batch-rows tr")
+        expect(rows).to_have_count(3)
+        expect(page.locator("#batch-rows")).to_contain_text(chosen[0].name)
+        for i in range(3):
+            expect(rows.nth(i).locator(".badge")).to_have_text(re.compile("succeeded|failed"))
+
+        link = page.locator("#csv-link")
+        expect(link).to_be_visible()
+        href = link.get_attribute("href")
+        assert href == batch["links"]["results"]
+        csv = requests.get(f"{web_stack.url}{href}", timeout=30)
+        assert csv.status_code == 200
+        assert len(csv.text.strip().splitlines()) == 1 + 3
+        session.assert_only_loopback()
+        session.assert_clean()
+
+
+@pytest.mark.integration
+def test_a_server_with_api_keys_asks_for_one(
+    playwright: Any, web_stack: Stack, cough_file: Path, tmp_path: Path
+) -> None:
+    """A second API process with TUSSIS_API_KEYS on the same database and queue, so the
+    module's worker analyses what it accepts."""
+    keyed = Stack(web_stack.settings, tmp_path, TUSSIS_API_KEYS=f"clinic:{API_KEY}")
+    try:
+        keyed.start_api()
+        with browser(playwright, keyed.url) as session:
+            page, expect = session.page, _expect()
+            with page.expect_response(lambda r: urlsplit(r.url).path == "/api/v1/jobs") as info:
+                page.set_input_files("#file-input", cough_file)
+            assert info.value.status == 401
+            expect(page.locator("#key-panel")).to_be_visible()
+            expect(page.locator("#key-message")).to_contain_text("API key")
+            page.get_by_label("API key", exact=True).fill(API_KEY)
+            accepted = _submitted_job(
+                page, lambda: page.get_by_role("button", name="Use this key").click()
+            )
+            expect(page.locator("#key-panel")).to_be_hidden()
+            expect(page.locator("#result-view")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+            job = requests.get(
+                f"{keyed.url}/api/v1/jobs/{accepted['id']}",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=10,
+            ).json()
+            expect(page.locator("#result-diagnosis")).to_have_text(job["result"]["diagnosis"])
+            if job["links"].get("spectrogram"):  # fetched with the key, shown as a blob: URL
+                expect(page.locator("#spectrogram")).to_be_visible(timeout=10_000)
+                src = page.locator("#spectrogram-img").get_attribute("src")
+                assert src and src.startswith("blob:")
+            session.assert_only_loopback()
+            session.assert_clean()
+    finally:
+        keyed.stop()
