@@ -45,7 +45,7 @@ class Member:
 
 def safe_path(name: str) -> str | None:
     """A normalised relative POSIX path, or None if the name tries to escape."""
-    if not name or "\\" in name or name.startswith("/") or "\x00" in name:
+    if not name or "\\" in name or name.startswith("/") or "\x00" in name or len(name) > 1024:
         return None
     if len(name) > 2 and name[1] == ":":
         return None  # a drive letter

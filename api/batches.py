@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 from werkzeug.datastructures import FileStorage
 
 from api import intake
@@ -178,13 +178,14 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
                 {"path": member.path, "error": {"code": exc.code, "message": exc.message}}
             )
             continue
+        label = labels.get(member.path)
         item = intake.new_job(
             member.data,
             member.path.rsplit("/", 1)[-1],
             None,
             duration,
             path=member.path,
-            label=labels.get(member.path),
+            label=label[:255] if label else None,
         )
         if (item.path, item.sha256) in seen:
             duplicates += 1
@@ -228,8 +229,13 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     try:
         report = _ingest(batch_id, owner)
     except ApiError:
+        # A whole-request rejection found mid-archive: forget the batch and what it stored.
         with session_scope(s.database_url) as session:
+            keys = list(session.scalars(select(Job.audio_key).where(Job.batch_id == batch_id)))
+            session.execute(delete(Job).where(Job.batch_id == batch_id))
             session.delete(session.get(Batch, batch_id))
+        for key in keys:
+            intake.storage().delete(key)
         raise
     if not keep_open:
         batches.close(s.database_url, batch_id)

@@ -84,7 +84,7 @@ class Settings:
     archive_max_ratio: float = 100.0
     batch_chunk_size: int = 16
     callback_secret: str = ""
-    callback_max_attempts: int = 8
+    callback_max_attempts: int = 12
     log_level: str = "INFO"
     # Failure drills only: hold each analysis this long after claiming it, so an
     # operator (or a test) can kill a worker mid-job and watch the recovery.
@@ -207,7 +207,7 @@ def load_settings() -> Settings:
         archive_max_ratio=_env_float("TUSSIS_ARCHIVE_MAX_RATIO", 100.0),
         batch_chunk_size=_env_int("TUSSIS_BATCH_CHUNK_SIZE", 16),
         callback_secret=os.environ.get("TUSSIS_CALLBACK_SECRET", ""),
-        callback_max_attempts=_env_int("TUSSIS_CALLBACK_MAX_ATTEMPTS", 8),
+        callback_max_attempts=_env_int("TUSSIS_CALLBACK_MAX_ATTEMPTS", 12),
         log_level=_env_str("TUSSIS_LOG_LEVEL", "INFO").upper(),
         drill_task_delay_s=_env_float("TUSSIS_DRILL_TASK_DELAY_S", 0.0),
     )

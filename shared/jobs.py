@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import session_scope
@@ -218,6 +218,17 @@ def fail(
     )
 
 
+def any_running(database_url: str, job_ids: list[str]) -> bool:
+    with session_scope(database_url) as session:
+        return bool(
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
+            )
+        )
+
+
 def mark_spectrogram(database_url: str, job_id: str) -> None:
     with session_scope(database_url) as session:
         session.execute(update(Job).where(Job.id == job_id).values(has_spectrogram=True))
@@ -273,14 +284,20 @@ def delete_job(session: Session, job_id: str) -> None:
 # --- Sweeper ----------------------------------------------------------------------
 
 
-def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 500) -> list[str]:
+@dataclass(frozen=True)
+class Lost:
+    job_id: str
+    batch_id: str | None
+
+
+def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 500) -> list[Lost]:
     """Jobs whose message may be lost: queued and not published for a while, or
     running with an expired lease (its worker died with the message)."""
     now = utcnow()
     stale = now - timedelta(seconds=requeue_after_s)
     with session_scope(database_url) as session:
         candidates = session.execute(
-            select(Job.id, Job.published_at)
+            select(Job.id, Job.published_at, Job.batch_id)
             .where(
                 or_(
                     and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
@@ -294,8 +311,8 @@ def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 50
             .order_by(Job.created_at)
             .limit(limit)
         ).all()
-        won: list[str] = []
-        for job_id, published_at in candidates:
+        won: list[Lost] = []
+        for job_id, published_at, batch_id in candidates:
             # Several sweepers may run at once: only the one whose update lands publishes.
             result = session.execute(
                 update(Job)
@@ -303,5 +320,5 @@ def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 50
                 .values(published_at=now)
             )
             if result.rowcount == 1:
-                won.append(job_id)
+                won.append(Lost(job_id, batch_id))
         return won

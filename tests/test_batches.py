@@ -299,3 +299,62 @@ def test_a_batch_of_210_real_recordings_through_the_whole_system(
     finally:
         stack.stop()
         receiver.close()
+
+
+@pytest.mark.integration
+def test_a_chunk_cut_off_by_a_dying_worker_is_retried_one_recording_at_a_time(
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+    tiny_bundle: Path,
+    cough_files: list[Path],
+) -> None:
+    """So that one recording that kills its worker cannot take its chunk-mates down."""
+    import os
+    import signal
+
+    import sqlalchemy as sa
+
+    settings = base_settings(
+        tmp_path,
+        database_url=normalise_database_url(postgres_url),
+        broker_url=redis_url,
+        model_bundle=tiny_bundle,
+        drill_task_delay_s=4.0,
+    )
+    stack = Stack(settings, tmp_path)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        files = [("files", (f.name, f.read_bytes())) for f in cough_files[:3]]
+        batch = requests.post(f"{stack.url}/api/v1/batches", files=files, timeout=60).json()
+        engine = sa.create_engine(settings.database_url)
+
+        def running_worker() -> str | None:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT worker FROM jobs WHERE batch_id = :b AND status = 'running'"),
+                    {"b": batch["id"]},
+                ).all()
+            return rows[0].worker if len(rows) == 3 else None  # the whole chunk is claimed
+
+        worker = wait_until(running_worker, 120, "the chunk to be claimed", 0.05)
+        os.kill(int(worker.rsplit(":", 2)[1]), signal.SIGKILL)
+
+        def completed() -> dict | None:
+            b = requests.get(f"{stack.url}{batch['links']['self']}", timeout=10).json()
+            return b if b["status"] == "completed" else None
+
+        final = wait_until(completed, 300, "the batch to complete", 0.5)
+        assert final["counts"]["succeeded"] == 3
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT attempts, worker FROM jobs WHERE batch_id = :b"),
+                {"b": batch["id"]},
+            ).all()
+        engine.dispose()
+        assert [r.attempts for r in rows] == [2, 2, 2]
+        assert len({r.worker for r in rows}) == 1  # one new child...
+        assert "re-published" not in Stack.tail(stack.worker_log, 400)  # ...without the sweeper
+    finally:
+        stack.stop()

@@ -1,4 +1,4 @@
-"""``tussis``: train and evaluate model bundles."""
+"""``tussis``: submit recordings to a Tussis server; train and evaluate model bundles."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from shared.queue import (
     TASK_SWEEP,
     publish_analysis,
     publish_callback,
+    publish_chunk,
 )
 from shared.spectrogram import render, to_png
 from shared.storage import AudioNotFound, spectrogram_key
@@ -213,7 +214,14 @@ def analyse_job(job_id: str) -> None:
 
 @celery.task(name=TASK_ANALYSE_CHUNK)
 def analyse_chunk(job_ids: list[str]) -> None:
-    Pipeline().run(list(job_ids))
+    job_ids = list(job_ids)
+    if len(job_ids) > 1 and jobs.any_running(settings.database_url, job_ids):
+        # An earlier delivery of this chunk was cut off (its worker died): retry each
+        # recording on its own, so one that kills its worker cannot take the others down.
+        for job_id in job_ids:
+            publish_chunk(celery, settings, [job_id])
+        return
+    Pipeline().run(job_ids)
 
 
 def callback_body(batch: Batch, counts: batches.Counts) -> bytes:
@@ -245,17 +253,18 @@ def batch_callback(self, batch_id: str) -> None:  # type: ignore[no-untyped-def]
         body = callback_body(batch, batches.counts(session, batch_id))
         url, attempts = batch.callback_url, batch.callback_attempts
     assert url is not None
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "tussis-callback/1",
-            "X-Tussis-Signature": signature(body),
-            "X-Tussis-Batch": batch_id,
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "tussis-callback/1",
+        "X-Tussis-Batch": batch_id,
+    }
+    if settings.callback_secret:
+        headers["X-Tussis-Signature"] = signature(body)
+    else:
+        log.warning(
+            "batch %s: TUSSIS_CALLBACK_SECRET is not set; the callback is unsigned", batch_id
+        )
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             ok = 200 <= response.status < 300
@@ -282,13 +291,19 @@ def sweep() -> int:
     finish batches whose completion was missed, and re-queue unsent callbacks."""
     if runtime.served_fingerprints:
         served_models.touch(settings.database_url, runtime.served_fingerprints)
-    job_ids = jobs.jobs_to_republish(settings.database_url, settings.requeue_after_s)
-    for job_id in job_ids:
+    lost = jobs.jobs_to_republish(settings.database_url, settings.requeue_after_s)
+    singles = [item.job_id for item in lost if item.batch_id is None]
+    batch_items = [item.job_id for item in lost if item.batch_id is not None]
+    for job_id in singles:
         publish_analysis(celery, settings, job_id)
-    if job_ids:
-        log.warning("re-published %d job(s) whose message was lost: %s", len(job_ids), job_ids)
+    # Batch items go back to the batch queue, so they never crowd out single jobs.
+    size = max(1, settings.batch_chunk_size)
+    for start in range(0, len(batch_items), size):
+        publish_chunk(celery, settings, batch_items[start : start + size])
+    if lost:
+        log.warning("re-published %d job(s) whose message was lost", len(lost))
     for batch_id in batches.running_batches(settings.database_url):
         batches.complete_and_notify(celery, settings, batch_id)
     for batch_id in batches.lost_callbacks(settings.database_url, settings.requeue_after_s):
         publish_callback(celery, settings, batch_id)
-    return len(job_ids)
+    return len(lost)
