@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from shared import embedded_broker
 from shared.config import Settings
 
 TASK_ANALYSE = "tussis.analyse_job"
@@ -30,7 +31,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["socket_connect_timeout"] = settings.publish_timeout_s
         transport["socket_timeout"] = max(settings.publish_timeout_s, 10.0)
     return {
-        "broker_url": settings.broker_url,
+        "broker_url": embedded_broker.kombu_url(settings.broker_url),
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": settings.publish_timeout_s,
