@@ -19,6 +19,7 @@ from api import intake
 from api.archive import AUDIO_SUFFIXES, Limits, Member, iter_members, open_archive, safe_path
 from api.auth import current_owner
 from api.errors import ApiError
+from api.paging import invalid_cursor, page_limit
 from api.representation import iso, job_to_dict
 from shared import batches
 from shared.audio import AudioError
@@ -28,7 +29,6 @@ from shared.models import Batch, BatchStatus, Job, utcnow
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__)
 
-MAX_PAGE_SIZE = 200
 CSV_COLUMNS = [
     "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
     "model_id", "model_version", "label", "sha256", "job_id",
@@ -287,21 +287,10 @@ def get_batch(batch_id: str) -> Response:
     return response
 
 
-def _limit() -> int:
-    s = intake.settings()
-    try:
-        limit = int(request.args.get("limit", s.page_size))
-    except ValueError as exc:
-        raise ApiError(400, "invalid_limit", "'limit' must be a whole number.") from exc
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ApiError(400, "invalid_limit", f"'limit' must be between 1 and {MAX_PAGE_SIZE}.")
-    return limit
-
-
 def _seq_cursor() -> int:
     cursor = request.args.get("cursor") or "0"
     if not cursor.isdigit():
-        raise ApiError(400, "invalid_cursor", "'cursor' is not a value this API returned.")
+        raise invalid_cursor()
     return int(cursor)
 
 
@@ -309,7 +298,7 @@ def _seq_cursor() -> int:
 def list_items(batch_id: str) -> Response:
     s = intake.settings()
     owner = current_owner()
-    limit, after = _limit(), _seq_cursor()
+    limit, after = page_limit(intake.settings().page_size), _seq_cursor()
     with session_scope(s.database_url) as session:
         _load(session, batch_id, owner)
         rows = list(
@@ -374,7 +363,7 @@ def results_csv(batch_id: str) -> Response:
 def list_batches() -> Response:
     s = intake.settings()
     owner = current_owner()
-    limit = _limit()
+    limit = page_limit(intake.settings().page_size)
     cursor = request.args.get("cursor")
     with session_scope(s.database_url) as session:
         query = select(Batch).where(Batch.owner == owner)
@@ -383,9 +372,7 @@ def list_batches() -> Response:
                 created_text, last_id = cursor.split("|", 1)
                 created = datetime.fromisoformat(created_text)
             except ValueError as exc:
-                raise ApiError(
-                    400, "invalid_cursor", "'cursor' is not a value this API returned."
-                ) from exc
+                raise invalid_cursor() from exc
             query = query.where(
                 or_(
                     Batch.created_at < created,

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from api import intake
 from api.auth import current_owner
 from api.errors import ApiError, upload_too_large
+from api.paging import invalid_cursor, page_limit
 from api.representation import job_to_dict, job_url
 from shared import jobs
 from shared.audio import AudioError
@@ -19,8 +20,6 @@ from shared.storage import AudioNotFound, AudioStorage, spectrogram_key
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
-
-MAX_PAGE_SIZE = 200
 
 
 def _settings() -> Settings:
@@ -85,20 +84,13 @@ def get_job(job_id: str) -> Response:
 def list_jobs() -> Response:
     settings = _settings()
     owner = current_owner()
-    try:
-        limit = int(request.args.get("limit", settings.page_size))
-    except ValueError as exc:
-        raise ApiError(400, "invalid_limit", "'limit' must be a whole number.") from exc
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ApiError(400, "invalid_limit", f"'limit' must be between 1 and {MAX_PAGE_SIZE}.")
+    limit = page_limit(settings.page_size)
     cursor = request.args.get("cursor") or None
     with session_scope(settings.database_url) as session:
         try:
             rows, next_cursor = jobs.list_for_owner(session, owner, limit, cursor)
         except ValueError as exc:
-            raise ApiError(
-                400, "invalid_cursor", "'cursor' is not a value this API returned."
-            ) from exc
+            raise invalid_cursor() from exc
         body = {"jobs": [job_to_dict(j) for j in rows], "next_cursor": next_cursor}
     response = jsonify(body)
     if next_cursor:
