@@ -16,13 +16,13 @@ from sqlalchemy import and_, delete, or_, select
 from werkzeug.datastructures import FileStorage
 
 from api import intake
-from api.archive import AUDIO_SUFFIXES, Limits, Member, iter_members, open_archive, safe_path
+from api.archive import Limits, Member, iter_members, open_archive, safe_path
 from api.auth import current_owner
 from api.errors import ApiError
 from api.paging import invalid_cursor, page_limit
 from api.representation import iso, job_to_dict
 from shared import batches
-from shared.audio import AudioError
+from shared.audio import AUDIO_SUFFIXES, AudioError
 from shared.db import session_scope
 from shared.models import Batch, BatchStatus, Job, utcnow
 

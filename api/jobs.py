@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy.orm import Session
 
 from api import intake
 from api.auth import current_owner
@@ -13,30 +14,25 @@ from api.paging import invalid_cursor, page_limit
 from api.representation import job_to_dict, job_url
 from shared import jobs
 from shared.audio import AudioError
-from shared.config import Settings
 from shared.db import session_scope
-from shared.models import JobStatus
-from shared.storage import AudioNotFound, AudioStorage, spectrogram_key
+from shared.models import Job, JobStatus
+from shared.storage import AudioNotFound, spectrogram_key
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
 
-def _settings() -> Settings:
-    return current_app.extensions["tussis.settings"]
-
-
-def _storage() -> AudioStorage:
-    return current_app.extensions["tussis.storage"]
-
-
-def _not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found", f"There is no job {job_id}.")
+def _owned(session: Session, job_id: str, owner: str) -> Job:
+    """The caller's job, or 404 (another caller's job is as absent as a missing one)."""
+    job = jobs.get_for_owner(session, job_id, owner)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"There is no job {job_id}.")
+    return job
 
 
 def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
     """The bytes of one uploaded file field, checked for presence and size."""
-    settings = _settings()
+    settings = intake.settings()
     upload = request.files.get(field)
     if upload is None:
         raise ApiError(
@@ -52,7 +48,7 @@ def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
 
 @bp.post("/jobs")
 def submit_job() -> tuple[Response, int, dict[str, str]]:
-    settings = _settings()
+    settings = intake.settings()
     owner = current_owner()
     data, filename, content_type = read_upload("audio")
     try:
@@ -67,12 +63,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    settings = _settings()
+    settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
-        job = jobs.get_for_owner(session, job_id, owner)
-        if job is None:
-            raise _not_found(job_id)
+        job = _owned(session, job_id, owner)
         body = job_to_dict(job)
     response = jsonify(body)
     if body["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
@@ -82,7 +76,7 @@ def get_job(job_id: str) -> Response:
 
 @bp.get("/jobs")
 def list_jobs() -> Response:
-    settings = _settings()
+    settings = intake.settings()
     owner = current_owner()
     limit = page_limit(settings.page_size)
     cursor = request.args.get("cursor") or None
@@ -100,27 +94,23 @@ def list_jobs() -> Response:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> tuple[str, int]:
-    settings = _settings()
+    settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
-        job = jobs.get_for_owner(session, job_id, owner)
-        if job is None:
-            raise _not_found(job_id)
+        job = _owned(session, job_id, owner)
         audio_key = job.audio_key
         jobs.delete_job(session, job_id)
-    _storage().delete(audio_key)
-    _storage().delete(spectrogram_key(audio_key))
+    intake.storage().delete(audio_key)
+    intake.storage().delete(spectrogram_key(audio_key))
     return "", 204
 
 
 @bp.get("/jobs/<job_id>/spectrogram.png")
 def get_spectrogram(job_id: str) -> Response:
-    settings = _settings()
+    settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
-        job = jobs.get_for_owner(session, job_id, owner)
-        if job is None:
-            raise _not_found(job_id)
+        job = _owned(session, job_id, owner)
         key, ready = job.audio_key, job.has_spectrogram
     missing = ApiError(
         404, "spectrogram_not_found", "The spectrogram is not available (yet) for this job."
@@ -128,7 +118,7 @@ def get_spectrogram(job_id: str) -> Response:
     if not ready:
         raise missing
     try:
-        png = _storage().get(spectrogram_key(key))
+        png = intake.storage().get(spectrogram_key(key))
     except AudioNotFound as exc:
         raise missing from exc
     response = Response(png, mimetype="image/png")

@@ -30,9 +30,7 @@ from typing import Any, BinaryIO
 import requests
 from tqdm import tqdm
 
-AUDIO_SUFFIXES = frozenset(
-    {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".aac", ".mp4"}
-)
+from shared.audio import AUDIO_SUFFIXES
 
 # Exit codes a script can rely on.
 EXIT_OK = 0

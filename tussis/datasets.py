@@ -17,9 +17,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.audio import AUDIO_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".ogg", ".opus", ".webm", ".m4a", ".aac", ".mp4"}
 POSITIVE_FOLDER_NAMES = {"sick", "positive", "covid", "covid19", "cough"}
 NEGATIVE_FOLDER_NAMES = {"not sick", "not_sick", "healthy", "negative", "no cough", "no_cough"}
 
