@@ -8,7 +8,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_COMPILE_BYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+# uv installs exactly what uv.lock pins; its version is pinned as well.
+ARG UV_VERSION=0.13.9
 
 # The processes run as this user. It gets a home directory because Keras
 # caches downloaded backbone weights under ~/.keras.
@@ -22,9 +29,12 @@ WORKDIR /app
 COPY . /app
 
 # The cache mount keeps downloaded wheels (TensorFlow is large) between builds
-# without storing them in the image.
+# without storing them in the image. The server and worker extras come from the
+# lock; the dev group (tests, linters, docs) stays out of the image.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install '.[worker]' \
+    --mount=type=cache,target=/root/.cache/uv \
+    pip install "uv==${UV_VERSION}" \
+    && uv sync --locked --no-dev --extra server --extra worker \
     && chmod 0755 /app/boot.sh \
     && mkdir -p /data \
     && chown tussis:tussis /data

@@ -1,18 +1,35 @@
 # Two commands set everything up on a fresh clone: `make run` and `make test`.
+# Every install comes from uv.lock, so a clone next month gets what CI tested.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# uv itself is pinned and kept in .tools/, so nothing is installed by hand.
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install migrate run test lint format bench clean models
+.PHONY: install lock lock-upgrade migrate run test lint format docs bench clean models
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[worker,dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python $(PYTHON) --extra train
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve after editing pyproject.toml (keeps current versions where they fit).
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
+
+# Move every dependency to the newest version its range allows.
+lock-upgrade: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 migrate: install
 	$(BIN)/alembic upgrade head
@@ -23,23 +40,28 @@ run: migrate
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-local.sh
 
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	UV="$(abspath $(UV))" $(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+docs: install
+	$(BIN)/mkdocs build --strict
+
 bench: migrate
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf var .pytest_cache .ruff_cache
+	rm -rf var site .pytest_cache .ruff_cache .mypy_cache
 
-# Re-create the shipped bundles from ../shared (see README, "Model card").
+# Re-create the shipped bundles from ../shared (see docs/models-and-training.md).
 SHARED_DIR ?= ../shared
 models: install
 	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1

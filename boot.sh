@@ -16,10 +16,10 @@ case "${1:-}" in
             --access-logfile - 'api:create_app()'
         ;;
     worker)
-        exec celery -A worker worker --loglevel "${TUSSIS_LOG_LEVEL:-INFO}"
+        exec celery -A worker.celery_app worker --loglevel "${TUSSIS_LOG_LEVEL:-INFO}"
         ;;
     beat)
-        exec celery -A worker beat --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" \
+        exec celery -A worker.celery_app beat --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" \
             --schedule /tmp/celerybeat-schedule
         ;;
     migrate)

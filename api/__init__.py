@@ -14,7 +14,7 @@ from api.batches import bp as batches_bp
 from api.errors import register_error_handlers
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
-from api.models import bp as models_bp
+from api.served_models import bp as models_bp
 from api.web import bp as web_bp
 from shared.config import Settings, load_settings
 from shared.queue import make_celery

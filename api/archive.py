@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from api.errors import ApiError
-from shared.audio import AUDIO_SUFFIXES
+from tussis.formats import AUDIO_SUFFIXES
 
 ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".jar"}
 ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"7z\xbc\xaf", b"Rar!", b"BZh", b"\xfd7zXZ")

@@ -14,7 +14,7 @@ ANONYMOUS = "anonymous"
 
 
 def current_owner() -> str:
-    keys: dict[str, str] = current_app.extensions["tussis.settings"].api_keys
+    keys: dict[str, str] = current_app.extensions["tussis.settings"].key_owners
     if not keys:
         return ANONYMOUS
     header = request.headers.get("Authorization", "")

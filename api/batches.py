@@ -1,5 +1,7 @@
 """``/api/v1/batches``: many recordings in one request (files or a .zip),
-progress, per-item results and a streamed CSV. See docs/batches-api.md."""
+progress, per-item results and a streamed CSV. See docs/batches.md.
+
+Every SQL statement lives in ``shared.batches``; handlers call it with a session."""
 
 from __future__ import annotations
 
@@ -7,12 +9,11 @@ import csv
 import io
 import logging
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from api import intake
@@ -20,11 +21,13 @@ from api.archive import Limits, Member, iter_members, open_archive, safe_path
 from api.auth import current_owner
 from api.errors import ApiError
 from api.paging import invalid_cursor, page_limit
-from api.representation import iso, job_to_dict
+from api.representation import batch_to_dict, batch_url, job_to_dict
 from shared import batches
-from shared.audio import AUDIO_SUFFIXES, AudioError
+from shared.audio import AudioError
 from shared.db import session_scope
-from shared.models import Batch, BatchStatus, Job, utcnow
+from shared.queue import publish_callback
+from shared.tables import Batch, BatchStatus, Job
+from tussis.formats import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
 bp = Blueprint("batches", __name__)
@@ -35,53 +38,19 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def batch_url(batch_id: str) -> str:
-    return f"/api/v1/batches/{batch_id}"
-
-
 def _not_found(batch_id: str) -> ApiError:
     return ApiError(404, "batch_not_found", f"There is no batch {batch_id}.")
 
 
-def _load(session: Any, batch_id: str, owner: str) -> Batch:
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.owner != owner:
+def _load(session: Session, batch_id: str, owner: str) -> Batch:
+    batch = batches.get_for_owner(session, batch_id, owner)
+    if batch is None:
         raise _not_found(batch_id)
     return batch
 
 
-def batch_to_dict(session: Any, batch: Batch) -> dict[str, Any]:
-    c = batches.counts(session, batch.id)
-    total = c.total
-    progress = c.done / total if total else (1.0 if batch.status == BatchStatus.COMPLETED else 0.0)
-    started = batch.created_at
-    end = batch.finished_at or utcnow()
-    elapsed = (end - started).total_seconds()
-    eta = None
-    if batch.status != BatchStatus.COMPLETED and c.done and c.done < total:
-        eta = round(elapsed / c.done * (total - c.done), 1)
-    callback = None
-    if batch.callback_url:
-        callback = {
-            "url": batch.callback_url,
-            "state": batch.callback_state or "waiting",
-            "attempts": batch.callback_attempts,
-        }
-    url = batch_url(batch.id)
-    return {
-        "id": batch.id,
-        "status": batch.status,
-        "created_at": iso(batch.created_at),
-        "closed_at": iso(batch.closed_at),
-        "finished_at": iso(batch.finished_at),
-        "total": total,
-        "counts": c.as_dict(),
-        "progress": round(progress, 4),
-        "elapsed_s": round(elapsed, 1),
-        "eta_s": eta,
-        "callback": callback,
-        "links": {"self": url, "items": f"{url}/items", "results": f"{url}/results.csv"},
-    }
+def _publish_callback(batch_id: str) -> None:
+    publish_callback(current_app.extensions["celery"], intake.settings(), batch_id)
 
 
 def _callback_url() -> str | None:
@@ -195,15 +164,16 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         seq += 1
         accepted.append(job.id)
     with session_scope(s.database_url) as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch.total = batch.total + len(accepted)
+        batches.add_to_total(session, batch_id, len(accepted))
     intake.publish_chunks(accepted)
     return {"accepted": len(accepted), "duplicates": duplicates, "rejected": rejected}
 
 
-def _finish_if_closed(batch_id: str) -> None:
-    batches.complete_and_notify(current_app.extensions["celery"], intake.settings(), batch_id)
+def _close(batch_id: str) -> None:
+    """open -> running, then completed at once if nothing is left to analyse."""
+    with session_scope(intake.settings().database_url) as session:
+        batches.close(session, batch_id)
+        batches.complete_and_notify(session, batch_id, _publish_callback)
 
 
 @bp.post("/batches")
@@ -213,35 +183,21 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     owner = current_owner()
     callback_url = _callback_url()
     keep_open = (request.form.get("open") or "").lower() in ("1", "true", "yes")
-    batch_id = batches.new_batch_id()
     with session_scope(s.database_url) as session:
-        session.add(
-            Batch(
-                id=batch_id,
-                owner=owner,
-                status=BatchStatus.OPEN,
-                total=0,
-                created_at=utcnow(),
-                callback_url=callback_url,
-                callback_attempts=0,
-            )
-        )
+        batch_id = batches.create(session, owner, callback_url).id
     try:
         report = _ingest(batch_id, owner)
     except ApiError:
         # A whole-request rejection found mid-archive: forget the batch and what it stored.
         with session_scope(s.database_url) as session:
-            keys = list(session.scalars(select(Job.audio_key).where(Job.batch_id == batch_id)))
-            session.execute(delete(Job).where(Job.batch_id == batch_id))
-            session.delete(session.get(Batch, batch_id))
+            keys = batches.discard(session, batch_id)
         for key in keys:
             intake.storage().delete(key)
         raise
     if not keep_open:
-        batches.close(s.database_url, batch_id)
-        _finish_if_closed(batch_id)
+        _close(batch_id)
     with session_scope(s.database_url) as session:
-        body = {**batch_to_dict(session, session.get(Batch, batch_id)), **report}
+        body = {**batch_to_dict(session, _load(session, batch_id, owner)), **report}
     return (
         jsonify(body),
         202,
@@ -259,7 +215,7 @@ def add_items(batch_id: str) -> tuple[Response, int]:
             raise ApiError(409, "batch_closed", "This batch is closed; start a new batch.")
     report = _ingest(batch_id, owner)
     with session_scope(s.database_url) as session:
-        body = {**batch_to_dict(session, session.get(Batch, batch_id)), **report}
+        body = {**batch_to_dict(session, _load(session, batch_id, owner)), **report}
     return jsonify(body), 202
 
 
@@ -269,8 +225,7 @@ def close_batch(batch_id: str) -> Response:
     owner = current_owner()
     with session_scope(s.database_url) as session:
         _load(session, batch_id, owner)
-    batches.close(s.database_url, batch_id)
-    _finish_if_closed(batch_id)
+    _close(batch_id)
     with session_scope(s.database_url) as session:
         return jsonify(batch_to_dict(session, _load(session, batch_id, owner)))
 
@@ -301,14 +256,7 @@ def list_items(batch_id: str) -> Response:
     limit, after = page_limit(intake.settings().page_size), _seq_cursor()
     with session_scope(s.database_url) as session:
         _load(session, batch_id, owner)
-        rows = list(
-            session.scalars(
-                select(Job)
-                .where(Job.batch_id == batch_id, Job.batch_seq > after)
-                .order_by(Job.batch_seq)
-                .limit(limit + 1)
-            )
-        )
+        rows = batches.items_page(session, batch_id, after, limit + 1)
         items = [job_to_dict(j) for j in rows[:limit]]
         next_cursor = str(rows[limit - 1].batch_seq) if len(rows) > limit else None
     return jsonify({"items": items, "next_cursor": next_cursor})
@@ -337,14 +285,7 @@ def results_csv(batch_id: str) -> Response:
         after = 0
         while True:
             with session_scope(s.database_url) as session:
-                rows = list(
-                    session.scalars(
-                        select(Job)
-                        .where(Job.batch_id == batch_id, Job.batch_seq > after)
-                        .order_by(Job.batch_seq)
-                        .limit(500)
-                    )
-                )
+                rows = batches.items_page(session, batch_id, after, 500)
             for job in rows:
                 writer.writerow(_csv_row(job))
             yield buf.getvalue()
@@ -366,28 +307,10 @@ def list_batches() -> Response:
     limit = page_limit(intake.settings().page_size)
     cursor = request.args.get("cursor")
     with session_scope(s.database_url) as session:
-        query = select(Batch).where(Batch.owner == owner)
-        if cursor:
-            try:
-                created_text, last_id = cursor.split("|", 1)
-                created = datetime.fromisoformat(created_text)
-            except ValueError as exc:
-                raise invalid_cursor() from exc
-            query = query.where(
-                or_(
-                    Batch.created_at < created,
-                    and_(Batch.created_at == created, Batch.id < last_id),
-                )
-            )
-        rows = list(
-            session.scalars(
-                query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
-            )
-        )
+        try:
+            rows = batches.list_for_owner(session, owner, cursor, limit + 1)
+        except ValueError as exc:
+            raise invalid_cursor() from exc
         body = [batch_to_dict(session, b) for b in rows[:limit]]
-        next_cursor = (
-            f"{rows[limit - 1].created_at.isoformat()}|{rows[limit - 1].id}"
-            if len(rows) > limit
-            else None
-        )
+        next_cursor = batches.encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return jsonify({"batches": body, "next_cursor": next_cursor})

@@ -13,9 +13,9 @@ from shared import jobs
 from shared.audio import check_usable, decode
 from shared.config import Settings
 from shared.db import session_scope
-from shared.models import Job, JobStatus, utcnow
 from shared.queue import publish_analysis, publish_chunk
 from shared.storage import AudioStorage
+from shared.tables import Job
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +64,21 @@ def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None
     """Store the audio, then commit the job row (the worker must always find both)."""
     job_id = jobs.new_job_id()
     storage().put(job_id, item.data)
-    now = utcnow()
-    job = Job(
-        id=job_id,
-        owner=owner,
-        status=JobStatus.QUEUED,
-        attempts=0,
-        filename=item.filename[:255] if item.filename else None,
-        content_type=item.content_type[:127] if item.content_type else None,
-        size_bytes=len(item.data),
-        audio_sha256=item.sha256,
-        audio_key=job_id,
-        duration_s=item.duration_s,
-        created_at=now,
-        updated_at=now,
-        published_at=now,
-        batch_id=batch_id,
-        batch_seq=seq,
-        path=item.path,
-        label=item.label,
-    )
     with session_scope(settings().database_url) as session:
-        session.add(job)
+        job = jobs.create(
+            session,
+            job_id=job_id,
+            owner=owner,
+            filename=item.filename,
+            content_type=item.content_type,
+            size_bytes=len(item.data),
+            sha256=item.sha256,
+            duration_s=item.duration_s,
+            batch_id=batch_id,
+            batch_seq=seq,
+            path=item.path,
+            label=item.label,
+        )
     return job
 
 

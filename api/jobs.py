@@ -15,8 +15,8 @@ from api.representation import job_to_dict, job_url
 from shared import jobs
 from shared.audio import AudioError
 from shared.db import session_scope
-from shared.models import Job, JobStatus
 from shared.storage import AudioNotFound, spectrogram_key
+from shared.tables import Job, JobStatus
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)

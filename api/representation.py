@@ -1,11 +1,14 @@
-"""The JSON a client sees for a job."""
+"""The JSON a client sees for a job, a batch and a served model."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from shared.models import Job, JobStatus
+from sqlalchemy.orm import Session
+
+from shared import batches
+from shared.tables import Batch, BatchStatus, Job, JobStatus, ServedModel, utcnow
 
 
 def iso(value: datetime | None) -> str | None:
@@ -56,4 +59,59 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "path": job.path,
         "label": job.label,
         "links": {"self": job_url(job.id), "spectrogram": f"{job_url(job.id)}/spectrogram.png"},
+    }
+
+
+def batch_url(batch_id: str) -> str:
+    return f"/api/v1/batches/{batch_id}"
+
+
+def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
+    c = batches.counts(session, batch.id)
+    total = c.total
+    progress = c.done / total if total else (1.0 if batch.status == BatchStatus.COMPLETED else 0.0)
+    started = batch.created_at
+    end = batch.finished_at or utcnow()
+    elapsed = (end - started).total_seconds()
+    eta = None
+    if batch.status != BatchStatus.COMPLETED and c.done and c.done < total:
+        eta = round(elapsed / c.done * (total - c.done), 1)
+    callback = None
+    if batch.callback_url:
+        callback = {
+            "url": batch.callback_url,
+            "state": batch.callback_state or "waiting",
+            "attempts": batch.callback_attempts,
+        }
+    url = batch_url(batch.id)
+    return {
+        "id": batch.id,
+        "status": batch.status,
+        "created_at": iso(batch.created_at),
+        "closed_at": iso(batch.closed_at),
+        "finished_at": iso(batch.finished_at),
+        "total": total,
+        "counts": c.as_dict(),
+        "progress": round(progress, 4),
+        "elapsed_s": round(elapsed, 1),
+        "eta_s": eta,
+        "callback": callback,
+        "links": {"self": url, "items": f"{url}/items", "results": f"{url}/results.csv"},
+    }
+
+
+def served_model_to_dict(model: ServedModel, *, active: bool) -> dict[str, Any]:
+    manifest = model.manifest
+    return {
+        "id": model.name,
+        "version": model.version,
+        "role": model.role,
+        "fingerprint": model.fingerprint,
+        "backbone": manifest.get("backbone", {}).get("name"),
+        "labels": manifest.get("labels"),
+        "threshold": manifest.get("threshold"),
+        "first_seen_at": iso(model.first_seen_at),
+        "last_seen_at": iso(model.last_seen_at),
+        "card": manifest.get("card", {}),
+        "active": active,
     }

@@ -70,8 +70,9 @@ def timed(fn, repeat: int) -> list[float]:
 
 
 def bench_components(n_files: int) -> None:
-    from shared.spectrogram import SpectrogramParams, render, warm_up
-    from worker.model import InceptionV3Backbone, load_model, spectrogram_batch
+    from ml.backbones import InceptionV3Backbone, spectrogram_batch
+    from ml.model import load_model
+    from ml.spectrogram import SpectrogramParams, render, warm_up
 
     settings = load_settings()
     files = real_files(n_files)

@@ -24,7 +24,7 @@ trap stop INT TERM EXIT
 gunicorn --bind "$HOST:$PORT" --workers "${TUSSIS_API_WORKERS:-2}" --timeout "${TUSSIS_API_TIMEOUT:-300}" \
     --access-logfile - 'api:create_app()' &
 pids+=($!)
-celery -A worker worker --beat --schedule "$DATA_DIR/celerybeat-schedule" \
+celery -A worker.celery_app worker --beat --schedule "$DATA_DIR/celerybeat-schedule" \
     --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" &
 pids+=($!)
 

@@ -14,12 +14,6 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-# File extensions taken as recordings: by the API's batch intake, the training
-# data reader and the command-line client alike.
-AUDIO_SUFFIXES = frozenset(
-    {".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".webm", ".m4a", ".aac", ".mp4"}
-)
-
 
 class AudioError(Exception):
     """Audio that cannot be analysed. ``code`` is machine-readable and stable."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
@@ -64,3 +64,8 @@ def session_scope(url: str) -> Iterator[Session]:
 def ping(url: str) -> None:
     with get_engine(url).connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def affected(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched: how a compare-and-set learns whether it won."""
+    return cast(CursorResult[Any], result).rowcount

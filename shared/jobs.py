@@ -23,10 +23,50 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared.db import session_scope
-from shared.models import Job, JobStatus, utcnow
+from shared.db import affected
+from shared.tables import Job, JobStatus, utcnow
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def create(
+    session: Session,
+    *,
+    job_id: str,
+    owner: str,
+    filename: str | None,
+    content_type: str | None,
+    size_bytes: int,
+    sha256: str,
+    duration_s: float,
+    batch_id: str | None = None,
+    batch_seq: int | None = None,
+    path: str | None = None,
+    label: str | None = None,
+) -> Job:
+    """A queued job whose audio is stored under its id (store the audio first)."""
+    now = utcnow()
+    job = Job(
+        id=job_id,
+        owner=owner,
+        status=JobStatus.QUEUED,
+        attempts=0,
+        filename=filename[:255] if filename else None,
+        content_type=content_type[:127] if content_type else None,
+        size_bytes=size_bytes,
+        audio_sha256=sha256,
+        audio_key=job_id,
+        duration_s=duration_s,
+        created_at=now,
+        updated_at=now,
+        published_at=now,
+        batch_id=batch_id,
+        batch_seq=batch_seq,
+        path=path,
+        label=label,
+    )
+    session.add(job)
+    return job
 
 
 def new_job_id() -> str:
@@ -87,7 +127,7 @@ class Claim:
 
 
 def claim(
-    database_url: str,
+    session: Session,
     job_id: str,
     worker_id: str,
     *,
@@ -95,76 +135,74 @@ def claim(
     lease_s: float,
     is_dead: Callable[[str | None], bool] = worker_is_dead,
 ) -> Claim:
-    with session_scope(database_url) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return Claim(ClaimOutcome.MISSING)
-        if job.is_terminal:
-            return Claim(ClaimOutcome.TERMINAL, job)
-        now = utcnow()
-        if (
-            job.status == JobStatus.RUNNING
-            and job.lease_expires_at is not None
-            and job.lease_expires_at > now
-            and not is_dead(job.worker)
-        ):
-            return Claim(ClaimOutcome.BUSY, job)
-        guard = and_(Job.id == job_id, Job.status == job.status, Job.attempts == job.attempts)
-        if job.attempts >= max_attempts:
-            session.execute(
-                update(Job)
-                .where(guard)
-                .values(
-                    status=JobStatus.FAILED,
-                    finished_at=now,
-                    updated_at=now,
-                    lease_expires_at=None,
-                    error_code="worker_lost",
-                    error_message=(
-                        f"Processing stopped unexpectedly {job.attempts} times "
-                        "(the worker process died); giving up on this recording."
-                    ),
-                )
-            )
-            return Claim(ClaimOutcome.GAVE_UP, job)
-        result = session.execute(
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim(ClaimOutcome.MISSING)
+    if job.is_terminal:
+        return Claim(ClaimOutcome.TERMINAL, job)
+    now = utcnow()
+    if (
+        job.status == JobStatus.RUNNING
+        and job.lease_expires_at is not None
+        and job.lease_expires_at > now
+        and not is_dead(job.worker)
+    ):
+        return Claim(ClaimOutcome.BUSY, job)
+    guard = and_(Job.id == job_id, Job.status == job.status, Job.attempts == job.attempts)
+    if job.attempts >= max_attempts:
+        session.execute(
             update(Job)
             .where(guard)
             .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                worker=worker_id,
-                started_at=now,
+                status=JobStatus.FAILED,
+                finished_at=now,
                 updated_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_s),
+                lease_expires_at=None,
+                error_code="worker_lost",
+                error_message=(
+                    f"Processing stopped unexpectedly {job.attempts} times "
+                    "(the worker process died); giving up on this recording."
+                ),
             )
         )
-        if result.rowcount != 1:
-            return Claim(ClaimOutcome.BUSY, job)
-        session.expire(job)
-        job = session.get(Job, job_id)
-        return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
+        return Claim(ClaimOutcome.GAVE_UP, job)
+    result = session.execute(
+        update(Job)
+        .where(guard)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            worker=worker_id,
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+        )
+    )
+    if affected(result) != 1:
+        return Claim(ClaimOutcome.BUSY, job)
+    session.expire(job)
+    job = session.get(Job, job_id)
+    return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
 
 
-def _finish(database_url: str, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
+def _finish(session: Session, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
     """Write a terminal state if this worker's claim still holds."""
     now = utcnow()
-    with session_scope(database_url) as session:
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.RUNNING,
-                Job.worker == worker_id,
-                Job.attempts == attempt,
-            )
-            .values(finished_at=now, updated_at=now, lease_expires_at=None, **values)
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.worker == worker_id,
+            Job.attempts == attempt,
         )
-        return result.rowcount == 1
+        .values(finished_at=now, updated_at=now, lease_expires_at=None, **values)
+    )
+    return affected(result) == 1
 
 
 def succeed(
-    database_url: str,
+    session: Session,
     job_id: str,
     worker_id: str,
     attempt: int,
@@ -179,7 +217,7 @@ def succeed(
     cough_score: float | None = None,
 ) -> bool:
     return _finish(
-        database_url,
+        session,
         job_id,
         worker_id,
         attempt,
@@ -196,7 +234,7 @@ def succeed(
 
 
 def fail(
-    database_url: str,
+    session: Session,
     job_id: str,
     worker_id: str,
     attempt: int,
@@ -207,7 +245,7 @@ def fail(
 ) -> bool:
     """``details``: extra columns known at failure time (the cough gate's verdict)."""
     return _finish(
-        database_url,
+        session,
         job_id,
         worker_id,
         attempt,
@@ -218,20 +256,18 @@ def fail(
     )
 
 
-def any_running(database_url: str, job_ids: list[str]) -> bool:
-    with session_scope(database_url) as session:
-        return bool(
-            session.scalar(
-                select(func.count())
-                .select_from(Job)
-                .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
-            )
+def any_running(session: Session, job_ids: list[str]) -> bool:
+    return bool(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
         )
+    )
 
 
-def mark_spectrogram(database_url: str, job_id: str) -> None:
-    with session_scope(database_url) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(has_spectrogram=True))
+def mark_spectrogram(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(has_spectrogram=True))
 
 
 # --- API side -----------------------------------------------------------------
@@ -290,35 +326,34 @@ class Lost:
     batch_id: str | None
 
 
-def jobs_to_republish(database_url: str, requeue_after_s: float, limit: int = 500) -> list[Lost]:
+def jobs_to_republish(session: Session, requeue_after_s: float, limit: int = 500) -> list[Lost]:
     """Jobs whose message may be lost: queued and not published for a while, or
     running with an expired lease (its worker died with the message)."""
     now = utcnow()
     stale = now - timedelta(seconds=requeue_after_s)
-    with session_scope(database_url) as session:
-        candidates = session.execute(
-            select(Job.id, Job.published_at, Job.batch_id)
-            .where(
-                or_(
-                    and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
-                    and_(
-                        Job.status == JobStatus.RUNNING,
-                        Job.lease_expires_at < now,
-                        Job.published_at < now - timedelta(seconds=min(requeue_after_s, 60)),
-                    ),
-                )
+    candidates = session.execute(
+        select(Job.id, Job.published_at, Job.batch_id)
+        .where(
+            or_(
+                and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
+                and_(
+                    Job.status == JobStatus.RUNNING,
+                    Job.lease_expires_at < now,
+                    Job.published_at < now - timedelta(seconds=min(requeue_after_s, 60)),
+                ),
             )
-            .order_by(Job.created_at)
-            .limit(limit)
-        ).all()
-        won: list[Lost] = []
-        for job_id, published_at, batch_id in candidates:
-            # Several sweepers may run at once: only the one whose update lands publishes.
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.published_at == published_at)
-                .values(published_at=now)
-            )
-            if result.rowcount == 1:
-                won.append(Lost(job_id, batch_id))
-        return won
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    won: list[Lost] = []
+    for job_id, published_at, batch_id in candidates:
+        # Several sweepers may run at once: only the one whose update lands publishes.
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.published_at == published_at)
+            .values(published_at=now)
+        )
+        if affected(result) == 1:
+            won.append(Lost(job_id, batch_id))
+    return won

@@ -12,7 +12,7 @@ from celery import Celery
 from kombu import Queue
 
 from shared import embedded_broker
-from shared.config import Settings
+from shared.config import Settings, SettingsError
 
 TASK_ANALYSE = "tussis.analyse_job"
 TASK_SWEEP = "tussis.sweep"
@@ -20,7 +20,17 @@ TASK_ANALYSE_CHUNK = "tussis.analyse_chunk"
 TASK_BATCH_CALLBACK = "tussis.batch_callback"
 
 
+def check_time_limits(settings: Settings) -> None:
+    """A task must end before Redis would re-deliver it while it is still running."""
+    if settings.task_time_limit_s >= settings.visibility_timeout_s:
+        raise SettingsError(
+            "TUSSIS_TASK_TIME_LIMIT must be lower than TUSSIS_VISIBILITY_TIMEOUT "
+            f"({settings.task_time_limit_s} >= {settings.visibility_timeout_s})"
+        )
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
+    check_time_limits(settings)
     transport: dict[str, Any] = {}
     if not settings.embedded_broker:
         # kombu's SQLAlchemy transport hands every option to create_engine(), so

@@ -17,7 +17,7 @@ from typing import Protocol
 from sqlalchemy import delete, select
 
 from shared.db import session_scope
-from shared.models import AudioBlob
+from shared.tables import AudioBlob
 
 
 class StorageError(Exception):

@@ -10,14 +10,15 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from shared.config import PROJECT_ROOT, Settings, normalise_database_url
 
@@ -140,9 +141,25 @@ def redis_url() -> str:
     return url
 
 
-def base_settings(tmp: Path, **overrides: object) -> Settings:
+class IsolatedSettings(Settings):
+    """Settings from arguments only: a test's settings never pick up the machine's
+    environment (CI sets DATABASE_URL and REDIS_URL for the whole run)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def configure(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some changed (validated, like the original)."""
+    return settings.changed(**changes)
+
+
+def base_settings(tmp: Path, **overrides: Any) -> Settings:
     """Settings for tests: embedded defaults under ``tmp`` unless overridden."""
-    settings = Settings(
+    settings = IsolatedSettings(
         data_dir=tmp,
         database_url=f"sqlite:///{tmp / 'tussis.sqlite3'}",
         broker_url=f"sqla+sqlite:///{tmp / 'broker.sqlite3'}",
@@ -152,7 +169,7 @@ def base_settings(tmp: Path, **overrides: object) -> Settings:
         yamnet_model=YAMNET_MODEL,
         cough_gate_bundle=PROJECT_ROOT / "models" / "cough-gate",
     )
-    return replace(settings, **overrides)  # type: ignore[arg-type]
+    return configure(settings, **overrides)
 
 
 @pytest.fixture(params=["embedded", "services"])
@@ -182,7 +199,7 @@ def make_label_folders(root: Path, metadata: list[dict], files: list[Path], per_
 
 
 def train_tiny(out: Path, data: Path, backbone: str, name: str) -> Path:
-    from tussis.training import TrainOptions, train_bundle
+    from ml.training import TrainOptions, train_bundle
 
     options = TrainOptions(
         backbone=backbone,

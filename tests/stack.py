@@ -129,7 +129,7 @@ class Stack:
             [
                 str(BIN / "celery"),
                 "-A",
-                "worker",
+                "worker.celery_app",
                 "worker",
                 "--beat",
                 "--schedule",

@@ -1,2 +1,33 @@
-"""The ``tussis`` command: submitting recordings to a Tussis server (``submit``,
-``status``, ``results``), and training and evaluating model bundles."""
+"""Tussis's client package: the ``tussis`` command and an HTTP client for the
+Tussis API (``from tussis import Client``). A bare ``pip install tussis`` has
+this package only; the service's code (``api``, ``worker``, ``ml``, ``shared``)
+runs from a checkout or the Docker image.
+
+Names are imported on first use (PEP 562), so ``import tussis`` stays cheap for
+the command line.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tussis.client import Client
+    from tussis.errors import RequestRefused, ServerUnreachable, TussisError, UsageProblem
+
+__all__ = ["Client", "RequestRefused", "ServerUnreachable", "TussisError", "UsageProblem"]
+
+_HOMES = {
+    "Client": "tussis.client",
+    "RequestRefused": "tussis.errors",
+    "ServerUnreachable": "tussis.errors",
+    "TussisError": "tussis.errors",
+    "UsageProblem": "tussis.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'tussis' has no attribute {name!r}")

@@ -1,4 +1,10 @@
-"""``tussis``: submit recordings to a Tussis server; train and evaluate model bundles."""
+"""``tussis``: submit recordings to a Tussis server; train and evaluate model bundles.
+
+The client commands need only this package. The model commands call ``ml`` and
+read ``shared.config``, which a bare ``pip install tussis`` does not have: they
+are imported inside each command, so ``tussis --help`` and the client commands
+work on the light install, and a model command there says what is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,30 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from shared.config import load_settings
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _settings():
+def _settings() -> Settings:
+    """The server's settings; the model commands need the server install."""
+    try:
+        import ml  # noqa: F401
+        from shared.config import load_settings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"this command needs the Tussis server code and its model libraries ({exc}). "
+            "Run it from a checkout after `make install`; the plain `pip install tussis` "
+            "has the client commands only (submit, status, results)."
+        ) from exc
     return load_settings()
 
 
@@ -29,7 +50,7 @@ def main(verbose: bool) -> None:
     )
 
 
-def _common_model_options(func):
+def _common_model_options(func: F) -> F:
     func = click.option(
         "--yamnet-model",
         type=click.Path(path_type=Path),
@@ -97,11 +118,11 @@ def train(
     inception_weights: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Train a model bundle and evaluate it on a held-out split."""
-    from tussis.evaluation import format_report
-    from tussis.training import TrainOptions, train_bundle
-
+    """Train a model bundle and evaluate it on a held-out split (server install)."""
     settings = _settings()
+    from ml.evaluation import format_report
+    from ml.training import TrainOptions, train_bundle
+
     options = TrainOptions(
         backbone=backbone,
         seed=seed,
@@ -159,11 +180,10 @@ def evaluate(
     inception_weights: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Evaluate a bundle on recordings it has not been trained on."""
-    from tussis.evaluating import evaluate_bundle
-    from tussis.evaluation import format_report
-
+    """Evaluate a bundle on recordings it has not been trained on (server install)."""
     settings = _settings()
+    from ml.evaluation import evaluate_bundle, format_report
+
     report = evaluate_bundle(
         model_dir,
         data_dir,
@@ -190,8 +210,9 @@ def evaluate(
 @click.option("--per-kind", default=60, show_default=True, help="Clips of each kind.")
 @click.option("--seed", default=0, show_default=True)
 def make_negatives(out: Path, per_kind: int, seed: int) -> None:
-    """Write non-cough clips (speech, music, noise, hum, tones, room tone) as WAV files."""
-    from tussis.negatives import write_negatives
+    """Write synthetic non-cough clips as WAV files (server install)."""
+    _settings()  # says so clearly on a client-only install
+    from ml.negatives import write_negatives
 
     paths = write_negatives(out, seed, per_kind)
     click.echo(f"wrote {len(paths)} clips to {out}")
@@ -228,11 +249,11 @@ def train_cough_gate_command(
     inception_weights: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Train the cough gate (YAMNet features) and calibrate its threshold."""
-    from tussis.cough_gate import train_cough_gate
-    from tussis.training import TrainOptions
-
+    """Train the cough gate and calibrate its threshold (server install)."""
     settings = _settings()
+    from ml.cough_gate import train_cough_gate
+    from ml.training import TrainOptions
+
     options = TrainOptions(
         seed=seed,
         yamnet_model=yamnet_model or settings.yamnet_model,
@@ -268,7 +289,7 @@ Exit codes:
   130  interrupted (Ctrl-C)"""
 
 
-def _server_options(func):
+def _server_options(func: F) -> F:
     func = click.option(
         "--api-key",
         envvar="TUSSIS_API_KEY",
@@ -287,7 +308,7 @@ def _server_options(func):
 
 def _fail(exc: Exception) -> None:
     """Print a client error and exit with its code."""
-    from tussis.client import UsageProblem
+    from tussis.errors import UsageProblem
 
     if isinstance(exc, UsageProblem):
         raise click.UsageError(exc.message)
@@ -345,7 +366,9 @@ def submit(
     running the same command again uploads only what the server does not have yet.
     Progress and messages go to stderr; the summary (or --json) to stdout.
     """
-    from tussis.client import Client, ClientError, SubmitOptions, Submitter
+    from tussis.client import Client
+    from tussis.errors import TussisError
+    from tussis.submit import SubmitOptions, Submitter
 
     options = SubmitOptions(
         paths=list(paths),
@@ -360,7 +383,7 @@ def submit(
     try:
         submitter = Submitter(Client(server, api_key), options)
         report = submitter.run()
-    except ClientError as exc:
+    except TussisError as exc:
         if submitter is not None and submitter.state is not None:
             click.echo(f"tussis: the state file {submitter.state.path} is kept", err=True)
         _fail(exc)
@@ -389,11 +412,12 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
 def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> None:
     """Show a batch's status, counts, progress and estimated time left."""
-    from tussis.client import Client, ClientError, describe_batch
+    from tussis.client import Client, describe_batch
+    from tussis.errors import TussisError
 
     try:
         batch, _ = Client(server, api_key).get_batch(batch_id)
-    except ClientError as exc:
+    except TussisError as exc:
         _fail(exc)
         return
     except KeyboardInterrupt:
@@ -415,7 +439,8 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
 )
 def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -> None:
     """Download a batch's results CSV (one row per item)."""
-    from tussis.client import Client, ClientError
+    from tussis.client import Client
+    from tussis.errors import TussisError
 
     try:
         client = Client(server, api_key)
@@ -433,7 +458,7 @@ def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -
         else:
             client.write_results(batch_id, out)
             click.echo(f"results written to {out}", err=True)
-    except ClientError as exc:
+    except TussisError as exc:
         _fail(exc)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

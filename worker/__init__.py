@@ -1,6 +1,6 @@
-"""Celery worker: ``celery -A worker worker``. Decodes audio, runs the model,
-writes the result into the job row."""
+"""Celery worker: decodes audio, runs the models, writes results into the job row.
 
-from worker.app import celery
-
-__all__ = ["celery"]
+Start it with ``celery -A worker.celery_app worker``. Importing this package, or
+any module in it but ``worker.celery_app``, reads no settings and builds no
+Celery app.
+"""

@@ -1,6 +1,9 @@
 """Process start-up: the parent checks the bundle without TensorFlow; each
 child disposes inherited database connections, then loads and warms the model
-and the spectrogram renderer before taking its first job."""
+and the spectrogram renderer before taking its first job.
+
+Plain functions: ``worker.celery_app`` connects them to Celery's signals.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +11,25 @@ import logging
 import time
 from typing import Any
 
-from celery.signals import setup_logging, worker_init, worker_process_init
-
-from shared import served_models
-from shared.bundle import BundleError, read_manifest
+from ml.bundle import BundleError, fingerprint, read_manifest
+from ml.spectrogram import warm_up
+from shared import model_registry
 from shared.db import dispose_engines
-from shared.spectrogram import warm_up
-from worker.app import settings
-from worker.tasks import runtime
+from worker import runtime
 
 log = logging.getLogger("tussis.worker")
 
 
-@setup_logging.connect
-def _configure_logging(**_: Any) -> None:
+def configure_logging(**_: Any) -> None:
     logging.basicConfig(
-        level=settings.log_level,
+        level=runtime.current().settings.log_level,
         format="%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s",
     )
 
 
-@worker_init.connect
-def _check_bundles(**_: Any) -> None:
+def check_bundles(**_: Any) -> None:
+    rt = runtime.current()
+    settings = rt.settings
     # Fail fast in the parent with a readable message instead of crashing every child.
     try:
         manifest = read_manifest(settings.model_bundle)
@@ -37,7 +37,7 @@ def _check_bundles(**_: Any) -> None:
         raise SystemExit(
             f"tussis worker: {exc}. Set TUSSIS_MODEL_BUNDLE to a model bundle folder."
         ) from exc
-    bundles = [(served_models.DIAGNOSIS, settings.model_bundle)]
+    bundles = [(model_registry.DIAGNOSIS, settings.model_bundle)]
     if settings.cough_gate_bundle is not None:
         try:
             read_manifest(settings.cough_gate_bundle)
@@ -46,10 +46,12 @@ def _check_bundles(**_: Any) -> None:
                 f"tussis worker: {exc}. Set TUSSIS_COUGH_GATE_BUNDLE to the cough gate "
                 "bundle, or to 'off' to analyse recordings without checking for a cough."
             ) from exc
-        bundles.append((served_models.COUGH_GATE, settings.cough_gate_bundle))
-    runtime.served_fingerprints = [
-        served_models.register(settings.database_url, role, path) for role, path in bundles
-    ]
+        bundles.append((model_registry.COUGH_GATE, settings.cough_gate_bundle))
+    for role, path in bundles:
+        key = fingerprint(path)
+        with rt.session() as session:
+            model_registry.register(session, role, key, read_manifest(path).to_dict())
+        rt.served_fingerprints.append(key)
     log.info(
         "serving model %s %s (%s) from %s; broker %s; database %s",
         manifest.name,
@@ -61,13 +63,12 @@ def _check_bundles(**_: Any) -> None:
     )
 
 
-@worker_process_init.connect
-def _init_child(**_: Any) -> None:
+def init_child(**_: Any) -> None:
     # Connections opened by the parent must not be shared with the child.
     dispose_engines()
     started = time.monotonic()
     try:
-        models = runtime.load_models()
+        models = runtime.current().load_models()
     except Exception:
         return  # logged by load_models; jobs fail with model_unavailable
     warm_up(models.diagnosis.manifest.spectrogram)

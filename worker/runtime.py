@@ -1,18 +1,29 @@
-"""What one worker process holds: settings, storage and (in children) the models."""
+"""What one worker process holds: settings, storage and (in children) the models.
+
+``worker.celery_app`` creates the process's runtime with :func:`configure`;
+tasks and signal handlers reach it with :func:`current`. Models load lazily, so
+the Celery parent (which never analyses) never imports TensorFlow.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
 from shared.config import Settings
+from shared.db import session_scope
 from shared.storage import AudioStorage, make_storage
 
 if TYPE_CHECKING:
-    from worker.model import Model
+    from ml.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +43,32 @@ class Runtime:
         self._error: Exception | None = None
         self._lock = threading.Lock()
 
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction on the job store, committed on success."""
+        with session_scope(self.settings.database_url) as session:
+            yield session
+
     def tf_threads(self) -> int:
         cores = os.cpu_count() or 1
         return max(1, cores // max(1, self.settings.worker_concurrency))
 
     def _load(self) -> Models:
-        from worker.model import load_model
+        from ml.model import load_model
 
         s = self.settings
-        kwargs = {
-            "inception_weights": s.inception_weights,
-            "yamnet_model": s.yamnet_model,
-            "yamnet_url": s.yamnet_url,
-            "threads": self.tf_threads(),
-        }
-        diagnosis = load_model(s.model_bundle, **kwargs)
-        gate = load_model(s.cough_gate_bundle, **kwargs) if s.cough_gate_bundle else None
+
+        def load(path: Path) -> Model:
+            return load_model(
+                path,
+                inception_weights=s.inception_weights,
+                yamnet_model=s.yamnet_model,
+                yamnet_url=s.yamnet_url,
+                threads=self.tf_threads(),
+            )
+
+        diagnosis = load(s.model_bundle)
+        gate = load(s.cough_gate_bundle) if s.cough_gate_bundle else None
         return Models(diagnosis, gate)
 
     def load_models(self) -> Models:
@@ -63,3 +84,19 @@ class Runtime:
                 raise self._error
             assert self._models is not None
             return self._models
+
+
+_current: Runtime | None = None
+
+
+def configure(settings: Settings) -> Runtime:
+    """Create this process's runtime (called once, by ``worker.celery_app``)."""
+    global _current
+    _current = Runtime(settings)
+    return _current
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("worker.runtime.configure() has not been called in this process")
+    return _current

@@ -1,0 +1,43 @@
+"""Deterministic train / validation / test splits, stratified by label and source.
+
+Files are split by content hash, so a recording present twice never lands on
+both sides of a split.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from ml.datasets import Example
+
+SPLITS = ("train", "validation", "test")
+
+
+def stratified_split(
+    examples: Sequence[Example], test_fraction: float, validation_fraction: float, seed: int
+) -> dict[str, list[Example]]:
+    by_hash: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_hash[ex.sha256].append(ex)
+    strata: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for sha, group in sorted(by_hash.items()):
+        first = group[0]
+        strata[(first.label, first.source)].append(sha)
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for key in sorted(strata):
+        hashes = list(strata[key])
+        rng.shuffle(hashes)
+        n_test = round(len(hashes) * test_fraction)
+        n_val = round(len(hashes) * validation_fraction)
+        for i, sha in enumerate(hashes):
+            assignment[sha] = (
+                "test" if i < n_test else "validation" if i < n_test + n_val else "train"
+            )
+    out: dict[str, list[Example]] = {name: [] for name in SPLITS}
+    for ex in examples:
+        out[assignment[ex.sha256]].append(ex)
+    return out

@@ -1,0 +1,129 @@
+"""YAMNet (AudioSet event classifier, TFLite): per-window class scores and
+1,024-d embeddings for 16 kHz mono audio.
+
+The TFLite file is looked up at ``TUSSIS_YAMNET_MODEL`` (``shared.config``). Where it is missing,
+it is downloaded once from ``TUSSIS_YAMNET_URL`` and accepted only if its
+SHA-256 matches the pinned digest, so a changed upstream file cannot silently
+change every prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW = 15600  # 0.975 s: the network's fixed input
+HOP = 7680  # 0.48 s, YAMNet's own patch hop
+EMBEDDING_TENSOR = "yamnet_frames/global_average_pooling2d/Mean"
+SHA256 = "469be6a3421cbc52cf97e9f2f966cba984198e8e7af9854d68b3e3ebb1e04194"
+# AudioSet class indices (yamnet_class_map.csv).
+SPEECH, COUGH, THROAT_CLEARING, SNEEZE = 0, 42, 43, 44
+
+
+class YamnetUnavailable(Exception):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_model_file(path: Path, url: str | None, sha256: str = SHA256) -> Path:
+    """Return ``path``, downloading it from ``url`` (``TUSSIS_YAMNET_URL``) and
+    verifying it first if it is missing."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not url:
+        raise YamnetUnavailable(
+            f"YAMNet model missing at {path} and no download address is set. "
+            "Set TUSSIS_YAMNET_MODEL to a local yamnet.tflite or TUSSIS_YAMNET_URL to its address."
+        )
+    log.warning("YAMNet model not found at %s; downloading it from %s", path, url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".yamnet-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        urllib.request.urlretrieve(url, tmp)
+        actual = sha256_of(tmp)
+        if actual != sha256:
+            raise YamnetUnavailable(
+                f"the file downloaded from {url} has SHA-256 {actual}, expected {sha256}; "
+                "refusing to use it"
+            )
+        os.replace(tmp, path)
+    except YamnetUnavailable:
+        raise
+    except Exception as exc:
+        raise YamnetUnavailable(
+            f"YAMNet model missing at {path} and could not be downloaded from {url} "
+            f"({type(exc).__name__}: {exc}). Set TUSSIS_YAMNET_MODEL to a local yamnet.tflite."
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def frame(samples: np.ndarray) -> np.ndarray:
+    """Split into 0.975 s windows every 0.48 s; a short clip is zero-padded to one window."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if len(samples) < WINDOW:
+        samples = np.pad(samples, (0, WINDOW - len(samples)))
+    count = 1 + (len(samples) - WINDOW) // HOP
+    index = np.arange(WINDOW)[np.newaxis, :] + HOP * np.arange(count)[:, np.newaxis]
+    return samples[index]
+
+
+@dataclass(frozen=True)
+class YamnetOutput:
+    scores: np.ndarray  # (windows, 521)
+    embeddings: np.ndarray  # (windows, 1024)
+
+
+class Yamnet:
+    """One interpreter per process (TFLite interpreters are not thread-safe)."""
+
+    def __init__(self, model_path: Path) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation and "debugging only" notices
+            self._interpreter = tf.lite.Interpreter(
+                model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=1
+            )
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        outputs = self._interpreter.get_output_details()
+        self._scores = next(o["index"] for o in outputs if tuple(o["shape"]) == (1, 521))
+        by_name = {d["name"]: d["index"] for d in self._interpreter.get_tensor_details()}
+        if EMBEDDING_TENSOR not in by_name:
+            raise YamnetUnavailable(f"{model_path} has no tensor {EMBEDDING_TENSOR!r}")
+        self._embedding = by_name[EMBEDDING_TENSOR]
+
+    def run(self, samples: np.ndarray) -> YamnetOutput:
+        windows = frame(samples)
+        scores = np.empty((len(windows), 521), np.float32)
+        embeddings = np.empty((len(windows), 1024), np.float32)
+        for i, window in enumerate(windows):
+            self._interpreter.set_tensor(self._input, window[np.newaxis, :])
+            self._interpreter.invoke()
+            scores[i] = self._interpreter.get_tensor(self._scores)[0]
+            embeddings[i] = self._interpreter.get_tensor(self._embedding).reshape(-1)
+        return YamnetOutput(scores=scores, embeddings=embeddings)

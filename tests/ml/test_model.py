@@ -1,0 +1,107 @@
+"""Model bundles: loading, validation and clear failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml.bundle import BundleError, read_manifest
+from shared.audio import decode
+from tests.conftest import base_settings
+from tests.stack import BIN, settings_env
+
+
+def test_tiny_bundle_predicts_deterministically(tiny_bundle: Path, cough_files: list[Path]) -> None:
+    from ml.model import load_model
+
+    model = load_model(tiny_bundle)
+    assert (model.id, model.version, model.sample_rate) == ("tiny-test", "0.0.1", 16000)
+    waves = [decode(f.read_bytes(), 16000).samples for f in cough_files[20:24]]
+    batch = model.predict(waves)
+    one_by_one = [model.predict([w])[0] for w in waves]
+    for a, b in zip(batch, one_by_one, strict=True):
+        assert 0.0 <= a.score <= 1.0
+        assert a.score == pytest.approx(b.score, abs=1e-5)  # per-clip rendering: batch-invariant
+        assert a.diagnosis == ("sick" if a.score >= model.manifest.threshold else "not sick")
+    # Training fitted the head on these: it separates its own training clips.
+    manifest = read_manifest(tiny_bundle)
+    assert manifest.backbone == {
+        "name": "inception_v3",
+        "weights": "bundle",
+        "file": "backbone.weights.h5",
+    }
+
+
+def test_bundle_errors_are_explicit(tmp_path: Path, tiny_bundle: Path) -> None:
+    with pytest.raises(BundleError, match="no model bundle"):
+        read_manifest(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken, ignore=shutil.ignore_patterns("*.h5"))
+    data = json.loads((broken / "manifest.json").read_text())
+    (broken / "manifest.json").write_text(json.dumps({**data, "threshold": 1.5}))
+    with pytest.raises(BundleError, match="threshold"):
+        read_manifest(broken)
+    (broken / "manifest.json").write_text(json.dumps({**data, "format": 99}))
+    with pytest.raises(BundleError, match="format"):
+        read_manifest(broken)
+    (broken / "manifest.json").write_text(json.dumps(data))
+    from ml.model import load_model
+
+    with pytest.raises(BundleError, match="backbone weights"):
+        load_model(broken)
+
+
+def test_imagenet_bundle_without_weights_is_refused_clearly(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    from ml.model import ModelUnavailable, load_model
+
+    bundle = tmp_path / "imagenet"
+    shutil.copytree(tiny_bundle, bundle, ignore=shutil.ignore_patterns("*.h5"))
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["backbone"] = {"name": "inception_v3", "weights": "imagenet"}
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelUnavailable, match="TUSSIS_INCEPTION_WEIGHTS"):
+        load_model(bundle, inception_weights=str(tmp_path / "absent.h5"))
+
+
+def test_worker_refuses_to_start_without_a_bundle(tmp_path: Path) -> None:
+    settings = base_settings(tmp_path, model_bundle=tmp_path / "nowhere")
+    out = subprocess.run(
+        [str(BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "no model bundle" in out.stderr + out.stdout
+    assert "TUSSIS_MODEL_BUNDLE" in out.stderr + out.stdout
+
+
+def test_training_head_separates_its_training_data(tmp_path: Path) -> None:
+    from ml.datasets import Example
+    from ml.features import FeatureSet
+    from ml.training import TrainOptions, train_head
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (60, 5)), rng.normal(1.5, 1, (20, 5))]).astype(np.float32)
+    y = [0] * 60 + [1] * 20
+    examples = [
+        Example(tmp_path / f"{i}.wav", label, "s", f"{i:064x}") for i, label in enumerate(y)
+    ]
+    data = FeatureSet(examples, x, [])
+    head, info = train_head(
+        data,
+        data,
+        TrainOptions(max_epochs=200, patience=20, l2=1e-3, learning_rate=3e-3, progress=False),
+    )
+    scores = head.scores(x)
+    labels = np.array(y)
+    assert scores[labels == 1].mean() > 0.6 > 0.4 > scores[labels == 0].mean()
+    assert info["class_weight"][1] == pytest.approx(2.0)  # 80 / (2 * 20): balanced

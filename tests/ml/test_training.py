@@ -1,0 +1,228 @@
+"""`tussis train` / `tussis evaluate`: one renderer, reproducible, honest splits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml.bundle import read_manifest
+from ml.evaluation import bootstrap_auc_interval, choose_threshold, roc_auc
+from ml.features import feature_key, load_waveform
+from ml.spectrogram import SpectrogramParams, render
+from shared.audio import decode
+from shared.config import PROJECT_ROOT
+from tests.conftest import COUGH_DIR, YAMNET_MODEL, require, train_tiny
+from tests.stack import BIN
+
+DEFAULT_BUNDLE = PROJECT_ROOT / "models" / "default"
+
+
+def _cached_training_features(bundle: Path) -> dict[str, np.ndarray]:
+    """The features `tussis train` computed, from its on-disk cache."""
+    cache = bundle.parent / "cache"
+    folders = [p for p in cache.iterdir() if p.is_dir()]
+    manifest = read_manifest(bundle)
+    for folder in folders:
+        spec = json.loads((folder / "spec.json").read_text())
+        if spec["name"] == manifest.backbone_name and feature_key(spec) == folder.name:
+            return {p.stem: np.load(p) for p in folder.glob("*.npy")}
+    raise AssertionError(f"no cached features for {bundle}")
+
+
+@pytest.mark.parametrize("bundle_fixture", ["tiny_bundle", "tiny_yamnet_bundle"])
+def test_training_and_serving_compute_identical_features(
+    request: pytest.FixtureRequest, bundle_fixture: str, tiny_data: Path
+) -> None:
+    """The worker's path (decode at the model's rate, the bundle's backbone) gives the
+    very features training fitted the head on."""
+    from ml.datasets import load_dataset
+    from ml.model import load_model
+
+    bundle = request.getfixturevalue(bundle_fixture)
+    trained = _cached_training_features(bundle)
+    model = load_model(bundle, yamnet_model=YAMNET_MODEL)
+    for example in load_dataset(tiny_data)[:4]:
+        served_audio = decode(example.path.read_bytes(), model.sample_rate, max_seconds=121)
+        served = model.backbone.embed([served_audio.samples])[0]
+        np.testing.assert_allclose(served, trained[example.sha256], rtol=1e-5, atol=1e-5)
+        assert np.array_equal(served_audio.samples, load_waveform(example.path, model.sample_rate))
+
+
+def test_spectrogram_is_per_clip_not_per_batch(cough_files: list[Path]) -> None:
+    from ml.backbones import spectrogram_batch
+
+    params = SpectrogramParams()
+    quiet = decode(cough_files[0].read_bytes(), 16000).samples * 0.01
+    loud = decode(cough_files[1].read_bytes(), 16000).samples
+    alone = spectrogram_batch([quiet], params)[0]
+    together = spectrogram_batch([quiet, loud], params)[0]
+    np.testing.assert_array_equal(alone, together)
+    # Per-clip dB reference: a louder copy of the same clip renders the same image
+    # (for a clip long enough to need no zero padding, whose level would be absolute).
+    long_clip = next(
+        w
+        for f in cough_files[:200]
+        if len(w := decode(f.read_bytes(), 16000).samples) > params.clip_samples
+    )
+    np.testing.assert_allclose(
+        render(long_clip, params), render(long_clip * 0.1, params), atol=1e-4
+    )
+
+
+def test_training_is_reproducible(tiny_yamnet_bundle: Path, tiny_data: Path) -> None:
+    again = train_tiny(tiny_yamnet_bundle.parent / "again", tiny_data, "yamnet", "tiny-yamnet")
+    first, second = read_manifest(tiny_yamnet_bundle), read_manifest(again)
+    assert first.threshold == second.threshold
+    assert first.card["metrics"] == second.card["metrics"]
+    assert (tiny_yamnet_bundle / "head.npz").read_bytes() == (again / "head.npz").read_bytes()
+
+
+def test_bundle_records_an_honest_held_out_split(tiny_yamnet_bundle: Path) -> None:
+    split = json.loads((tiny_yamnet_bundle / "split.json").read_text())
+    train, val, test = (set(split[k]) for k in ("train", "validation", "test"))
+    assert train and val and test
+    assert not (train & val) and not (train & test) and not (val & test)
+    card = read_manifest(tiny_yamnet_bundle).card
+    assert "not a diagnostic device" in card["intended_use"]
+    metrics = card["metrics"]
+    assert metrics["overall"]["n"] == len(test)
+    assert set(metrics["by_source"]) == {"tiny-data0"} or len(metrics["by_source"]) == 1
+    for key in ("roc_auc", "roc_auc_95ci", "accuracy", "sensitivity", "specificity"):
+        assert key in metrics["overall"]
+    assert (tiny_yamnet_bundle / "evaluation" / "roc.png").stat().st_size > 1000
+
+
+def test_cli_train_and_evaluate(tmp_path: Path, tiny_data: Path) -> None:
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    out = tmp_path / "cli-bundle"
+    logdir = tmp_path / "tb"
+    common = ["--yamnet-model", str(YAMNET_MODEL), "--cache", str(tmp_path / "cache")]
+    train = subprocess.run(
+        [
+            str(BIN / "tussis"),
+            "train",
+            "--data",
+            str(tiny_data),
+            "--backbone",
+            "yamnet",
+            "--out",
+            str(out),
+            "--version",
+            "9.9",
+            "--logdir",
+            str(logdir),
+            "--test-fraction",
+            "0.25",
+            "--validation-fraction",
+            "0.25",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "features" in train.stderr and "epochs" in train.stderr  # progress bars
+    assert "held-out" in train.stdout and "source alone" in train.stdout
+    assert {p.name for p in out.iterdir()} >= {"manifest.json", "head.npz", "split.json"}
+    assert any(logdir.rglob("events.out.tfevents.*")), "no TensorBoard logs"
+
+    evaluate = subprocess.run(
+        [
+            str(BIN / "tussis"),
+            "evaluate",
+            "--model",
+            str(out),
+            "--data",
+            str(tiny_data),
+            "--json",
+            "--out",
+            str(tmp_path / "eval"),
+            "--no-progress",
+            *common,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    report = json.loads(evaluate.stdout)
+    card = read_manifest(out).card["metrics"]
+    assert report["overall"] == card["overall"]  # evaluate reproduces the card's numbers
+    assert "left out" in report["evaluated_on"]
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == {
+        "report.json",
+        "roc.png",
+        "confusion.png",
+    }
+
+
+def test_cli_reports_bad_arguments_clearly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BIN / "tussis"), "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+
+def test_metrics_against_hand_computed_values() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert roc_auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert roc_auc(labels, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
+    assert roc_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+    lo, hi = bootstrap_auc_interval(labels, np.array([0.1, 0.4, 0.35, 0.8]), seed=0)
+    assert 0.0 <= lo <= 0.75 <= hi <= 1.0
+    assert choose_threshold(labels, np.array([0.1, 0.2, 0.7, 0.9])) == pytest.approx(0.7)
+
+
+def test_shipped_default_bundle_is_honest_and_reproducible(tmp_path: Path) -> None:
+    """`tussis evaluate` on the data set scores only the held-out files and gives the
+    numbers the model card states."""
+    require((COUGH_DIR / "metadata.json").is_file(), f"no cough data at {COUGH_DIR}")
+    manifest = read_manifest(DEFAULT_BUNDLE)
+    card = manifest.card
+    assert manifest.backbone_name == "yamnet"
+    assert "not a diagnostic device" in card["intended_use"]
+    metrics = card["metrics"]
+    assert set(metrics["by_source"]) == {"call-center", "telegram"}
+    assert metrics["source_only"]["rates_from"] == "training data"
+    result = subprocess.run(
+        [
+            str(BIN / "tussis"),
+            "evaluate",
+            "--model",
+            str(DEFAULT_BUNDLE),
+            "--data",
+            str(COUGH_DIR),
+            "--json",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "eval"),
+            "--yamnet-model",
+            str(YAMNET_MODEL),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["overall"]["n"] == metrics["overall"]["n"]
+    assert report["overall"]["roc_auc"] == pytest.approx(metrics["overall"]["roc_auc"], abs=1e-6)
+    assert report["overall"]["roc_auc_95ci"] == pytest.approx(metrics["overall"]["roc_auc_95ci"])
+    assert report["overall"]["confusion"] == metrics["overall"]["confusion"]
+    for source, m in metrics["by_source"].items():
+        assert report["by_source"][source]["roc_auc"] == pytest.approx(m["roc_auc"], abs=1e-6)
+        assert report["by_source"][source]["confusion"] == m["confusion"]
+    assert report["source_only"]["roc_auc"] == pytest.approx(metrics["source_only"]["roc_auc"])

@@ -1,0 +1,116 @@
+"""The container files agree with the code: docker-compose.yml, boot.sh and
+scripts/run-local.sh start the same processes, and compose sets only variables
+that shared/config.py reads. Fast: nothing here needs Docker."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+BOOT = ROOT / "boot.sh"
+RUN_LOCAL = ROOT / "scripts" / "run-local.sh"
+CONFIG = ROOT / "shared" / "config.py"
+
+APP_SERVICES = ("api", "worker", "beat", "migrate")
+API_TARGET = "api:create_app()"
+WORKER_COMMAND = "celery -A worker.celery_app worker"
+# The variables the service itself reads, as opposed to postgres's POSTGRES_*.
+OURS = re.compile(r"^(TUSSIS_[A-Z0-9_]+|DATABASE_URL|REDIS_URL)$")
+INTERPOLATION = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def env_names(environment: dict[str, Any] | list[str] | None) -> set[str]:
+    if environment is None:
+        return set()
+    if isinstance(environment, dict):
+        return set(environment)
+    return {item.split("=", 1)[0] for item in environment}
+
+
+def strings_in(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in strings_in(k) + strings_in(v)]
+    if isinstance(value, list):
+        return [s for item in value for s in strings_in(item)]
+    return []
+
+
+def case_arms(script: str) -> dict[str, str]:
+    """The arms of a shell ``case``: ``{"api": "exec gunicorn ...", ...}``."""
+    arms = re.findall(r"^\s*([\w*|]+)\)\s*$(.*?)^\s*;;", script, flags=re.M | re.S)
+    return {label: body for label, body in arms}
+
+
+def test_compose_has_every_service(compose: dict[str, Any]) -> None:
+    expected = {"api", "worker", "beat", "migrate", "redis", "postgres"}
+    assert expected <= set(compose["services"])
+
+
+def test_app_services_share_the_x_app_anchor(compose: dict[str, Any]) -> None:
+    anchor = compose["x-app"]
+    assert anchor["build"] == "."
+    for name in APP_SERVICES:
+        service = compose["services"][name]
+        assert service["build"] == anchor["build"], name
+        assert service["environment"] == anchor["environment"], name
+        # `<<: *app` yields the anchor's very object; a pasted copy would not.
+        assert service["environment"] is anchor["environment"], name
+
+
+def test_compose_sets_only_variables_that_config_reads(compose: dict[str, Any]) -> None:
+    names: set[str] = set()
+    for service in compose["services"].values():
+        names |= env_names(service.get("environment"))
+    for text in strings_in(compose):
+        names |= set(INTERPOLATION.findall(text))
+    ours = {name for name in names if OURS.match(name)}
+    assert {"DATABASE_URL", "REDIS_URL", "TUSSIS_DATA_DIR", "TUSSIS_MODEL_BUNDLE"} <= ours
+
+    config_source = CONFIG.read_text()
+    unread = sorted(name for name in ours if f'"{name}"' not in config_source)
+    assert not unread, f"set in docker-compose.yml but not read by shared/config.py: {unread}"
+
+
+def test_compose_commands_are_boot_sh_roles(compose: dict[str, Any]) -> None:
+    arms = case_arms(BOOT.read_text())
+    for name in APP_SERVICES:
+        command = compose["services"][name]["command"]
+        assert command == ["./boot.sh", name]
+        assert name in arms, f"boot.sh has no {name!r} role"
+
+
+def test_boot_sh_starts_the_api_and_worker() -> None:
+    arms = case_arms(BOOT.read_text())
+    assert "exec gunicorn" in arms["api"]
+    assert API_TARGET in arms["api"]
+    assert "exec celery" in arms["worker"]
+    assert WORKER_COMMAND in arms["worker"]
+
+
+def test_boot_sh_is_executable_and_rejects_unknown_roles() -> None:
+    assert BOOT.stat().st_mode & 0o111, "boot.sh must be executable"
+    result = subprocess.run(
+        ["bash", str(BOOT), "frobnicate"], capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == 2
+    assert "usage" in result.stderr
+
+
+def test_run_local_starts_the_same_processes() -> None:
+    script = RUN_LOCAL.read_text()
+    assert API_TARGET in script
+    assert WORKER_COMMAND in script

@@ -1,0 +1,203 @@
+"""The analysis of one delivery (a single job or a batch chunk): claim each job
+with a compare-and-set on its row, decode and check the audio, run the cough
+gate and the diagnosis model on all clips at once, and record exactly one
+terminal state per claimed job. Duplicate deliveries find nothing to claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ml.spectrogram import render, to_png
+from shared import batches, jobs
+from shared.audio import AudioError, DecodedAudio, check_usable, decode
+from shared.storage import AudioNotFound, spectrogram_key
+from worker.runtime import Runtime
+
+log = logging.getLogger("tussis.worker")
+
+
+@dataclass
+class Claimed:
+    job_id: str
+    attempt: int
+    audio_key: str
+    batch_id: str | None
+    audio: DecodedAudio | None = None
+    done: bool = False
+
+
+class Pipeline:
+    """One delivery's work: claim the jobs, decode, gate, predict, record.
+
+    ``publish_callback`` queues a batch's completion callback; the task passes
+    one bound to its Celery app, so this module needs no app of its own.
+    """
+
+    def __init__(self, rt: Runtime, publish_callback: Callable[[str], None]) -> None:
+        self.runtime = rt
+        self.settings = rt.settings
+        self.publish_callback = publish_callback
+        self.worker_id = jobs.this_worker_id()
+
+    def fail(self, item: Claimed, code: str, message: str, **details: object) -> None:
+        item.done = True
+        with self.runtime.session() as session:
+            ok = jobs.fail(
+                session,
+                item.job_id,
+                self.worker_id,
+                item.attempt,
+                code=code,
+                message=message,
+                **details,
+            )
+        if not ok:
+            log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
+
+    def claim(self, job_ids: list[str]) -> list[Claimed]:
+        claimed = []
+        for job_id in job_ids:
+            with self.runtime.session() as session:
+                c = jobs.claim(
+                    session,
+                    job_id,
+                    self.worker_id,
+                    max_attempts=self.settings.job_max_attempts,
+                    lease_s=self.settings.lease_s,
+                )
+            if c.outcome is jobs.ClaimOutcome.CLAIMED and c.job is not None:
+                log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
+                claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
+            else:
+                log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
+                if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
+                    claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
+        return claimed
+
+    def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
+        ready = []
+        for item in items:
+            try:
+                data = self.runtime.storage.get(item.audio_key)
+            except AudioNotFound:
+                self.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
+                continue
+            try:
+                audio = decode(data, sample_rate, max_seconds=self.settings.max_duration_s + 1)
+                s = self.settings
+                check_usable(audio, s.min_duration_s, s.max_duration_s, s.silence_dbfs)
+            except AudioError as exc:
+                self.fail(item, exc.code, exc.message)
+                continue
+            item.audio = audio
+            ready.append(item)
+        return ready
+
+    def keep_spectrogram(self, item: Claimed, params: object) -> None:
+        """Store the image the spectrogram renderer makes of this clip (best effort)."""
+        try:
+            assert item.audio is not None
+            png = to_png(render(item.audio.samples, params))  # type: ignore[arg-type]
+            self.runtime.storage.put(spectrogram_key(item.audio_key), png)
+            with self.runtime.session() as session:
+                jobs.mark_spectrogram(session, item.job_id)
+        except Exception:
+            log.exception("job %s: could not store its spectrogram", item.job_id)
+
+    def run(self, job_ids: list[str]) -> None:
+        items = self.claim(job_ids)
+        active = [i for i in items if not i.done]
+        try:
+            if active:
+                self.analyse(active)
+        except SoftTimeLimitExceeded:
+            for item in active:
+                if not item.done:
+                    self.fail(
+                        item,
+                        "timeout",
+                        f"Analysis took longer than {self.settings.task_soft_time_limit_s} s and "
+                        "was stopped.",
+                    )
+        except Exception as exc:
+            log.exception("jobs %s: unexpected error", [i.job_id for i in active])
+            for item in active:
+                if not item.done:
+                    self.fail(
+                        item,
+                        "internal_error",
+                        f"An unexpected error stopped the analysis ({type(exc).__name__}).",
+                    )
+        for batch_id in {i.batch_id for i in items if i.batch_id}:
+            with self.runtime.session() as session:
+                batches.complete_and_notify(session, batch_id, self.publish_callback)
+
+    def analyse(self, items: list[Claimed]) -> None:
+        if self.settings.drill_task_delay_s:
+            time.sleep(self.settings.drill_task_delay_s)
+        try:
+            models = self.runtime.load_models()
+        except Exception as exc:
+            for item in items:
+                self.fail(
+                    item,
+                    "model_unavailable",
+                    f"The analysis model could not be loaded on the worker: {exc}",
+                )
+            return
+        model, gate = models.diagnosis, models.cough_gate
+        ready = self.prepare(items, model.sample_rate)
+        for item in ready:
+            self.keep_spectrogram(item, model.manifest.spectrogram)
+        cough: dict[str, tuple[bool | None, float | None]] = {i.job_id: (None, None) for i in ready}
+        if gate is not None and ready:
+            if gate.sample_rate != model.sample_rate:
+                raise RuntimeError("the cough gate and the model need different sample rates")
+            verdicts = gate.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
+            passed = []
+            for item, verdict in zip(ready, verdicts, strict=True):
+                detected = verdict.diagnosis == gate.manifest.positive_label
+                cough[item.job_id] = (detected, verdict.score)
+                if detected:
+                    passed.append(item)
+                else:
+                    self.fail(
+                        item,
+                        "no_cough_detected",
+                        "No cough was found in this recording, so it was not analysed; "
+                        "record one or more coughs and try again.",
+                        cough_detected=False,
+                        cough_score=verdict.score,
+                    )
+            ready = passed
+        if not ready:
+            return
+        predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
+        for item, prediction in zip(ready, predictions, strict=True):
+            detected, score = cough[item.job_id]
+            item.done = True
+            with self.runtime.session() as session:
+                ok = jobs.succeed(
+                    session,
+                    item.job_id,
+                    self.worker_id,
+                    item.attempt,
+                    diagnosis=prediction.diagnosis,
+                    score=prediction.score,
+                    threshold=model.manifest.threshold,
+                    model_id=model.id,
+                    model_version=model.version,
+                    duration_s=item.audio.duration_s,  # type: ignore[union-attr]
+                    cough_detected=detected,
+                    cough_score=score,
+                )
+            if not ok:
+                log.warning(
+                    "job %s: claim lost (deleted or taken over); result dropped", item.job_id
+                )
