@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from shared.config, the schema from shared.models."""
+"""Alembic environment: the URL comes from shared.config, the schema from shared.tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from alembic import context
 
 from shared.config import load_settings
 from shared.db import make_engine
-from shared.models import Base
+from shared.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
