@@ -37,13 +37,11 @@ class SettingsError(ValueError):
 
 
 def _env(
-    name: str, description: str, default: Any = ..., *, shown_default: str = "", **kwargs: Any
+    name: str, description: str, default: Any = ..., *, shown_default: str, **kwargs: Any
 ) -> Any:
     """A field read from the environment variable ``name`` (or set by its field name).
-    ``shown_default`` describes a default computed from other settings, for the docs."""
-    extra: dict[str, Any] = {"env": name}
-    if shown_default:
-        extra["shown_default"] = shown_default
+    ``description`` and ``shown_default`` are what docs/configuration.md shows."""
+    extra: dict[str, Any] = {"env": name, "shown_default": shown_default}
     if "default_factory" not in kwargs:
         kwargs["default"] = default
     return Field(
@@ -90,151 +88,270 @@ class Settings(BaseSettings):
 
     data_dir: Path = _env(
         "TUSSIS_DATA_DIR",
-        "Folder for the embedded database, broker and outputs.",
+        "Directory for the embedded defaults: the SQLite job database, the SQLite broker and (in "
+        "`make run`) the beat schedule file. The `tussis` command keeps its feature cache "
+        "(`feature-cache/`) and evaluation outputs (`evaluations/`) here.",
         PROJECT_ROOT / "var",
+        shown_default="`<repo>/var`",
     )
     database_url: str = _env(
         "DATABASE_URL",
-        "SQLAlchemy URL of the job store; `postgresql://` uses psycopg 3.",
+        "The SQL database for jobs (and, by default, uploads). Any SQLAlchemy URL works. "
+        "`postgresql://` and `postgres://` are rewritten to `postgresql+psycopg://` (psycopg 3). "
+        "The migrations read it too.",
         "",
-        shown_default="SQLite in TUSSIS_DATA_DIR",
+        shown_default="`sqlite:///<TUSSIS_DATA_DIR>/tussis.sqlite3`",
     )
     redis_url: str = _env(
-        "REDIS_URL", "Redis for the Celery broker (when TUSSIS_BROKER_URL is not set).", ""
+        "REDIS_URL",
+        "When set, the Celery broker is Redis at this URL. When unset, the broker is "
+        "`sqla+sqlite:///<TUSSIS_DATA_DIR>/broker.sqlite3`.",
+        "",
+        shown_default="unset",
     )
     broker_url: str = _env(
         "TUSSIS_BROKER_URL",
-        "Celery broker URL; overrides REDIS_URL.",
+        "Explicit Celery broker URL. It overrides `REDIS_URL`.",
         "",
-        shown_default="REDIS_URL, else SQLite in TUSSIS_DATA_DIR",
+        shown_default="`REDIS_URL`, or the SQLite broker above",
     )
     storage_url: str = _env(
         "TUSSIS_STORAGE_URL",
-        "Where uploads are kept: `database` (a table) or `file:///path`.",
+        "Where uploads and the worker's spectrogram images are kept. `database` uses the "
+        "`audio_blobs` table. `file:///path` uses a directory, which must be shared by every API "
+        "and worker host.",
         "database",
+        shown_default="`database`",
     )
     model_bundle: Path = _env(
         "TUSSIS_MODEL_BUNDLE",
-        "The diagnosis model bundle folder.",
+        "The diagnosis model bundle folder that the worker serves.",
         PROJECT_ROOT / "models" / "default",
+        shown_default="`<repo>/models/default`",
     )
     cough_gate_bundle: Path | None = _env(
         "TUSSIS_COUGH_GATE_BUNDLE",
-        "The cough gate bundle folder, or `off` to analyse without checking for a cough.",
+        "The cough gate bundle. `off` or `none` disables the gate: every recording is analysed, "
+        "and `cough_detected` and `cough_score` are `null`.",
         PROJECT_ROOT / "models" / "cough-gate",
+        shown_default="`<repo>/models/cough-gate`",
     )
     queue_name: str = _env(
-        "TUSSIS_QUEUE", "Celery queue of single jobs (batches use NAME.batch).", "tussis"
+        "TUSSIS_QUEUE",
+        "The Celery queue for single jobs (and the sweeper). Batch chunks and callbacks use "
+        "`<TUSSIS_QUEUE>.batch`. A worker started without `-Q` consumes both.",
+        "tussis",
+        shown_default="`tussis`",
     )
     max_upload_bytes: int = _env(
-        "TUSSIS_MAX_UPLOAD_BYTES", "Largest single upload.", 20 * 1024 * 1024, gt=0
+        "TUSSIS_MAX_UPLOAD_BYTES",
+        "Largest accepted recording: a single job's upload, or one file or zip member of a batch.",
+        20 * 1024 * 1024,
+        gt=0,
+        shown_default="`20971520` (20 MiB)",
     )
     min_duration_s: float = _env(
-        "TUSSIS_MIN_DURATION_S", "Shortest recording accepted (seconds).", 0.3, ge=0
+        "TUSSIS_MIN_DURATION_S",
+        "Shortest accepted recording, in seconds.",
+        0.3,
+        ge=0,
+        shown_default="`0.3`",
     )
     max_duration_s: float = _env(
-        "TUSSIS_MAX_DURATION_S", "Longest recording accepted (seconds).", 120.0, gt=0
+        "TUSSIS_MAX_DURATION_S",
+        "Longest accepted recording, in seconds. Decoding stops just past this limit.",
+        120.0,
+        gt=0,
+        shown_default="`120`",
     )
     silence_dbfs: float = _env(
         "TUSSIS_SILENCE_DBFS",
-        "A recording whose peak is below this level is refused as silent.",
+        "Recordings whose peak is below this level (in dBFS) are rejected as `silent_audio`.",
         -60.0,
+        shown_default="`-60`",
     )
     job_max_attempts: int = _env(
         "TUSSIS_JOB_MAX_ATTEMPTS",
-        "Deliveries of a job whose worker died before it gives up.",
+        "Claims allowed per job. When they are used up without a result, the job fails with "
+        "`worker_lost`. Must be at least 1.",
         3,
         ge=1,
+        shown_default="`3`",
     )
     task_time_limit_s: int = _env(
         "TUSSIS_TASK_TIME_LIMIT",
-        "Hard time limit of one task (seconds); must stay below TUSSIS_VISIBILITY_TIMEOUT.",
+        "Celery's hard time limit per task (a single job, or a whole batch chunk), in seconds. The"
+        " soft limit, which records `timeout`, is this minus max(5 s, 10 %), so 270 s by default. "
+        "The job lease is this plus 30 s. Must be lower than `TUSSIS_VISIBILITY_TIMEOUT`.",
         300,
         gt=0,
+        shown_default="`300`",
     )
     visibility_timeout_s: int = _env(
         "TUSSIS_VISIBILITY_TIMEOUT",
-        "Redis re-delivers an unacknowledged task after this long.",
+        "Redis only: after this many seconds, Redis re-delivers an unacknowledged message.",
         3600,
         gt=0,
+        shown_default="`3600`",
     )
     sweep_interval_s: float = _env(
-        "TUSSIS_SWEEP_INTERVAL", "How often beat runs the sweeper (seconds).", 30.0, gt=0
+        "TUSSIS_SWEEP_INTERVAL",
+        "Seconds between sweeper runs, as scheduled by beat.",
+        30.0,
+        gt=0,
+        shown_default="`30`",
     )
     requeue_after_s: float = _env(
-        "TUSSIS_REQUEUE_AFTER", "A queued job untouched this long is re-published.", 600.0, gt=0
+        "TUSSIS_REQUEUE_AFTER",
+        "The sweeper re-publishes a `queued` job that has not been published for this many seconds"
+        " (for a batch item: since it was accepted), and re-queues a callback not attempted this "
+        "long after its batch finished.",
+        600.0,
+        gt=0,
+        shown_default="`600`",
     )
     publish_timeout_s: float = _env(
         "TUSSIS_PUBLISH_TIMEOUT",
-        "How long the API waits for the broker before answering 202.",
+        "Seconds to connect to the broker. A dead broker fails a publish or a `/readyz` check "
+        "within about this time, instead of hanging.",
         5.0,
         gt=0,
+        shown_default="`5`",
     )
     retry_after_s: int = _env(
-        "TUSSIS_RETRY_AFTER", "The Retry-After a client is told to poll at.", 2, ge=0
+        "TUSSIS_RETRY_AFTER",
+        "The `Retry-After` value (in seconds) on `202` responses and on polls of unfinished jobs "
+        "and batches.",
+        2,
+        ge=0,
+        shown_default="`2`",
     )
-    worker_concurrency: int = _env("TUSSIS_WORKER_CONCURRENCY", "Worker child processes.", 1, ge=1)
+    worker_concurrency: int = _env(
+        "TUSSIS_WORKER_CONCURRENCY",
+        "Worker child processes per `celery worker`. Each child holds its own model. TensorFlow "
+        "threads per child = CPU count / concurrency.",
+        1,
+        ge=1,
+        shown_default="`1`",
+    )
     worker_proc_alive_timeout_s: float = _env(
         "TUSSIS_WORKER_PROC_ALIVE_TIMEOUT",
-        "How long a new worker child may take to load its models.",
+        "Seconds that a new worker child may take to start (load and warm the model) before Celery"
+        " kills it.",
         120.0,
+        shown_default="`120`",
     )
     page_size: int = _env(
-        "TUSSIS_PAGE_SIZE", "Default page size of listings (1 to 200).", 50, ge=1, le=200
+        "TUSSIS_PAGE_SIZE",
+        "Default `limit` for the lists of jobs, batches and batch items. Keep it within 1 to 200.",
+        50,
+        ge=1,
+        le=200,
+        shown_default="`50`",
     )
     api_keys: Annotated[Secret[dict[str, str]], NoDecode] = _env(
         "TUSSIS_API_KEYS",
-        "`name:token,name2:token2`; empty serves everyone as one anonymous owner.",
+        "`name:token,name2:token2`. When set, every request to the job and batch endpoints needs "
+        "one of the tokens, and the name is the owner of the jobs and batches.",
         Secret({}),
+        shown_default="unset (no authentication)",
     )
     inception_weights: str = _env(
-        "TUSSIS_INCEPTION_WEIGHTS", "`imagenet` (Keras download) or a local .h5 file.", "imagenet"
+        "TUSSIS_INCEPTION_WEIGHTS",
+        "Where the Inception V3 ImageNet weights come from, for bundles that use them (and for "
+        "`tussis train --backbone inception_v3`). `imagenet` lets Keras download them (cached "
+        "under `~/.keras`). A path means a local "
+        "`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`.",
+        "imagenet",
+        shown_default="`imagenet`",
     )
     yamnet_model: Path = _env(
         "TUSSIS_YAMNET_MODEL",
-        "The YAMNet .tflite file (downloaded there once if missing).",
+        "The YAMNet TFLite file, for bundles with the `yamnet` backbone (both shipped bundles) and"
+        " for `tussis`. If it is missing, it is downloaded once from `TUSSIS_YAMNET_URL` and kept "
+        "only if its SHA-256 matches the digest pinned in `ml/yamnet.py`.",
         default_factory=_default_yamnet_path,
-        shown_default="../shared/models/yamnet.tflite if present, "
-        "else ~/.cache/tussis/yamnet.tflite",
+        shown_default="`<repo>/../shared/models/yamnet.tflite` if that file exists, "
+        "else `~/.cache/tussis/yamnet.tflite`",
     )
     yamnet_url: str = _env(
-        "TUSSIS_YAMNET_URL", "Where a missing YAMNet file is downloaded from.", DEFAULT_YAMNET_URL
+        "TUSSIS_YAMNET_URL",
+        "Where the worker downloads a missing YAMNet file from. A file with another SHA-256 is "
+        "refused.",
+        DEFAULT_YAMNET_URL,
+        shown_default="`https://tfhub.dev/google/lite-model/yamnet/tflite/1?lite-format=tflite`",
     )
     max_batch_upload_bytes: int = _env(
-        "TUSSIS_MAX_BATCH_UPLOAD_BYTES", "Largest batch request body.", 2 * 1024**3, gt=0
+        "TUSSIS_MAX_BATCH_UPLOAD_BYTES",
+        "Largest batch request body (`POST /api/v1/batches` and `.../items`). A larger one answers"
+        " `413 upload_too_large`.",
+        2 * 1024**3,
+        gt=0,
+        shown_default="`2147483648` (2 GiB)",
     )
     archive_max_members: int = _env(
-        "TUSSIS_ARCHIVE_MAX_MEMBERS", "Most files in one .zip.", 10000, gt=0
+        "TUSSIS_ARCHIVE_MAX_MEMBERS",
+        "Most files in one `.zip` (folders, `__MACOSX/`, `.DS_Store` and `Thumbs.db` not counted),"
+        " else `422 archive_too_many_members`. A batch request may also have at most this many + "
+        "16 multipart parts.",
+        10000,
+        gt=0,
+        shown_default="`10000`",
     )
     archive_max_uncompressed_bytes: int = _env(
         "TUSSIS_ARCHIVE_MAX_UNCOMPRESSED_BYTES",
-        "Largest total uncompressed size of a .zip.",
+        "Most data one `.zip` may expand to, by its headers and as actually read, else `422 "
+        "archive_too_large`.",
         8 * 1024**3,
         gt=0,
+        shown_default="`8589934592` (8 GiB)",
     )
     archive_max_ratio: float = _env(
         "TUSSIS_ARCHIVE_MAX_RATIO",
-        "Largest compression ratio of a .zip member (zip bombs).",
+        "A zip member of 1 MiB or more that is compressed more than this ratio is rejected as "
+        "`compression_ratio_too_high`.",
         100.0,
         gt=0,
+        shown_default="`100`",
     )
-    batch_chunk_size: int = _env("TUSSIS_BATCH_CHUNK_SIZE", "Recordings per batch task.", 16, ge=1)
+    batch_chunk_size: int = _env(
+        "TUSSIS_BATCH_CHUNK_SIZE",
+        "Batch items per message on the batch queue. The worker runs the models on a chunk's clips"
+        " in one call. Values below 1 count as 1.",
+        16,
+        shown_default="`16`",
+    )
     callback_secret: SecretStr = _env(
         "TUSSIS_CALLBACK_SECRET",
-        "HMAC key that signs batch callbacks (unsigned when empty).",
+        "The key of the HMAC-SHA256 in a batch callback's `X-Tussis-Signature`. Set it whenever "
+        "you use callbacks: with the empty default, callbacks are sent unsigned. It is never "
+        "logged.",
         SecretStr(""),
+        shown_default="empty",
     )
     callback_max_attempts: int = _env(
         "TUSSIS_CALLBACK_MAX_ATTEMPTS",
-        "Deliveries of a callback before it is marked failed.",
+        "Delivery attempts per batch callback, with exponential backoff, before its state becomes "
+        "`failed`.",
         12,
         ge=1,
+        shown_default="`12`",
     )
-    log_level: str = _env("TUSSIS_LOG_LEVEL", "Python logging level.", "INFO")
+    log_level: str = _env(
+        "TUSSIS_LOG_LEVEL",
+        "Log level. The scripts also pass it to `celery --loglevel`.",
+        "INFO",
+        shown_default="`INFO`",
+    )
     # Failure drills only: hold each analysis this long after claiming it, so an
     # operator (or a test) can kill a worker mid-job and watch the recovery.
     drill_task_delay_s: float = _env(
-        "TUSSIS_DRILL_TASK_DELAY_S", "Failure drills only: hold each analysis this long.", 0.0, ge=0
+        "TUSSIS_DRILL_TASK_DELAY_S",
+        "Failure drills only: the worker sleeps this many seconds after claiming each job. See "
+        "[Failure drills](operations.md#failure-drills).",
+        0.0,
+        ge=0,
+        shown_default="`0`",
     )
 
     @field_validator("api_keys", mode="before")
@@ -336,31 +453,10 @@ def load_settings() -> Settings:
 
 def settings_table() -> str:
     """The Markdown table of every setting, for docs/configuration.md."""
-    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
-    for name, field in Settings.model_fields.items():
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for field in Settings.model_fields.values():
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-        if "shown_default" in extra:
-            default = str(extra["shown_default"])
-        elif field.default_factory is not None:
-            default = ""
-        else:
-            default = field.default
-            if isinstance(default, Secret | SecretStr):
-                default = default.get_secret_value() or ""
-            if isinstance(default, Path):
-                default = (
-                    str(default.relative_to(PROJECT_ROOT))
-                    if default.is_relative_to(PROJECT_ROOT)
-                    else str(default)
-                )
-            default = "" if default in ("", {}) else str(default)
-        shown = (
-            f"`{default}`"
-            if default and "`" not in default and not extra.get("shown_default")
-            else default
-        )
-        rows.append(f"| `{extra['env']}` | {shown or '(empty)'} | {field.description} |")
-        del name
+        rows.append(f"| `{extra['env']}` | {extra['shown_default']} | {field.description} |")
     return "\n".join(rows) + "\n"
 
 

@@ -8,6 +8,7 @@ work on the light install, and a model command there says what is missing.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
@@ -48,6 +49,26 @@ def main(verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+
+
+def _model_errors(func: F) -> F:
+    """A model command's expected failures (bad data, a bad bundle, a missing file)
+    end with their message and exit code 1, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("ml."):  # BundleError, ModelUnavailable, ...
+                raise click.ClickException(str(exc)) from exc
+            raise
+
+    return cast(F, wrapper)
 
 
 def _common_model_options(func: F) -> F:
@@ -101,6 +122,7 @@ def _common_model_options(func: F) -> F:
 @click.option("--patience", default=30, show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_common_model_options
+@_model_errors
 def train(
     data_dir: Path,
     backbone: str,
@@ -168,6 +190,7 @@ def train(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--no-progress", is_flag=True)
 @_common_model_options
+@_model_errors
 def evaluate(
     model_dir: Path,
     data_dir: Path,
@@ -209,6 +232,7 @@ def evaluate(
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--per-kind", default=60, show_default=True, help="Clips of each kind.")
 @click.option("--seed", default=0, show_default=True)
+@_model_errors
 def make_negatives(out: Path, per_kind: int, seed: int) -> None:
     """Write synthetic non-cough clips as WAV files (server install)."""
     _settings()  # says so clearly on a client-only install
@@ -238,6 +262,7 @@ def make_negatives(out: Path, per_kind: int, seed: int) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-progress", is_flag=True)
 @_common_model_options
+@_model_errors
 def train_cough_gate_command(
     coughs_dir: Path,
     negatives_dir: Path,
@@ -452,7 +477,7 @@ def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -
                 err=True,
             )
         if out is None:
-            stdout = click.get_binary_stream("stdout")
+            stdout = sys.stdout.buffer
             client.download_results(batch_id, stdout)
             stdout.flush()
         else:
