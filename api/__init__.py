@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from api.batches import bp as batches_bp
 from api.errors import register_error_handlers
@@ -24,6 +25,11 @@ from shared.storage import make_storage
 MULTIPART_OVERHEAD = 64 * 1024
 
 
+class JsonProvider(DefaultJSONProvider):
+    ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
+    sort_keys = False  # keep the documented field order
+
+
 def celery_init_app(app: Flask, settings: Settings) -> None:
     """As in Flask's Celery example: the app carries its Celery instance in extensions."""
     app.extensions["celery"] = make_celery(settings, name="tussis-api")
@@ -33,8 +39,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)  # api/web.py serves the page and its assets
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
-    app.json.ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
-    app.json.sort_keys = False  # keep the documented field order
+    app.json = JsonProvider(app)
     app.extensions["tussis.settings"] = settings
     app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
     celery_init_app(app, settings)

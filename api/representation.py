@@ -33,7 +33,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "cough_detected": job.cough_detected,
             "cough_score": job.cough_score,
         }
-    error = None
+    error: dict[str, Any] | None = None
     if job.status == JobStatus.FAILED:
         error = {"code": job.error_code, "message": job.error_message}
         if job.cough_detected is not None:

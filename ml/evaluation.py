@@ -90,7 +90,9 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return best
 
 
-def source_prevalence(labels: Sequence[int], sources: Sequence[str]) -> dict[str, float]:
+def source_prevalence(
+    labels: Sequence[int] | np.ndarray, sources: Sequence[str] | np.ndarray
+) -> dict[str, float]:
     labels_arr, sources_arr = np.asarray(labels), np.asarray(sources)
     return {
         str(s): float(labels_arr[sources_arr == s].mean())

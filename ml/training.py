@@ -57,22 +57,22 @@ def make_backbone(
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone and its manifest entry (which also keys the feature cache)."""
     if options.backbone == "inception_v3":
-        backbone = InceptionV3Backbone.build_for_training(
+        inception = InceptionV3Backbone.build_for_training(
             params, weights=options.inception_weights, seed=options.seed
         )
-        source = "imagenet" if backbone.weights_source is not None else "bundle"
+        source = "imagenet" if inception.weights_source is not None else "bundle"
         spec: dict[str, Any] = {"name": "inception_v3", "weights": source}
         cache_spec = {**spec, "spectrogram": params.to_dict(), "seed": options.seed}
-        return backbone, {"manifest": spec, "cache": cache_spec}
+        return inception, {"manifest": spec, "cache": cache_spec}
     if options.backbone == "yamnet":
         if options.yamnet_model is None:
             raise ValueError("the yamnet backbone needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
         from ml.yamnet import sha256_of
 
-        backbone = YamnetBackbone(options.yamnet_model, features=features, url=options.yamnet_url)
+        yamnet = YamnetBackbone(options.yamnet_model, features=features, url=options.yamnet_url)
         spec = {"name": "yamnet", "features": features}
         cache_spec = {**spec, "model_sha256": sha256_of(options.yamnet_model), "rate": 16000}
-        return backbone, {"manifest": spec, "cache": cache_spec}
+        return yamnet, {"manifest": spec, "cache": cache_spec}
     raise ValueError(f"unknown backbone {options.backbone!r}: use inception_v3 or yamnet")
 
 

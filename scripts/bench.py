@@ -18,8 +18,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,7 @@ def line(name: str, values_ms: list[float], unit: str = "ms") -> None:
     )
 
 
-def timed(fn, repeat: int) -> list[float]:
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -81,7 +83,7 @@ def bench_components(n_files: int) -> None:
     print(f"components on {len(files)} real recordings (mean {np.mean(durations):.1f} s)")
     line(
         "decode + resample to 16 kHz (PyAV)",
-        [timed(lambda b=b: decode(b, 16000), 1)[0] for b in blobs],
+        [timed(partial(decode, b, 16000), 1)[0] for b in blobs],
     )
     waves = [decode(b, 16000).samples for b in blobs]
     params = SpectrogramParams()
@@ -90,7 +92,7 @@ def bench_components(n_files: int) -> None:
     print(f"  {'first spectrogram in a process (numba)':<44} {time.perf_counter() - t:8.2f} s")
     line(
         "mel spectrogram per clip (librosa)",
-        [timed(lambda w=w: render(w, params), 1)[0] for w in waves],
+        [timed(partial(render, w, params), 1)[0] for w in waves],
     )
 
     t = time.perf_counter()
@@ -100,11 +102,11 @@ def bench_components(n_files: int) -> None:
     print(f"  {'load default bundle (' + model.id + ')':<44} {time.perf_counter() - t:8.2f} s")
     line(
         "default model predict per clip",
-        [timed(lambda w=w: model.predict([w]), 1)[0] for w in waves],
+        [timed(partial(model.predict, [w]), 1)[0] for w in waves],
     )
     if settings.cough_gate_bundle:
         gate = load_model(settings.cough_gate_bundle, yamnet_model=settings.yamnet_model)
-        line("cough gate per clip", [timed(lambda w=w: gate.predict([w]), 1)[0] for w in waves])
+        line("cough gate per clip", [timed(partial(gate.predict, [w]), 1)[0] for w in waves])
 
     t = time.perf_counter()
     inception = InceptionV3Backbone(params, weights=None)
@@ -137,12 +139,9 @@ def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
         else:
             database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
             broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
-        from dataclasses import replace
-
         from tests.conftest import migrate
 
-        run_settings = replace(
-            settings,
+        run_settings = settings.changed(
             data_dir=tmp_path,
             database_url=database_url,
             broker_url=broker,

@@ -53,7 +53,7 @@ def decode(data: bytes, sample_rate: int | None = None, max_seconds: float = 600
             "undecodable_audio", "The file could not be read as audio (unknown or damaged format)."
         ) from exc
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
+        stream = next(iter(container.streams.audio), None)
         if stream is None:
             raise AudioError("undecodable_audio", "The file contains no audio track.")
         source_rate = int(stream.rate or stream.codec_context.sample_rate or 0)

@@ -180,7 +180,7 @@ class Pipeline:
             return
         predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
         for item, prediction in zip(ready, predictions, strict=True):
-            detected, score = cough[item.job_id]
+            cough_detected, cough_score = cough[item.job_id]
             item.done = True
             with self.runtime.session() as session:
                 ok = jobs.succeed(
@@ -194,8 +194,8 @@ class Pipeline:
                     model_id=model.id,
                     model_version=model.version,
                     duration_s=item.audio.duration_s,  # type: ignore[union-attr]
-                    cough_detected=detected,
-                    cough_score=score,
+                    cough_detected=cough_detected,
+                    cough_score=cough_score,
                 )
             if not ok:
                 log.warning(
