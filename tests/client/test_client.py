@@ -266,6 +266,9 @@ def test_an_interrupted_submit_resumes_without_uploading_anything_twice(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # As from a terminal: a suite started in the background (`cmd &`) inherits
+            # SIGINT ignored, and Python then never raises KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             # The batch was created with the first part, and the client is now waiting
