@@ -32,12 +32,17 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "model_version": job.model_version,
             "cough_detected": job.cough_detected,
             "cough_score": job.cough_score,
+            "cough_segments": job.cough_segments,
         }
     error: dict[str, Any] | None = None
     if job.status == JobStatus.FAILED:
         error = {"code": job.error_code, "message": job.error_message}
         if job.cough_detected is not None:
-            error.update(cough_detected=job.cough_detected, cough_score=job.cough_score)
+            error.update(
+                cough_detected=job.cough_detected,
+                cough_score=job.cough_score,
+                cough_segments=job.cough_segments,
+            )
     return {
         "id": job.id,
         "status": job.status,

@@ -215,6 +215,7 @@ def succeed(
     duration_s: float | None,
     cough_detected: bool | None = None,
     cough_score: float | None = None,
+    cough_segments: list[list[float]] | None = None,
 ) -> bool:
     return _finish(
         session,
@@ -230,6 +231,7 @@ def succeed(
         duration_s=duration_s,
         cough_detected=cough_detected,
         cough_score=cough_score,
+        cough_segments=cough_segments,
     )
 
 

@@ -11,8 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ml import yamnet
 from ml.spectrogram import render, to_png
 from shared import batches, jobs
 from shared.audio import AudioError, DecodedAudio, check_usable, decode
@@ -20,6 +22,42 @@ from shared.storage import AudioNotFound, spectrogram_key
 from worker.runtime import Runtime
 
 log = logging.getLogger("tussis.worker")
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """What the cough gate said of one recording (all None when the gate is off)."""
+
+    detected: bool | None = None
+    score: float | None = None
+    segments: list[list[float]] | None = None
+
+
+# Below this, the loudest 0.975 s of a recording is too faint to make out a cough.
+QUIET_DBFS = -45.0
+# A loudest moment less than this above the typical level: nothing stands out.
+STANDS_OUT_DB = 6.0
+
+
+def no_cough_message(samples: np.ndarray) -> str:
+    """Why the gate refused, in words a person can act on."""
+    frames = yamnet.frame(samples).astype(np.float64)
+    loudness = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-12)
+    loudest, typical = float(loudness.max()), float(np.median(loudness))
+    if loudest < QUIET_DBFS:
+        return (
+            "The recording is too quiet to make out a cough, so it was not analysed; "
+            "hold the microphone closer (about 30 cm) and cough again."
+        )
+    if loudest - typical < STANDS_OUT_DB and len(loudness) > 2:
+        return (
+            "The background noise is as loud as everything else in the recording, so no cough "
+            "stands out and it was not analysed; record somewhere quieter and cough again."
+        )
+    return (
+        "No cough-like sound was found in this recording, so it was not analysed; "
+        "record one or more coughs (not speech, breathing or other sounds) and try again."
+    )
 
 
 @dataclass
@@ -155,7 +193,7 @@ class Pipeline:
         ready = self.prepare(items, model.sample_rate)
         for item in ready:
             self.keep_spectrogram(item, model.manifest.spectrogram)
-        cough: dict[str, tuple[bool | None, float | None]] = {i.job_id: (None, None) for i in ready}
+        cough: dict[str, GateVerdict] = {i.job_id: GateVerdict() for i in ready}
         if gate is not None and ready:
             if gate.sample_rate != model.sample_rate:
                 raise RuntimeError("the cough gate and the model need different sample rates")
@@ -163,24 +201,28 @@ class Pipeline:
             passed = []
             for item, verdict in zip(ready, verdicts, strict=True):
                 detected = verdict.diagnosis == gate.manifest.positive_label
-                cough[item.job_id] = (detected, verdict.score)
+                # Where the cough is; on a refusal, the window the gate liked best.
+                looked_at = verdict.segments if detected else (verdict.peak,)
+                segments = [list(s) for s in looked_at if s is not None] or None
+                cough[item.job_id] = GateVerdict(detected, verdict.score, segments)
                 if detected:
                     passed.append(item)
                 else:
+                    assert item.audio is not None
                     self.fail(
                         item,
                         "no_cough_detected",
-                        "No cough was found in this recording, so it was not analysed; "
-                        "record one or more coughs and try again.",
+                        no_cough_message(item.audio.samples),
                         cough_detected=False,
                         cough_score=verdict.score,
+                        cough_segments=segments,
                     )
             ready = passed
         if not ready:
             return
         predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
         for item, prediction in zip(ready, predictions, strict=True):
-            cough_detected, cough_score = cough[item.job_id]
+            gate_verdict = cough[item.job_id]
             item.done = True
             with self.runtime.session() as session:
                 ok = jobs.succeed(
@@ -194,8 +236,9 @@ class Pipeline:
                     model_id=model.id,
                     model_version=model.version,
                     duration_s=item.audio.duration_s,  # type: ignore[union-attr]
-                    cough_detected=cough_detected,
-                    cough_score=cough_score,
+                    cough_detected=gate_verdict.detected,
+                    cough_score=gate_verdict.score,
+                    cough_segments=gate_verdict.segments,
                 )
             if not ok:
                 log.warning(

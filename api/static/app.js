@@ -404,7 +404,10 @@
         }
         setText("result-score-text", text);
       });
-      setText("result-cough", coughText(result.cough_detected, result.cough_score));
+      setText(
+        "result-cough",
+        coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, "at")
+      );
       setText("result-model", result.model_id + " · version " + result.model_version);
       show("result-view", true);
       $("result-title").focus();
@@ -412,12 +415,23 @@
       var err = job.error || { code: "failed", message: "The analysis failed." };
       var message = err.message;
       if (err.cough_score != null) {
-        message += " (Cough detected: " + coughText(err.cough_detected, err.cough_score) + ".)";
+        message +=
+          " (Cough detected: " + coughText(err.cough_detected, err.cough_score) +
+          segmentsText(err.cough_segments, "; it looked hardest at") + ".)";
       }
       showError({ code: err.code, message: message });
     }
     if (job.links && job.links.spectrogram) loadSpectrogram(run, job.links.spectrogram, 0);
     setBusy(false);
+  }
+
+  /** " at 1.4–2.4 s, 5.2–6.2 s": where the cough gate found (or looked for) a cough. */
+  function segmentsText(segments, lead) {
+    if (!segments || !segments.length) return "";
+    var parts = segments.map(function (s) {
+      return s[0].toFixed(1) + "–" + s[1].toFixed(1) + " s";
+    });
+    return " " + lead + " " + parts.join(", ");
   }
 
   function coughText(detected, score) {

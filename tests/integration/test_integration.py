@@ -56,6 +56,7 @@ def check_succeeded(job: dict, expected_score: float, model_id: str = "tiny-test
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert result["cough_detected"] is True
+    assert "cough_segments" in result  # null: the shipped gate pools the whole recording
     assert 0.0 <= result["cough_score"] <= 1.0
     assert result["diagnosis"] in ("sick", "not sick")
     assert result["Diagnóstico"] == result["diagnosis"]
