@@ -152,6 +152,16 @@ def inception_from_bundle(
     raise BundleError(f"unknown Inception V3 weights source {source!r} in {path}")
 
 
+WINDOW_FEATURES = "window_embedding+logit_scores"
+
+
+def window_features(out: Any) -> np.ndarray:
+    """A YAMNet output's windows as rows: the embedding, then each class score's
+    logit (so that "0.001 vs 0.01" weighs as much as "0.9 vs 0.99")."""
+    p = np.clip(out.scores.astype(np.float64), 1e-4, 1 - 1e-4)
+    return np.hstack([out.embeddings, np.log(p / (1 - p))]).astype(np.float32)
+
+
 _yamnet_instances: dict[str, Any] = {}
 
 
@@ -171,12 +181,14 @@ class YamnetBackbone:
 
     ``features="embedding_mean"``: the 1,024-d embeddings averaged over windows.
     ``features="embedding_mean+scores_max"``: those plus each of the 521 class
-    scores at its maximum over windows (used by the cough gate, which needs to
-    know about speech, music and noise as well as coughs).
+    scores at its maximum over windows (the first cough gate's features).
+    ``features="window_embedding+logit_scores"``: one row per window, the
+    embedding and the class scores as logits (the cough gate scores each window,
+    so a short cough in a long recording is not averaged away).
     """
 
     name = "yamnet"
-    FEATURES = ("embedding_mean", "embedding_mean+scores_max")
+    FEATURES = ("embedding_mean", "embedding_mean+scores_max", WINDOW_FEATURES)
 
     def __init__(
         self, model_path: Path, features: str = "embedding_mean", url: str | None = None
@@ -186,7 +198,13 @@ class YamnetBackbone:
         self.features = features
         self.yamnet = shared_yamnet(model_path, url)
 
+    def embed_windows(self, waveform: np.ndarray) -> np.ndarray:
+        """Per-window features ``(windows, 1,545)`` of one clip."""
+        return window_features(self.yamnet.run(waveform))
+
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        if self.features == WINDOW_FEATURES:
+            raise BundleError("per-window features have one row per window: use embed_windows")
         rows = []
         for waveform in waveforms:
             out = self.yamnet.run(waveform)

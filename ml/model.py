@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml import yamnet
 from ml.backbones import (
     Backbone,
     InceptionV3Backbone,
@@ -23,10 +24,28 @@ from ml.bundle import BundleError, Head, Manifest, read_head, read_manifest
 __all__ = ["Model", "ModelUnavailable", "Prediction", "load_model"]
 
 
+Segment = tuple[float, float]  # start and end, in seconds from the clip's start
+
+
 @dataclass(frozen=True)
 class Prediction:
-    score: float  # probability of the positive label ("sick")
+    score: float  # probability of the positive label ("sick", "cough")
     diagnosis: str
+    # Window-pooled bundles (the cough gate) only: where the positive label was
+    # found, overlapping windows merged; and the window that scored highest.
+    segments: tuple[Segment, ...] = ()
+    peak: Segment | None = None
+
+
+def merge_windows(starts: Sequence[float], length: float) -> tuple[Segment, ...]:
+    """Windows ``[start, start + length)`` as the fewest non-overlapping segments."""
+    merged: list[list[float]] = []
+    for start in sorted(starts):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], start + length)
+        else:
+            merged.append([start, start + length])
+    return tuple((round(a, 3), round(b, 3)) for a, b in merged)
 
 
 class Model:
@@ -48,11 +67,26 @@ class Model:
     def sample_rate(self) -> int:
         return self.manifest.spectrogram.sample_rate
 
+    @property
+    def window_pooled(self) -> bool:
+        """Scored per YAMNet window and pooled by the maximum: one cough anywhere
+        in a long recording is enough."""
+        return self.manifest.backbone.get("pooling") == "max"
+
+    def window_scores(self, waveform: np.ndarray) -> np.ndarray:
+        if not isinstance(self.backbone, YamnetBackbone):
+            raise BundleError(f"{self.id}: window pooling needs the YAMNet backbone")
+        return self.head.scores(self.backbone.embed_windows(waveform))
+
     def scores(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        if self.window_pooled:
+            return np.array([self.window_scores(w).max() for w in waveforms])
         return self.head.scores(self.backbone.embed(waveforms))
 
     def predict(self, waveforms: Sequence[np.ndarray]) -> list[Prediction]:
         m = self.manifest
+        if self.window_pooled:
+            return [self._predict_windows(w) for w in waveforms]
         return [
             Prediction(
                 score=float(s),
@@ -60,6 +94,20 @@ class Model:
             )
             for s in self.scores(waveforms)
         ]
+
+    def _predict_windows(self, waveform: np.ndarray) -> Prediction:
+        m = self.manifest
+        per_window = self.window_scores(waveform)
+        starts = np.arange(len(per_window)) * yamnet.HOP / yamnet.SAMPLE_RATE
+        length = yamnet.WINDOW / yamnet.SAMPLE_RATE
+        best = int(per_window.argmax())
+        score = float(per_window[best])
+        return Prediction(
+            score=score,
+            diagnosis=m.positive_label if score >= m.threshold else m.negative_label,
+            segments=merge_windows(starts[per_window >= m.threshold].tolist(), length),
+            peak=merge_windows([float(starts[best])], length)[0],
+        )
 
     def warm_up(self) -> None:
         """One forward pass so graph tracing happens before the first job."""

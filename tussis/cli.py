@@ -255,7 +255,20 @@ def make_negatives(out: Path, per_kind: int, seed: int) -> None:
     "negatives_dir",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="WAV files without coughs (see make-negatives).",
+    help="Synthetic WAV files without coughs (see make-negatives).",
+)
+@click.option(
+    "--labelled",
+    "labelled_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --per-window: real recordings as SOURCE/CATEGORY/FILE ('cough' is "
+    "positive); repeatable.",
+)
+@click.option(
+    "--per-window",
+    is_flag=True,
+    help="Train the experimental gate that scores each YAMNet window (ml/window_gate.py).",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--version", "version", default=None)
@@ -266,6 +279,8 @@ def make_negatives(out: Path, per_kind: int, seed: int) -> None:
 def train_cough_gate_command(
     coughs_dir: Path,
     negatives_dir: Path,
+    labelled_dirs: tuple[Path, ...],
+    per_window: bool,
     out: Path,
     version: str | None,
     seed: int,
@@ -286,8 +301,22 @@ def train_cough_gate_command(
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         progress=not no_progress,
     )
-    report = train_cough_gate(coughs_dir, negatives_dir, out, options, version=version)
-    click.echo(json.dumps(report, indent=2))
+    if not per_window:
+        if labelled_dirs:
+            raise click.UsageError("--labelled needs --per-window")
+        click.echo(
+            json.dumps(
+                train_cough_gate(coughs_dir, negatives_dir, out, options, version=version), indent=2
+            )
+        )
+        return
+    from ml.window_gate import format_rates, train_window_gate
+
+    report = train_window_gate(
+        coughs_dir, negatives_dir, out, options, version=version, labelled_dirs=labelled_dirs
+    )
+    click.echo(f"bundle written to {out}; threshold {report['threshold']:.4f}")
+    click.echo(format_rates(report["test"]))
 
 
 # --- client commands: a running Tussis server's batch API over HTTP (tussis/client.py) ---
