@@ -61,13 +61,17 @@ bench: migrate
 clean:
 	rm -rf var site .pytest_cache .ruff_cache .mypy_cache
 
-# Re-create the shipped bundles from ../shared (see docs/models-and-training.md).
+# Re-create the shipped bundles from ../shared (see docs/model-card.md). The cough
+# gate also learns from real recordings in GATE_DATA (SOURCE/CATEGORY/FILE), which
+# are never committed: docs/model-card.md#cough-gate says where they come from.
 SHARED_DIR ?= ../shared
+GATE_DATA ?= var/gate-data
 models: install
+	test -d $(GATE_DATA) || { echo "no $(GATE_DATA): see docs/model-card.md#cough-gate"; exit 1; }
 	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1
 	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
-		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite \
-		--negatives var/negatives-train --out models/cough-gate --version 2026.11.23
+		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite --labelled $(GATE_DATA) \
+		--negatives var/negatives-train --out models/cough-gate --version 2026.12.03
 	$(BIN)/tussis train --data $(SHARED_DIR)/data/covid19-cough --backbone yamnet \
 		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite \
 		--out models/default --name tussis-yamnet-covid19 --version 2026.11.23 \

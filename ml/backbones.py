@@ -153,6 +153,10 @@ def inception_from_bundle(
 
 
 WINDOW_FEATURES = "window_embedding+logit_scores"
+# The same, plus what the whole recording sounds like (its mean and maximum class
+# logits and its mean embedding) on every row: a cough-like burst inside
+# a recording of speech or sneezes is judged with that context.
+CONTEXT_FEATURES = "window_embedding+logit_scores+recording_context"
 
 
 def window_features(out: Any) -> np.ndarray:
@@ -160,6 +164,14 @@ def window_features(out: Any) -> np.ndarray:
     logit (so that "0.001 vs 0.01" weighs as much as "0.9 vs 0.99")."""
     p = np.clip(out.scores.astype(np.float64), 1e-4, 1 - 1e-4)
     return np.hstack([out.embeddings, np.log(p / (1 - p))]).astype(np.float32)
+
+
+def with_context(windows: np.ndarray) -> np.ndarray:
+    """Per-window features (:func:`window_features`) -> the same rows with the
+    recording's context appended (:data:`CONTEXT_FEATURES`), 3,611 columns."""
+    embeddings, logits = windows[:, :1024], windows[:, 1024:]
+    context = np.concatenate([logits.mean(axis=0), logits.max(axis=0), embeddings.mean(axis=0)])
+    return np.hstack([windows, np.repeat(context[np.newaxis], len(windows), axis=0)])
 
 
 _yamnet_instances: dict[str, Any] = {}
@@ -188,7 +200,7 @@ class YamnetBackbone:
     """
 
     name = "yamnet"
-    FEATURES = ("embedding_mean", "embedding_mean+scores_max", WINDOW_FEATURES)
+    FEATURES = ("embedding_mean", "embedding_mean+scores_max", WINDOW_FEATURES, CONTEXT_FEATURES)
 
     def __init__(
         self, model_path: Path, features: str = "embedding_mean", url: str | None = None
@@ -199,11 +211,12 @@ class YamnetBackbone:
         self.yamnet = shared_yamnet(model_path, url)
 
     def embed_windows(self, waveform: np.ndarray) -> np.ndarray:
-        """Per-window features ``(windows, 1,545)`` of one clip."""
-        return window_features(self.yamnet.run(waveform))
+        """Per-window features of one clip, one row per window."""
+        windows = window_features(self.yamnet.run(waveform))
+        return with_context(windows) if self.features == CONTEXT_FEATURES else windows
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        if self.features == WINDOW_FEATURES:
+        if self.features in (WINDOW_FEATURES, CONTEXT_FEATURES):
             raise BundleError("per-window features have one row per window: use embed_windows")
         rows = []
         for waveform in waveforms:

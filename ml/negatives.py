@@ -134,6 +134,8 @@ def room_tone(rng: np.random.Generator, seconds: float) -> np.ndarray:
 def speech_in_noise(rng: np.random.Generator, seconds: float) -> np.ndarray:
     s = speech(rng, seconds)
     n = coloured_noise(rng, len(s) / RATE) * float(rng.uniform(0.05, 0.4))
+    if len(n) < len(s):  # rounding of the length in seconds can cost one sample
+        n = np.pad(n, (0, len(s) - len(n)))
     return _normalise(s + n[: len(s)], float(rng.uniform(0.3, 0.9)))
 
 

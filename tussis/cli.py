@@ -262,13 +262,7 @@ def make_negatives(out: Path, per_kind: int, seed: int) -> None:
     "labelled_dirs",
     multiple=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="With --per-window: real recordings as SOURCE/CATEGORY/FILE ('cough' is "
-    "positive); repeatable.",
-)
-@click.option(
-    "--per-window",
-    is_flag=True,
-    help="Train the experimental gate that scores each YAMNet window (ml/window_gate.py).",
+    help="Real recordings as SOURCE/CATEGORY/FILE ('cough' is positive); repeatable.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--version", "version", default=None)
@@ -280,7 +274,6 @@ def train_cough_gate_command(
     coughs_dir: Path,
     negatives_dir: Path,
     labelled_dirs: tuple[Path, ...],
-    per_window: bool,
     out: Path,
     version: str | None,
     seed: int,
@@ -301,18 +294,9 @@ def train_cough_gate_command(
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         progress=not no_progress,
     )
-    if not per_window:
-        if labelled_dirs:
-            raise click.UsageError("--labelled needs --per-window")
-        click.echo(
-            json.dumps(
-                train_cough_gate(coughs_dir, negatives_dir, out, options, version=version), indent=2
-            )
-        )
-        return
-    from ml.window_gate import format_rates, train_window_gate
+    from ml.cough_gate import format_rates
 
-    report = train_window_gate(
+    report = train_cough_gate(
         coughs_dir, negatives_dir, out, options, version=version, labelled_dirs=labelled_dirs
     )
     click.echo(f"bundle written to {out}; threshold {report['threshold']:.4f}")

@@ -1,8 +1,12 @@
-"""The shipped cough gate: keeps at least 95 % of the real coughs in ../shared and
-rejects speech, music, noise and near-silence it has never seen."""
+"""The shipped cough gate on recordings it was not trained on: the held-out
+coughs of ../shared under every recording condition, fresh synthetic non-coughs,
+and one cough between long silences. (Its rates on the real non-cough
+recordings, which CI does not have, are in its card: docs/model-card.md.)"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -10,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ml import conditions
 from ml.negatives import KINDS, generate
 from shared.audio import AudioError, check_usable, decode
 from shared.config import PROJECT_ROOT
 from tests.conftest import YAMNET_MODEL, require
 
 GATE = PROJECT_ROOT / "models" / "cough-gate"
+MAX_REFUSED = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -26,32 +32,74 @@ def gate():
     return load_model(GATE, yamnet_model=YAMNET_MODEL)
 
 
-def test_gate_detects_at_least_95_percent_of_real_coughs(
-    gate, cough_files: list[Path], cough_metadata: list[dict]
-) -> None:
+@pytest.fixture(scope="module")
+def held_out(cough_files: list[Path], cough_metadata: list[dict]) -> list[tuple[str, np.ndarray]]:
+    """(source, samples) of every usable recording in the gate's test split."""
+    test = set(json.loads((GATE / "split.json").read_text())["test"])
     source = {m["filename"]: m["source"] for m in cough_metadata}
-    detected: dict[str, list[bool]] = defaultdict(list)
+    out = []
     for path in cough_files:
-        audio = decode(path.read_bytes(), 16000)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() not in test:
+            continue
         try:
+            audio = decode(data, 16000)
             check_usable(audio, 0.3, 120.0, -60.0)
         except AudioError:
             continue  # refused at the door, never reaches the gate
-        verdict = gate.predict([audio.samples])[0]
-        detected[source[path.name]].append(verdict.diagnosis == "cough")
-    everything = [d for values in detected.values() for d in values]
-    assert len(everything) > 1000
-    rates = {s: float(np.mean(v)) for s, v in detected.items()}
-    assert np.mean(everything) >= 0.95, rates
-    assert min(rates.values()) >= 0.9, rates  # neither source is sacrificed
+        out.append((source[path.name], audio.samples))
+    return out
+
+
+@pytest.mark.parametrize("condition", list(conditions.CONDITIONS))
+def test_the_gate_keeps_held_out_coughs_in_every_condition(
+    gate, held_out: list[tuple[str, np.ndarray]], condition: str
+) -> None:
+    refused: dict[str, list[bool]] = defaultdict(list)
+    for i, (source, samples) in enumerate(held_out):
+        verdict = gate.predict([conditions.apply(condition, samples, seed=i)])[0]
+        refused[source].append(verdict.diagnosis != "cough")
+    assert {s: len(v) for s, v in refused.items()} == {
+        s: len(v) for s, v in refused.items() if len(v) >= 90
+    }, "each source has a real held-out sample"
+    rates = {s: round(float(np.mean(v)), 4) for s, v in refused.items()}
+    assert max(rates.values()) <= MAX_REFUSED, rates
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_gate_rejects_sounds_that_are_not_coughs(gate, kind: str) -> None:
+def test_the_gate_refuses_sounds_that_are_not_coughs(gate, kind: str) -> None:
     if kind.startswith("speech"):
         require(shutil.which("espeak-ng") is not None, "espeak-ng is not installed")
-    # A seed the gate's training negatives (seed 1) never used.
-    for name, samples in generate(seed=20261123, per_kind=6, kinds=[kind]):
+    # A seed the gate's training negatives (seed 1) never used; at most 5 % pass.
+    accepted = []
+    for name, samples in generate(seed=20261123, per_kind=20, kinds=[kind]):
         verdict = gate.predict([samples])[0]
-        assert verdict.diagnosis == "no cough", f"{name}: cough score {verdict.score:.3f}"
-        assert verdict.score < gate.manifest.threshold
+        if verdict.diagnosis == "cough":
+            accepted.append(f"{name}: {verdict.score:.3f}")
+        else:
+            assert verdict.segments == ()
+    assert len(accepted) <= 1, accepted
+
+
+def test_one_cough_between_long_silences_is_found_where_it_is(
+    gate, held_out: list[tuple[str, np.ndarray]]
+) -> None:
+    cough = next(s for _, s in held_out if gate.predict([s])[0].score > 0.95)
+    rng = np.random.default_rng(0)
+    silence = (rng.standard_normal(6 * 16000) * conditions.ROOM_NOISE_RMS).astype(np.float32)
+    verdict = gate.predict([np.concatenate([silence, cough, silence])])[0]
+    assert verdict.diagnosis == "cough"
+    end = 6.0 + len(cough) / 16000
+    assert verdict.segments
+    for start, stop in verdict.segments:
+        assert start > 5.0 and stop < end + 1.0, verdict.segments
+
+
+def test_the_card_reports_every_condition_and_category() -> None:
+    card = json.loads((GATE / "manifest.json").read_text())["card"]
+    measured = card["metrics"]["test"]
+    for by_condition in measured["coughs_refused"].values():
+        assert set(by_condition) == set(conditions.CONDITIONS)
+    assert {"speech", "breathing", "knocking", "laughter", "sneezing"} <= set(
+        measured["non_coughs_accepted"]
+    )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ml import conditions
-from ml.backbones import WINDOW_FEATURES
+from ml.backbones import CONTEXT_FEATURES, WINDOW_FEATURES
 from ml.bundle import Head, Manifest, read_manifest, write_bundle
 from ml.spectrogram import SpectrogramParams
 from ml.yamnet import COUGH
@@ -119,10 +119,10 @@ def test_training_a_window_gate_writes_an_honest_card(
     tmp_path: Path, cough_files: list[Path], cough_metadata: list[dict]
 ) -> None:
     require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    from ml.cough_gate import train_cough_gate
     from ml.model import load_model
     from ml.negatives import generate
     from ml.training import TrainOptions
-    from ml.window_gate import train_window_gate
 
     coughs = tmp_path / "coughs"
     (coughs / "raw").mkdir(parents=True)
@@ -140,9 +140,9 @@ def test_training_a_window_gate_writes_an_honest_card(
 
     options = TrainOptions(yamnet_model=YAMNET_MODEL, cache_dir=tmp_path / "cache", progress=False)
     out = tmp_path / "gate"
-    report = train_window_gate(coughs, negatives, out, options, version="test")
+    report = train_cough_gate(coughs, negatives, out, options, version="test")
     manifest = read_manifest(out)
-    assert manifest.backbone == {"name": "yamnet", "features": WINDOW_FEATURES, "pooling": "max"}
+    assert manifest.backbone == {"name": "yamnet", "features": CONTEXT_FEATURES, "pooling": "max"}
     assert 0.0 < manifest.threshold < 1.0
     assert manifest.threshold == pytest.approx(report["threshold"])
     measured = manifest.card["metrics"]["test"]["coughs_refused"]
