@@ -257,6 +257,9 @@ def _check_result_on_screen(session: Session, stack: Stack, job_id: str) -> dict
     cough = "yes" if result["cough_detected"] else "no"
     expect(page.locator("#result-cough")).to_contain_text(cough)
     expect(page.locator("#result-cough")).to_contain_text(f"{result['cough_score'] * 100:.1f} %")
+    # Where the gate found the cough, as the API reports it.
+    start, end = result["cough_segments"][0]
+    expect(page.locator("#result-cough")).to_contain_text(f"at {start:.1f}–{end:.1f} s")
     expect(page.locator(".notice")).to_contain_text("Research tool — not a diagnosis.")
 
     # The spectrogram is shown when the API has one, and hidden when it answers 404.
