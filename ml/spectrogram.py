@@ -8,6 +8,7 @@ so a bundle is always served with the renderer settings it was trained with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +47,16 @@ class SpectrogramParams:
         return cls(**data)
 
 
+def loudest_start(samples: np.ndarray, length: int, hop: int) -> int:
+    """Where the ``length``-sample window with the most energy starts (0 if shorter)."""
+    if len(samples) <= length:
+        return 0
+    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
+    starts = np.arange(0, len(samples) - length + 1, hop)
+    window_energy = energy[starts + length] - energy[starts]
+    return int(starts[int(np.argmax(window_energy))])
+
+
 def loudest_window(samples: np.ndarray, length: int, hop: int) -> np.ndarray:
     """The ``length``-sample window with the most energy, zero-padded if the clip is shorter.
 
@@ -54,10 +65,7 @@ def loudest_window(samples: np.ndarray, length: int, hop: int) -> np.ndarray:
     """
     if len(samples) <= length:
         return np.pad(samples, (0, length - len(samples)))
-    energy = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
-    starts = np.arange(0, len(samples) - length + 1, hop)
-    window_energy = energy[starts + length] - energy[starts]
-    start = int(starts[int(np.argmax(window_energy))])
+    start = loudest_start(samples, length, hop)
     return samples[start : start + length]
 
 
@@ -87,6 +95,39 @@ def warm_up(params: SpectrogramParams) -> None:
     """Run the renderer once so numba compiles before the first real job."""
     rng = np.random.default_rng(0)
     render(rng.standard_normal(params.sample_rate).astype(np.float32) * 0.1, params)
+
+
+MARK_ROWS = 4  # the band along the top of the picture that marks a segment
+
+
+def mark_segments(
+    image: np.ndarray,
+    params: SpectrogramParams,
+    clip_start: int,
+    segments: Sequence[Sequence[float]],
+) -> np.ndarray:
+    """A copy of ``image`` with a bright band along its top edge over each segment
+    (seconds from the recording's start) that falls inside the rendered clip,
+    which starts at sample ``clip_start``."""
+    marked = image.copy()
+    for start_s, end_s in segments:
+        first = int(np.floor((start_s * params.sample_rate - clip_start) / params.hop_length))
+        last = int(np.ceil((end_s * params.sample_rate - clip_start) / params.hop_length))
+        first, last = max(first, 0), min(last, image.shape[1])
+        if last > first:
+            marked[-MARK_ROWS:, first:last] = 1.0  # top rows: the highest mel bands
+    return marked
+
+
+def picture(
+    samples: np.ndarray, params: SpectrogramParams, segments: Sequence[Sequence[float]] = ()
+) -> bytes:
+    """The PNG people see: the rendered clip, with the cough gate's segments marked."""
+    image = render(samples, params)
+    if segments:
+        start = loudest_start(np.asarray(samples), params.clip_samples, params.hop_length)
+        image = mark_segments(image, params, start, segments)
+    return to_png(image)
 
 
 def to_png(image: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ml import yamnet
-from ml.spectrogram import render, to_png
+from ml.spectrogram import SpectrogramParams, picture
 from shared import batches, jobs
 from shared.audio import AudioError, DecodedAudio, check_usable, decode
 from shared.storage import AudioNotFound, spectrogram_key
@@ -137,11 +137,14 @@ class Pipeline:
             ready.append(item)
         return ready
 
-    def keep_spectrogram(self, item: Claimed, params: object) -> None:
-        """Store the image the spectrogram renderer makes of this clip (best effort)."""
+    def keep_spectrogram(
+        self, item: Claimed, params: SpectrogramParams, segments: list[list[float]] | None
+    ) -> None:
+        """Store the image the spectrogram renderer makes of this clip, with the cough
+        gate's segments marked along its top edge (best effort)."""
         try:
             assert item.audio is not None
-            png = to_png(render(item.audio.samples, params))  # type: ignore[arg-type]
+            png = picture(item.audio.samples, params, segments or ())
             self.runtime.storage.put(spectrogram_key(item.audio_key), png)
             with self.runtime.session() as session:
                 jobs.mark_spectrogram(session, item.job_id)
@@ -191,8 +194,7 @@ class Pipeline:
             return
         model, gate = models.diagnosis, models.cough_gate
         ready = self.prepare(items, model.sample_rate)
-        for item in ready:
-            self.keep_spectrogram(item, model.manifest.spectrogram)
+        decoded = list(ready)
         cough: dict[str, GateVerdict] = {i.job_id: GateVerdict() for i in ready}
         if gate is not None and ready:
             if gate.sample_rate != model.sample_rate:
@@ -207,17 +209,23 @@ class Pipeline:
                 cough[item.job_id] = GateVerdict(detected, verdict.score, segments)
                 if detected:
                     passed.append(item)
-                else:
-                    assert item.audio is not None
-                    self.fail(
-                        item,
-                        "no_cough_detected",
-                        no_cough_message(item.audio.samples),
-                        cough_detected=False,
-                        cough_score=verdict.score,
-                        cough_segments=segments,
-                    )
             ready = passed
+        # The picture is stored before any terminal state, so a client that sees
+        # the job finished can fetch it.
+        for item in decoded:
+            self.keep_spectrogram(item, model.manifest.spectrogram, cough[item.job_id].segments)
+        for item in decoded:
+            verdict_of = cough[item.job_id]
+            if verdict_of.detected is False:
+                assert item.audio is not None
+                self.fail(
+                    item,
+                    "no_cough_detected",
+                    no_cough_message(item.audio.samples),
+                    cough_detected=False,
+                    cough_score=verdict_of.score,
+                    cough_segments=verdict_of.segments,
+                )
         if not ready:
             return
         predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]

@@ -155,3 +155,18 @@ def test_training_a_window_gate_writes_an_honest_card(
     assert gate.window_pooled
     verdict = gate.predict([decode(chosen[0].read_bytes(), RATE).samples])[0]
     assert 0.0 <= verdict.score <= 1.0 and verdict.peak is not None
+
+
+def test_segments_are_marked_on_the_picture_where_they_are(samples: np.ndarray) -> None:
+    from ml.spectrogram import MARK_ROWS, mark_segments, picture
+
+    params = SpectrogramParams()
+    blank = np.zeros(params.shape, np.float32)
+    # The rendered clip starts 1 s into the recording and lasts 4 s.
+    marked = mark_segments(blank, params, RATE, [[1.5, 2.0], [10.0, 11.0]])
+    columns = np.flatnonzero(marked[-MARK_ROWS:].max(axis=0) == 1.0)
+    first = int(np.floor((1.5 - 1.0) * RATE / params.hop_length))
+    last = int(np.ceil((2.0 - 1.0) * RATE / params.hop_length))
+    assert columns.tolist() == list(range(first, last))  # the second one is outside the clip
+    assert marked[:-MARK_ROWS].max() == 0.0  # the spectrogram itself is untouched
+    assert picture(samples, params, [[0.0, 0.5]]) != picture(samples, params)
