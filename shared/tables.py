@@ -116,9 +116,12 @@ class Job(Base):
     path: Mapped[str | None] = mapped_column(String(1024))
     label: Mapped[str | None] = mapped_column(String(255))
     has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Set when retention (or DELETE) removed the audio and spectrogram; the result stays.
+    audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
+        Index("ix_jobs_audio_retention", "audio_deleted_at", "created_at"),
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_batch_seq", "batch_id", "batch_seq"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
@@ -150,6 +153,9 @@ class Batch(Base):
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     callback_state: Mapped[str | None] = mapped_column(String(16))
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the next delivery attempt is due; the sweeper re-queues a pending
+    # callback whose retry message was lost once this is well past.
+    callback_next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         Index("ix_batches_owner_created", "owner", "created_at", "id"),
@@ -183,3 +189,47 @@ class ServedModel(Base):
     manifest: Mapped[dict] = mapped_column(JSON)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only its SHA-256 is stored, never the key itself."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    owner: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The first characters of the key, so a person can tell keys apart in a list.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IdempotencyKey(Base):
+    """A submission's ``Idempotency-Key``: a retry with the same key and body gets
+    the original resource back instead of creating a second one."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    route: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Deletion(Base):
+    """What a ``DELETE`` removed, so that repeating it answers the same (idempotent)
+    without keeping anything of the job or batch but its id and owner."""
+
+    __tablename__ = "deletions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "job" or "batch"
+    owner: Mapped[str] = mapped_column(String(64))
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
