@@ -13,7 +13,10 @@ print as ``**********`` and never appear in :meth:`Settings.public_dict`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -251,10 +254,75 @@ class Settings(BaseSettings):
     )
     api_keys: Annotated[Secret[dict[str, str]], NoDecode] = _env(
         "TUSSIS_API_KEYS",
-        "`name:token,name2:token2`. When set, every request to the job and batch endpoints needs "
-        "one of the tokens, and the name is the owner of the jobs and batches.",
+        "Bootstrap only: `owner:token,owner2:token2`, accepted beside the keys in the database "
+        "(`tussis keys create`), for a first deployment or a test. Prefer database keys: these are "
+        "plaintext in the process environment.",
         Secret({}),
-        shown_default="unset (no authentication)",
+        shown_default="unset",
+    )
+    bind: str = _env(
+        "TUSSIS_BIND",
+        "The addresses the API listens on, comma-separated. `gunicorn.conf.py` sets it from "
+        "gunicorn's `--bind` (default `127.0.0.1:5000`), so set it yourself only under another "
+        "server. With no API keys the API is open, and only when every address is loopback; "
+        "otherwise it refuses to start.",
+        "127.0.0.1:5000",
+        shown_default="`127.0.0.1:5000`",
+    )
+    rate_limit: str = _env(
+        "TUSSIS_RATE_LIMIT",
+        "Requests per API key (per client address in open mode) to `/api/v1`, in "
+        "[Flask-Limiter notation](https://flask-limiter.readthedocs.io/en/stable/configuration.html"
+        "#rate-limit-string-notation); `;` separates several. Over it: `429 rate_limited` with "
+        "`Retry-After`.",
+        "20/second;600/minute",
+        shown_default="`20/second;600/minute`",
+    )
+    upload_bytes_per_minute: int = _env(
+        "TUSSIS_UPLOAD_BYTES_PER_MINUTE",
+        "Uploaded bytes per API key per minute (job and batch uploads, counted by request size). "
+        "Keep it at least `TUSSIS_MAX_BATCH_UPLOAD_BYTES`, or the largest batch can never pass.",
+        4 * 1024**3,
+        gt=0,
+        shown_default="`4294967296` (4 GiB)",
+    )
+    rate_limit_storage_url: str = _env(
+        "TUSSIS_RATE_LIMIT_STORAGE",
+        "Where rate-limit counters live, shared by every API process: a `redis://` URL or "
+        "`memory://` (per process).",
+        "",
+        shown_default="`REDIS_URL` when set, else `memory://`",
+    )
+    callback_allowed_networks: Annotated[
+        tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode
+    ] = _env(
+        "TUSSIS_CALLBACK_ALLOWED_NETWORKS",
+        "Comma-separated networks (`10.1.2.0/24`, `127.0.0.1/32`) that batch callbacks may reach "
+        "although they are loopback, link-local or private. Every other such address is refused, "
+        "at submission and again at delivery.",
+        (),
+        shown_default="empty",
+    )
+    audio_retention: timedelta | None = _env(
+        "TUSSIS_AUDIO_RETENTION",
+        "How long uploaded audio and spectrogram images are kept after the job was accepted: `7d`,"
+        " `12h`, `30m`, `90s`, or `forever`. A periodic task deletes older audio; results stay.",
+        timedelta(days=7),
+        shown_default="`7d`",
+    )
+    result_retention: timedelta | None = _env(
+        "TUSSIS_RESULT_RETENTION",
+        "How long job results (and batches) are kept after they were accepted, in the same "
+        "notation. `forever` keeps them.",
+        None,
+        shown_default="`forever`",
+    )
+    retention_interval_s: float = _env(
+        "TUSSIS_RETENTION_INTERVAL",
+        "Seconds between runs of the retention task, as scheduled by beat.",
+        3600.0,
+        gt=0,
+        shown_default="`3600`",
     )
     inception_weights: str = _env(
         "TUSSIS_INCEPTION_WEIGHTS",
@@ -368,6 +436,32 @@ class Settings(BaseSettings):
             keys[token] = owner
         return keys
 
+    @field_validator("callback_allowed_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in value.split(",")
+            if part.strip()
+        )
+
+    @field_validator("audio_retention", "result_retention", mode="before")
+    @classmethod
+    def _parse_duration(cls, value: Any) -> Any:
+        """``7d``, ``12h``, ``30m``, ``90s`` or plain seconds; ``forever`` is no limit."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if text in ("forever", "never", "off", "none"):
+            return None
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([dhms]?)", text)
+        if not match:
+            raise ValueError("must look like '7d', '12h', '30m', '90s' or 'forever'")
+        unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
+        return timedelta(**{unit[match.group(2)]: float(match.group(1))})
+
     @field_validator("cough_gate_bundle", mode="before")
     @classmethod
     def _gate_off(cls, value: Any) -> Any:
@@ -391,10 +485,12 @@ class Settings(BaseSettings):
         broker_url = (
             self.broker_url or self.redis_url or f"sqla+sqlite:///{data_dir / 'broker.sqlite3'}"
         )
+        limiter_url = self.rate_limit_storage_url or self.redis_url or "memory://"
         for name, value in (
             ("data_dir", data_dir),
             ("database_url", database_url),
             ("broker_url", broker_url),
+            ("rate_limit_storage_url", limiter_url),
         ):
             object.__setattr__(self, name, value)
         return self
@@ -403,8 +499,12 @@ class Settings(BaseSettings):
 
     @property
     def key_owners(self) -> dict[str, str]:
-        """API token -> owner name."""
+        """Bootstrap API token -> owner name."""
         return self.api_keys.get_secret_value()
+
+    @property
+    def bind_addresses(self) -> list[str]:
+        return [part.strip() for part in self.bind.split(",") if part.strip()]
 
     @property
     def task_soft_time_limit_s(self) -> int:
