@@ -171,6 +171,8 @@ def base_settings(tmp: Path, **overrides: Any) -> Settings:
         queue_name=f"tussis-test-{uuid.uuid4().hex[:8]}",
         yamnet_model=YAMNET_MODEL,
         cough_gate_bundle=PROJECT_ROOT / "models" / "cough-gate",
+        # Tests poll hard from one address; tests/api/test_access.py sets real limits.
+        rate_limit="100/second",
     )
     return configure(settings, **overrides)
 

@@ -65,6 +65,7 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
             "TUSSIS_PUBLISH_TIMEOUT": str(settings.publish_timeout_s),
             "TUSSIS_TASK_TIME_LIMIT": str(settings.task_time_limit_s),
             "TUSSIS_DRILL_TASK_DELAY_S": str(settings.drill_task_delay_s),
+            "TUSSIS_RATE_LIMIT": settings.rate_limit,
             "TUSSIS_YAMNET_MODEL": str(settings.yamnet_model),
             "TUSSIS_COUGH_GATE_BUNDLE": str(settings.cough_gate_bundle or "off"),
         }

@@ -502,5 +502,107 @@ def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -
         raise SystemExit(130) from None
 
 
+# --- API keys (server install: they live in the server's database) ------------------
+
+
+def _database_url() -> str:
+    try:
+        from shared.config import load_settings
+    except ImportError as exc:
+        raise click.ClickException(
+            f"`tussis keys` manages the keys in the server's database and needs the server "
+            f"install ({exc}). Run it where the API runs: in a checkout after `make install`, or "
+            "in the container (`docker compose run --rm api tussis keys ...`)."
+        ) from exc
+    return load_settings().database_url
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (server install; uses DATABASE_URL)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--owner",
+    default=None,
+    help="The tenant whose jobs and batches the key reaches (default: NAME). Keys with the "
+    "same owner share their data.",
+)
+def keys_create(name: str, owner: str | None) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    database_url = _database_url()
+    from shared import api_keys
+    from shared.db import session_scope
+
+    try:
+        with session_scope(database_url) as session:
+            new = api_keys.create(session, name, owner or name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    click.echo(f"created key {new.id} '{new.name}' for owner '{new.owner}'", err=True)
+    click.echo("store it now: it is not kept and cannot be shown again", err=True)
+    click.echo(new.key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys as JSON.")
+def keys_list(as_json: bool) -> None:
+    """List keys (never the keys themselves: id, name, owner, prefix, dates, revoked)."""
+    database_url = _database_url()
+    from shared import api_keys
+    from shared.db import session_scope
+
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat(timespec="seconds").replace("+00:00", "Z") if value else None
+
+    with session_scope(database_url) as session:
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "owner": k.owner,
+                "prefix": k.prefix + "...",
+                "created_at": when(k.created_at),
+                "last_used_at": when(k.last_used_at),
+                "revoked": k.revoked,
+            }
+            for k in api_keys.list_keys(session)
+        ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no API keys (the API runs open, on loopback only)", err=True)
+        return
+    header = ("ID", "NAME", "OWNER", "PREFIX", "CREATED", "LAST USED", "REVOKED")
+    lines = [header] + [
+        tuple(
+            str(r[k] if r[k] is not None else "-")
+            for k in ("id", "name", "owner", "prefix", "created_at", "last_used_at", "revoked")
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id: requests with it are refused from now on."""
+    database_url = _database_url()
+    from shared import api_keys
+    from shared.db import session_scope
+
+    with session_scope(database_url) as session:
+        revoked = api_keys.revoke(session, key_id)
+    if not revoked:
+        raise click.ClickException(f"no active key with id {key_id} (see `tussis keys list`)")
+    click.echo(f"revoked key {key_id}")
+
+
 if __name__ == "__main__":
     main()

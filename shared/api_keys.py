@@ -1,0 +1,91 @@
+"""API keys as data: created, listed, revoked and checked here.
+
+Only a SHA-256 of each key is stored. The keys are 256-bit random tokens, so a
+fast hash is enough (nobody can brute-force that space); a slow password hash
+would only add latency to every request. A stolen database therefore yields no
+usable key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.db import affected
+from shared.tables import ApiKey, utcnow
+
+KEY_PREFIX = "tus_"
+# last_used_at is written at most this often per key, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+OWNER_MAX_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    name: str
+    owner: str
+    key: str  # shown once, never stored
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create(session: Session, name: str, owner: str) -> NewKey:
+    if not name.strip():
+        raise ValueError("a key needs a name")
+    if not owner.strip() or len(owner) > OWNER_MAX_LENGTH:
+        raise ValueError(f"the owner must be 1 to {OWNER_MAX_LENGTH} characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=uuid.uuid4().hex[:12],
+        name=name.strip(),
+        owner=owner.strip(),
+        key_hash=hash_key(key),
+        prefix=key[: len(KEY_PREFIX) + 6],
+        created_at=utcnow(),
+        revoked=False,
+    )
+    session.add(row)
+    return NewKey(row.id, row.name, row.owner, key)
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def revoke(session: Session, key_id: str) -> bool:
+    """True if this call revoked an active key."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked.is_(False))
+        .values(revoked=True, revoked_at=utcnow())
+    )
+    return affected(result) == 1
+
+
+def any_active(session: Session) -> bool:
+    count = session.scalar(
+        select(func.count()).select_from(ApiKey).where(ApiKey.revoked.is_(False))
+    )
+    return bool(count)
+
+
+def owner_of(session: Session, key: str, now: datetime | None = None) -> str | None:
+    """The owner of an active key, or None; refreshes ``last_used_at`` now and then."""
+    row = session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
+    )
+    if row is None:
+        return None
+    now = now or utcnow()
+    if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
+        row.last_used_at = now
+    return row.owner
