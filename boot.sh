@@ -14,7 +14,7 @@ case "${1:-}" in
     api)
         exec gunicorn --bind "0.0.0.0:${PORT:-5000}" --workers "${TUSSIS_API_WORKERS:-2}" \
             --timeout "${TUSSIS_API_TIMEOUT:-300}" \
-            --access-logfile - 'api:create_app()'
+            'api:create_app()'
         ;;
     worker)
         exec celery -A worker.celery_app worker --loglevel "${TUSSIS_LOG_LEVEL:-INFO}"

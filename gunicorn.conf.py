@@ -12,6 +12,7 @@ from shared.config import SettingsError, load_settings
 
 # The default address comes from TUSSIS_BIND (127.0.0.1:5000); --bind wins.
 bind = load_settings().bind_addresses
+accesslog = "-"
 # The request path without its query string: a query can carry what must never be
 # logged (a key pasted into a URL is refused, but the refusal would still be logged).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'

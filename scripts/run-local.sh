@@ -22,7 +22,7 @@ trap stop INT TERM EXIT
 
 # Batch uploads decode every file before answering: allow them minutes, not 30 s.
 gunicorn --bind "$HOST:$PORT" --workers "${TUSSIS_API_WORKERS:-2}" --timeout "${TUSSIS_API_TIMEOUT:-300}" \
-    --access-logfile - 'api:create_app()' &
+    'api:create_app()' &
 pids+=($!)
 celery -A worker.celery_app worker --beat --schedule "$DATA_DIR/celerybeat-schedule" \
     --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" &
