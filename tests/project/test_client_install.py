@@ -100,3 +100,16 @@ def test_a_model_command_on_the_bare_install_says_what_is_missing(
     assert run.returncode == 1
     assert "needs the Tussis server code" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_keys_on_the_bare_install_says_it_belongs_to_the_server(
+    client_venv: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, venv = client_venv
+    run = subprocess.run(
+        [str(venv / "bin" / "tussis"), "keys", "list"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "needs the server install" in run.stderr and "docker compose run" in run.stderr
+    assert "Traceback" not in run.stderr
