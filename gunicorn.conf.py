@@ -29,4 +29,16 @@ def on_starting(server: Any) -> None:
     except SettingsError as exc:
         print(f"tussis api: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)
+    finally:
+        # The check may have opened database connections in this (master) process;
+        # forked workers must never share them.
+        from shared.db import close_engines
+
+        close_engines()
     server.log.info("tussis api: %s", mode)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    from shared.db import dispose_engines
+
+    dispose_engines()

@@ -10,7 +10,6 @@ import io
 import logging
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlparse
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 from sqlalchemy.orm import Session
@@ -20,13 +19,14 @@ from api import intake
 from api.archive import Limits, Member, iter_members, open_archive, safe_path
 from api.auth import current_owner
 from api.errors import ApiError
+from api.idempotency import idempotent, replay_batch
 from api.paging import invalid_cursor, page_limit
 from api.representation import batch_to_dict, batch_url, job_to_dict
-from shared import batches
+from shared import batches, netguard, retention
 from shared.audio import AudioError
 from shared.db import session_scope
 from shared.queue import publish_callback
-from shared.tables import Batch, BatchStatus, Job
+from shared.tables import Batch, BatchStatus, Job, utcnow
 from tussis.formats import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,12 @@ def _callback_url() -> str | None:
     url = (request.form.get("callback_url") or "").strip()
     if not url:
         return None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc or len(url) > 2048:
-        raise ApiError(
-            400, "invalid_callback_url", "'callback_url' must be an absolute http(s) URL."
-        )
+    # The worker will POST to it from inside our network: refuse internal addresses
+    # now, while the client can still fix the URL (the worker checks again).
+    try:
+        netguard.check_url(url, intake.settings().callback_allowed_networks)
+    except netguard.CallbackUrlError as exc:
+        raise ApiError(400, exc.code, exc.message) from exc
     return url
 
 
@@ -177,6 +178,7 @@ def _close(batch_id: str) -> None:
 
 
 @bp.post("/batches")
+@idempotent("batches", replay_batch, prepare=_prepare_request)
 def create_batch() -> tuple[Response, int, dict[str, str]]:
     _prepare_request()
     s = intake.settings()
@@ -240,6 +242,31 @@ def get_batch(batch_id: str) -> Response:
     if body["status"] != BatchStatus.COMPLETED:
         response.headers["Retry-After"] = str(s.retry_after_s)
     return response
+
+
+@bp.delete("/batches/<batch_id>")
+def delete_batch(batch_id: str) -> tuple[str, int]:
+    """Delete a batch, its items' results and their audio, at once and idempotently:
+    a repeat by the same owner answers 204 again; anyone else gets the usual 404."""
+    s = intake.settings()
+    owner = current_owner()
+    with session_scope(s.database_url) as session:
+        batch = batches.get_for_owner(session, batch_id, owner)
+        if batch is None and retention.was_deleted(session, batch_id, retention.KIND_BATCH, owner):
+            return "", 204
+        _load(session, batch_id, owner)
+        keys, removed = batches.remove(session, batch_id)
+        # Only the DELETE whose statement removed the row writes the tombstone, so two
+        # at once both answer 204 instead of one failing on the tombstone's key.
+        if removed:
+            retention.record_deletion(session, batch_id, retention.KIND_BATCH, owner, utcnow())
+    # After the commit; workers drop the results of items deleted under them. Whatever
+    # a failed storage delete leaves behind, the retention task's orphan pass removes.
+    try:
+        intake.storage().delete_many(retention.audio_and_spectrograms(keys))
+    except Exception as exc:
+        log.warning("batch %s deleted; its audio is left to the orphan purge (%s)", batch_id, exc)
+    return "", 204
 
 
 def _seq_cursor() -> int:

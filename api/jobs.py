@@ -10,13 +10,14 @@ from sqlalchemy.orm import Session
 from api import intake
 from api.auth import current_owner
 from api.errors import ApiError, upload_too_large
+from api.idempotency import idempotent, replay_job
 from api.paging import invalid_cursor, page_limit
 from api.representation import job_to_dict, job_url
-from shared import jobs
+from shared import jobs, retention
 from shared.audio import AudioError
 from shared.db import session_scope
 from shared.storage import AudioNotFound, spectrogram_key
-from shared.tables import Job, JobStatus
+from shared.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -47,6 +48,7 @@ def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
 
 
 @bp.post("/jobs")
+@idempotent("jobs", replay_job)
 def submit_job() -> tuple[Response, int, dict[str, str]]:
     settings = intake.settings()
     owner = current_owner()
@@ -94,14 +96,26 @@ def list_jobs() -> Response:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> tuple[str, int]:
+    """Delete at once and idempotently: a repeat by the same owner answers 204 again
+    (the tombstone says it was theirs); anyone else gets the same 404 as a missing id."""
     settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
-        job = _owned(session, job_id, owner)
-        audio_key = job.audio_key
-        jobs.delete_job(session, job_id)
-    intake.storage().delete(audio_key)
-    intake.storage().delete(spectrogram_key(audio_key))
+        job = jobs.get_for_owner(session, job_id, owner)
+        if job is None and retention.was_deleted(session, job_id, retention.KIND_JOB, owner):
+            return "", 204
+        audio_key = _owned(session, job_id, owner).audio_key
+        # Only the DELETE whose statement removed the row writes the tombstone, so two
+        # at once both answer 204 instead of one failing on the tombstone's key.
+        if jobs.delete_job(session, job_id):
+            retention.record_deletion(session, job_id, retention.KIND_JOB, owner, utcnow())
+    # After the commit: a worker still analysing the job finds its row gone and drops
+    # its result. If this storage delete fails, the retention task's orphan pass
+    # removes the files later (they are keys with no job row).
+    try:
+        intake.storage().delete_many(retention.audio_and_spectrograms([audio_key]))
+    except Exception as exc:
+        log.warning("job %s deleted; its audio is left to the orphan purge (%s)", job_id, exc)
     return "", 204
 
 
@@ -111,7 +125,14 @@ def get_spectrogram(job_id: str) -> Response:
     owner = current_owner()
     with session_scope(settings.database_url) as session:
         job = _owned(session, job_id, owner)
-        key, ready = job.audio_key, job.has_spectrogram
+        key, ready, deleted = job.audio_key, job.has_spectrogram, job.audio_deleted_at
+    if deleted is not None:
+        raise ApiError(
+            404,
+            "audio_deleted",
+            "The recording and its spectrogram were deleted after the retention period; "
+            "the result is still available.",
+        )
     missing = ApiError(
         404, "spectrogram_not_found", "The spectrogram is not available (yet) for this job."
     )

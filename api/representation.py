@@ -50,6 +50,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        # Set once retention deleted the recording and spectrogram; the result stays.
+        "audio_deleted_at": iso(job.audio_deleted_at),
         "attempts": job.attempts,
         "audio": {
             "filename": job.filename,

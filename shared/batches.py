@@ -46,10 +46,40 @@ def get_for_owner(session: Session, batch_id: str, owner: str) -> Batch | None:
 
 def discard(session: Session, batch_id: str) -> list[str]:
     """Delete a batch and its jobs; returns the storage keys of their audio to delete."""
+    return remove(session, batch_id)[0]
+
+
+def remove(session: Session, batch_id: str) -> tuple[list[str], bool]:
+    """:func:`discard`, and whether this call deleted the batch row (False when a
+    concurrent DELETE got there first)."""
     keys = list(session.scalars(select(Job.audio_key).where(Job.batch_id == batch_id)))
     session.execute(delete(Job).where(Job.batch_id == batch_id))
-    session.execute(delete(Batch).where(Batch.id == batch_id))
-    return keys
+    removed = affected(session.execute(delete(Batch).where(Batch.id == batch_id))) == 1
+    return keys, removed
+
+
+def expired(session: Session, cutoff: datetime, limit: int) -> list[str]:
+    """Batches accepted before ``cutoff`` with nothing left to analyse: completed ones,
+    and ones left open whose items are all finished (nobody closed them)."""
+    active = (
+        select(Job.id)
+        .where(Job.batch_id == Batch.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(Batch.id)
+            .where(
+                Batch.created_at < cutoff,
+                or_(
+                    Batch.status == BatchStatus.COMPLETED,
+                    and_(Batch.status == BatchStatus.OPEN, ~active),
+                ),
+            )
+            .order_by(Batch.created_at)
+            .limit(limit)
+        )
+    )
 
 
 def add_to_total(session: Session, batch_id: str, added: int) -> None:
@@ -177,7 +207,10 @@ def complete_and_notify(
 
 
 def lost_callbacks(session: Session, older_than_s: float, limit: int = 100) -> list[str]:
-    """Completed batches whose callback was never attempted (its message was lost)."""
+    """Completed batches whose callback is pending but whose message was lost: never
+    attempted although the batch finished long ago, or a retry (or an attempt in
+    flight) due long ago. Re-queueing one that is merely late is harmless:
+    :func:`claim_callback` lets only one delivery attempt run at a time."""
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     return list(
         session.scalars(
@@ -185,8 +218,10 @@ def lost_callbacks(session: Session, older_than_s: float, limit: int = 100) -> l
             .where(
                 Batch.status == BatchStatus.COMPLETED,
                 Batch.callback_state == CALLBACK_PENDING,
-                Batch.callback_attempts == 0,
-                Batch.finished_at < cutoff,
+                or_(
+                    Batch.callback_next_attempt_at < cutoff,
+                    and_(Batch.callback_next_attempt_at.is_(None), Batch.finished_at < cutoff),
+                ),
             )
             .limit(limit)
         )
@@ -209,9 +244,41 @@ def running_batches(session: Session, limit: int = 200) -> list[str]:
     )
 
 
-def record_callback(session: Session, batch_id: str, state: str) -> None:
-    session.execute(
+def claim_callback(session: Session, batch_id: str, lease_s: float, early_s: float) -> bool:
+    """Claim the next delivery attempt of a pending callback; False if another attempt
+    is in flight or the next one is not yet due (more than ``early_s`` ahead, which
+    allows for clock skew between workers). The claim moves the due time ``lease_s``
+    ahead, so a duplicate message (a late original beside the sweeper's re-queue)
+    finds it taken: the conditional update lets exactly one caller through."""
+    now = utcnow()
+    result = session.execute(
         update(Batch)
-        .where(Batch.id == batch_id)
-        .values(callback_state=state, callback_attempts=Batch.callback_attempts + 1)
+        .where(
+            Batch.id == batch_id,
+            Batch.callback_state == CALLBACK_PENDING,
+            or_(
+                Batch.callback_next_attempt_at.is_(None),
+                Batch.callback_next_attempt_at <= now + timedelta(seconds=early_s),
+            ),
+        )
+        .values(callback_next_attempt_at=now + timedelta(seconds=lease_s))
     )
+    return affected(result) == 1
+
+
+def record_callback(
+    session: Session, batch_id: str, state: str, next_attempt_at: datetime | None = None
+) -> bool:
+    """Count an attempt and its outcome; ``next_attempt_at`` is when the retry is planned
+    (the sweeper re-queues the callback if that passes unnoticed). Only a pending
+    callback changes, so a late duplicate never overwrites ``delivered``."""
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.callback_state == CALLBACK_PENDING)
+        .values(
+            callback_state=state,
+            callback_attempts=Batch.callback_attempts + 1,
+            callback_next_attempt_at=next_attempt_at,
+        )
+    )
+    return affected(result) == 1

@@ -391,9 +391,11 @@ class Settings(BaseSettings):
     )
     callback_secret: SecretStr = _env(
         "TUSSIS_CALLBACK_SECRET",
-        "The key of the HMAC-SHA256 in a batch callback's `X-Tussis-Signature`. Set it whenever "
-        "you use callbacks: with the empty default, callbacks are sent unsigned. It is never "
-        "logged.",
+        "The key that signs batch callbacks: the Standard Webhooks `webhook-signature` and the "
+        "older `X-Tussis-Signature` (hex HMAC-SHA256 of the body). A `whsec_...` secret is used "
+        "as is; any other is used as `whsec_` + base64 of its bytes, which is what receivers "
+        "configure in a Standard Webhooks verifier. Set it whenever you use callbacks: with the "
+        "empty default, callbacks are sent unsigned. It is never logged.",
         SecretStr(""),
         shown_default="empty",
     )

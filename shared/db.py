@@ -44,6 +44,13 @@ def dispose_engines() -> None:
         engine.dispose(close=False)
 
 
+def close_engines() -> None:
+    """Close every pooled connection and forget the engines (before a fork)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+
+
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 

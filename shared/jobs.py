@@ -315,8 +315,68 @@ def list_for_owner(
     return rows[:limit], next_cursor
 
 
-def delete_job(session: Session, job_id: str) -> None:
-    session.execute(delete(Job).where(Job.id == job_id))
+def delete_job(session: Session, job_id: str) -> bool:
+    """True if this call deleted the row (False: a concurrent DELETE got there first)."""
+    return affected(session.execute(delete(Job).where(Job.id == job_id))) == 1
+
+
+# --- Retention ----------------------------------------------------------------------
+
+
+def audio_expired(session: Session, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+    """(id, audio_key) of finished jobs accepted before ``cutoff`` that still have audio.
+    Never a queued or running job: its worker still needs the recording."""
+    rows = session.execute(
+        select(Job.id, Job.audio_key)
+        .where(
+            Job.audio_deleted_at.is_(None),
+            Job.created_at < cutoff,
+            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [(job_id, key) for job_id, key in rows]
+
+
+def mark_audio_deleted(session: Session, job_ids: list[str], now: datetime) -> int:
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.audio_deleted_at.is_(None))
+        .values(audio_deleted_at=now, has_spectrogram=False)
+    )
+    return affected(result)
+
+
+def results_expired(session: Session, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+    """(id, audio_key) of finished single jobs accepted before ``cutoff``. Batch items
+    go with their batch (``shared.batches.expired``), so a batch never loses items."""
+    rows = session.execute(
+        select(Job.id, Job.audio_key)
+        .where(
+            Job.batch_id.is_(None),
+            Job.created_at < cutoff,
+            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [(job_id, key) for job_id, key in rows]
+
+
+def delete_jobs(session: Session, job_ids: list[str]) -> int:
+    return affected(session.execute(delete(Job).where(Job.id.in_(job_ids))))
+
+
+def audio_keys_in_use(session: Session, keys: list[str]) -> set[str]:
+    """Which of ``keys`` some job row still refers to as its audio."""
+    # jobs.create stores audio under the job's id, so the primary key answers almost
+    # every key; only the few left over are looked up by audio_key (not indexed).
+    used = set(session.scalars(select(Job.audio_key).where(Job.id.in_(keys))))
+    rest = [key for key in keys if key not in used]
+    if rest:
+        used |= set(session.scalars(select(Job.audio_key).where(Job.audio_key.in_(rest))))
+    return used
 
 
 # --- Sweeper ----------------------------------------------------------------------

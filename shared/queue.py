@@ -18,6 +18,7 @@ TASK_ANALYSE = "tussis.analyse_job"
 TASK_SWEEP = "tussis.sweep"
 TASK_ANALYSE_CHUNK = "tussis.analyse_chunk"
 TASK_BATCH_CALLBACK = "tussis.batch_callback"
+TASK_RETENTION = "tussis.retention"
 
 
 def check_time_limits(settings: Settings) -> None:
@@ -76,7 +77,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": TASK_SWEEP,
                 "schedule": settings.sweep_interval_s,
                 "options": {"expires": settings.sweep_interval_s},
-            }
+            },
+            # Deletes audio, results and orphans past their retention (shared.retention).
+            # A run that was not started within one interval is dropped: the next one
+            # does the same work.
+            "retention": {
+                "task": TASK_RETENTION,
+                "schedule": settings.retention_interval_s,
+                "options": {
+                    "expires": settings.retention_interval_s,
+                    "queue": settings.queue_name,
+                },
+            },
         },
     }
 

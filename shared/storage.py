@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +37,16 @@ class AudioStorage(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def delete_many(self, keys: Iterable[str]) -> None: ...
+
+    def keys_older_than(self, cutoff: datetime) -> Iterator[str]:
+        """Every stored key (audio and spectrograms) written before ``cutoff``."""
+        ...
+
+
+# Keys read per query while listing, so listing never holds a large result in memory.
+_LIST_PAGE = 500
+
 
 class DatabaseStorage:
     def __init__(self, database_url: str) -> None:
@@ -54,6 +66,34 @@ class DatabaseStorage:
     def delete(self, key: str) -> None:
         with session_scope(self.database_url) as session:
             session.execute(delete(AudioBlob).where(AudioBlob.key == key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        wanted = list(keys)
+        # In slices: SQLite limits the number of bound parameters in one statement.
+        for start in range(0, len(wanted), _LIST_PAGE):
+            with session_scope(self.database_url) as session:
+                session.execute(
+                    delete(AudioBlob).where(AudioBlob.key.in_(wanted[start : start + _LIST_PAGE]))
+                )
+
+    def keys_older_than(self, cutoff: datetime) -> Iterator[str]:
+        # Keyset pages on the primary key, one short transaction each, so the caller
+        # may delete what it was given before asking for more.
+        after = ""
+        while True:
+            with session_scope(self.database_url) as session:
+                page = list(
+                    session.scalars(
+                        select(AudioBlob.key)
+                        .where(AudioBlob.key > after, AudioBlob.created_at < cutoff)
+                        .order_by(AudioBlob.key)
+                        .limit(_LIST_PAGE)
+                    )
+                )
+            yield from page
+            if len(page) < _LIST_PAGE:
+                return
+            after = page[-1]
 
 
 class FileStorage:
@@ -82,10 +122,40 @@ class FileStorage:
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def keys_older_than(self, cutoff: datetime) -> Iterator[str]:
+        """By modification time. Names starting with '.' are not keys (half-written
+        uploads), so they are never listed."""
+        try:
+            entries = os.scandir(self.root)
+        except FileNotFoundError:
+            return
+        with entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    mtime = datetime.fromtimestamp(entry.stat().st_mtime, UTC)
+                except FileNotFoundError:
+                    continue  # deleted since the listing
+                if mtime < cutoff:
+                    yield entry.name
+
+
+_SPECTROGRAM_SUFFIX = ".spectrogram.png"
+
 
 def spectrogram_key(audio_key: str) -> str:
     """Where the worker keeps the spectrogram image it rendered for a job."""
-    return f"{audio_key}.spectrogram.png"
+    return f"{audio_key}{_SPECTROGRAM_SUFFIX}"
+
+
+def audio_key_of(key: str) -> str:
+    """The audio key a stored key belongs to: itself, or the audio of a spectrogram."""
+    return key.removesuffix(_SPECTROGRAM_SUFFIX)
 
 
 def make_storage(storage_url: str, database_url: str) -> AudioStorage:

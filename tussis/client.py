@@ -6,6 +6,8 @@ batch is being uploaded or awaited; a rerun of the same command asks the server
 which (path, sha256) pairs the open batch already holds and uploads only the rest,
 so nothing the server already has is sent twice. The state file is removed once the
 batch is closed (and, when waiting, its results are in).
+The request that creates the batch carries an ``Idempotency-Key`` (kept in the state
+file), so retrying it after a lost answer never creates a second batch.
 
 This module talks HTTP only; it never imports the service's code.
 """
@@ -31,6 +33,18 @@ PART_MAX_BYTES = 256 * 1024 * 1024  # a part also ends here, well below the serv
 POLL_MIN_S, POLL_MAX_S = 0.5, 10.0
 OUTAGE_TOLERANCE_S = 120.0  # while waiting, keep polling through a server restart this long
 PAGE_LIMIT = 200
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+RATE_LIMIT_RETRIES = 5
+
+
+def _retry_after_s(response: requests.Response) -> float:
+    try:
+        return min(60.0, max(0.5, float(response.headers.get("Retry-After", "1"))))
+    except ValueError:
+        return 1.0
+
 
 # --- HTTP client ---------------------------------------------------------------------
 
@@ -52,14 +66,21 @@ class Client:
         self, method: str, path: str, *, read_timeout: float = READ_TIMEOUT_S, **kwargs: Any
     ) -> requests.Response:
         url = path if path.startswith("http") else f"{self.server}{path}"
-        try:
-            response = self.session.request(
-                method, url, timeout=(CONNECT_TIMEOUT_S, read_timeout), **kwargs
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            raise ServerUnreachable(
-                f"cannot reach the Tussis server at {self.server}: {root_cause(exc)}"
-            ) from exc
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self.session.request(
+                    method, url, timeout=(CONNECT_TIMEOUT_S, read_timeout), **kwargs
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise ServerUnreachable(
+                    f"cannot reach the Tussis server at {self.server}: {root_cause(exc)}"
+                ) from exc
+            # Over the key's rate limit: wait as told. Only reads are sent again here;
+            # an upload's body is a stream that cannot be replayed.
+            if response.status_code != 429 or method != "GET" or attempt == RATE_LIMIT_RETRIES:
+                break
+            response.close()
+            time.sleep(_retry_after_s(response))
         if response.status_code >= 400:
             error = RequestRefused.from_response(response)
             response.close()
@@ -72,16 +93,20 @@ class Client:
         files: Sequence[LocalFile],
         fields: Sequence[tuple[str, str]] = (),
         on_bytes: Callable[[int], object] | None = None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> requests.Response:
         body = MultipartBody(fields, files, on_bytes=on_bytes)
+        headers = {"Content-Type": body.content_type}
+        if idempotency_key:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
         try:
             return self.request(
                 "POST",
                 path,
                 data=body,
-                headers={"Content-Type": body.content_type},
+                headers=headers,
                 read_timeout=UPLOAD_READ_TIMEOUT_S,
-            ).json()
+            )
         finally:
             body.close()
 
@@ -92,11 +117,19 @@ class Client:
         keep_open: bool = True,
         callback_url: str | None = None,
         on_bytes: Callable[[int], object] | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Create a batch with a first part. With ``idempotency_key``, a retry of the same
+        request answers the batch the first try created (docs/api.md); such a replayed
+        answer is marked ``"replayed": true`` and has no per-file report."""
         fields = [("open", "true" if keep_open else "false")]
         if callback_url:
             fields.append(("callback_url", callback_url))
-        return self._upload("/api/v1/batches", files, fields, on_bytes)
+        response = self._upload("/api/v1/batches", files, fields, on_bytes, idempotency_key)
+        answer: dict[str, Any] = response.json()
+        if response.headers.get(REPLAYED_HEADER, "").lower() == "true":
+            answer["replayed"] = True
+        return answer
 
     def add_items(
         self,
@@ -104,7 +137,7 @@ class Client:
         files: Sequence[LocalFile],
         on_bytes: Callable[[int], object] | None = None,
     ) -> dict[str, Any]:
-        return self._upload(f"/api/v1/batches/{batch_id}/items", files, on_bytes=on_bytes)
+        return self._upload(f"/api/v1/batches/{batch_id}/items", files, on_bytes=on_bytes).json()
 
     def close_batch(self, batch_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/batches/{batch_id}/close").json()

@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,9 +21,18 @@ from typing import Any
 from tqdm import tqdm
 
 from tussis.client import PART_MAX_BYTES, Client, describe_batch, item_key, wait_for_batch
-from tussis.errors import EXIT_INCOMPLETE, EXIT_OK, RequestRefused, UsageProblem
+from tussis.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    RequestRefused,
+    ServerUnreachable,
+    UsageProblem,
+)
 from tussis.files import LocalFile, find_files, hash_files, progress_bar
 from tussis.formats import AUDIO_SUFFIXES
+
+CREATE_RETRIES = 3  # a batch creation whose connection broke is sent again this often
+IN_USE_PATIENCE_S = 900.0  # how long to wait for the server to finish our first try
 
 # --- state file ----------------------------------------------------------------------
 
@@ -34,6 +45,10 @@ def default_state_path(paths: Sequence[Path], server: str, cwd: Path | None = No
 
 @dataclass
 class SubmitState:
+    """``batch_id`` is empty while the batch is being created: the state then keeps the
+    ``Idempotency-Key`` of that creation and the files of its first part, so that a rerun
+    sends the very same request and gets the batch back if the server did create it."""
+
     path: Path
     server: str
     batch_id: str
@@ -41,6 +56,8 @@ class SubmitState:
     created_at: str = ""
     closed: bool = False
     rejected: list[dict[str, Any]] = field(default_factory=list)
+    idempotency_key: str = ""
+    first_part: list[list[str]] = field(default_factory=list)  # [[rel, sha256], ...]
 
     @classmethod
     def load(cls, path: Path) -> SubmitState | None:
@@ -50,7 +67,11 @@ class SubmitState:
             return None
         except (OSError, ValueError) as exc:
             raise UsageProblem(f"cannot read the state file {path}: {exc}") from exc
-        if not isinstance(data, dict) or not data.get("batch_id") or not data.get("server"):
+        if (
+            not isinstance(data, dict)
+            or not (data.get("batch_id") or data.get("idempotency_key"))
+            or not data.get("server")
+        ):
             raise UsageProblem(f"{path} is not a tussis submit state file")
         return cls(
             path=path,
@@ -60,6 +81,8 @@ class SubmitState:
             created_at=str(data.get("created_at") or ""),
             closed=bool(data.get("closed")),
             rejected=list(data.get("rejected") or []),
+            idempotency_key=str(data.get("idempotency_key") or ""),
+            first_part=[[str(x) for x in pair] for pair in data.get("first_part") or []],
         )
 
     def save(self) -> None:
@@ -71,6 +94,8 @@ class SubmitState:
             "created_at": self.created_at,
             "closed": self.closed,
             "rejected": self.rejected,
+            "idempotency_key": self.idempotency_key,
+            "first_part": self.first_part,
         }
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -262,22 +287,16 @@ class Submitter:
         try:
             if self.report.batch_id is None:
                 with deferred_sigint(self.log):
-                    answer = self.client.create_batch(
-                        part,
-                        keep_open=True,
-                        callback_url=self.options.callback_url,
-                        on_bytes=on_bytes,
-                    )
+                    answer = self._create(part, on_bytes)
                     self.report.batch_id = answer["id"]
-                    self.state = SubmitState(
-                        path=self._state_path(),
-                        server=self.client.server,
-                        batch_id=answer["id"],
-                        paths=[str(p.resolve()) for p in self.options.paths],
-                        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                    )
+                    assert self.state is not None
+                    self.state.batch_id = answer["id"]
+                    self.state.first_part = []
                     self._save_state()
                 self.log(f"created batch {answer['id']}")
+                if answer.get("replayed"):
+                    self._after_replay(part, answer, bar)
+                    return
             else:
                 answer = self.client.add_items(self.report.batch_id, part, on_bytes=on_bytes)
         except RequestRefused as exc:
@@ -309,6 +328,98 @@ class Submitter:
         self._record_rejections(answer, part)
         self._save_state()
 
+    def _create(self, part: list[LocalFile], on_bytes: Callable[[int], None]) -> dict[str, Any]:
+        """Create the batch with its first part under one ``Idempotency-Key``, saved in the
+        state file before the request leaves: a retry here, or a rerun after a crash,
+        sends the same key, so a request whose answer was lost never makes a second batch."""
+        state = self.state
+        fresh = state is None or bool(state.batch_id) or not state.idempotency_key
+        if fresh:
+            state = SubmitState(
+                path=self._state_path(),
+                server=self.client.server,
+                batch_id="",
+                paths=[str(p.resolve()) for p in self.options.paths],
+                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                idempotency_key=str(uuid.uuid4()),
+            )
+        assert state is not None
+        state.first_part = [[f.rel, f.sha256] for f in part]
+        self.state = state
+        self._save_state()
+        reached = not fresh  # an earlier run may have reached the server with this key
+        started, attempt = time.monotonic(), 0
+        while True:
+            attempt_bytes = 0
+
+            def counted(n: int) -> None:
+                nonlocal attempt_bytes
+                attempt_bytes += n
+                on_bytes(n)
+
+            try:
+                return self.client.create_batch(
+                    part,
+                    keep_open=True,
+                    callback_url=self.options.callback_url,
+                    on_bytes=counted,
+                    idempotency_key=state.idempotency_key,
+                )
+            except (ServerUnreachable, RequestRefused) as exc:
+                in_use = isinstance(exc, RequestRefused) and exc.code == "idempotency_key_in_use"
+                reached = reached or attempt_bytes > 0 or isinstance(exc, RequestRefused)
+                attempt += 1
+                give_up = (
+                    time.monotonic() - started > IN_USE_PATIENCE_S
+                    if in_use
+                    else isinstance(exc, RequestRefused) or attempt > CREATE_RETRIES
+                )
+                if give_up:
+                    if not in_use and (isinstance(exc, RequestRefused) or not reached):
+                        # Refused, or never sent: no batch exists, nothing to resume.
+                        state.remove()
+                        self.state = None
+                    raise
+                on_bytes(-attempt_bytes)
+                delay = float(min(2 ** (attempt - 1), 30))
+                self.log(
+                    f"{'the server is still creating the batch' if in_use else exc.message}; "
+                    f"sending the same request again in {delay:.0f} s "
+                    f"(Idempotency-Key {state.idempotency_key})"
+                )
+                time.sleep(delay)
+
+    def _after_replay(self, part: list[LocalFile], answer: dict[str, Any], bar: tqdm) -> None:
+        """The server answered a retried creation with the batch an earlier try created:
+        the answer has no per-file report, so ask the batch what it holds and send the
+        rest of the part again for the server's verdict (rejections are not stored)."""
+        assert self.report.batch_id is not None
+        have = {item_key(item) for item in self.client.iter_items(self.report.batch_id)}
+        self.report.uploaded += sum(1 for f in part if f.key in have)
+        self.report.batch = {k: v for k, v in answer.items() if k != "replayed"}
+        self._save_state()
+        missing = [f for f in part if f.key not in have]
+        if missing:
+            bar.update(-sum(f.size for f in missing))
+            self._send(missing, bar)
+
+    def _pending_parts(self, todo: list[LocalFile]) -> list[list[LocalFile]]:
+        """Parts to send; when resuming an interrupted creation, its first part first and
+        exactly as before (the same request under the same key)."""
+        state = self.state
+        size, max_bytes = self.options.part_size, self.options.part_max_bytes
+        if state is None or state.batch_id or not state.first_part:
+            return split_parts(todo, size, max_bytes)
+        by_key = {f.key: f for f in todo}
+        first = [by_key.get((rel, sha)) for rel, sha in state.first_part]
+        if not all(first):
+            self.log("the files of the interrupted batch creation changed; starting afresh")
+            state.idempotency_key = ""
+            return split_parts(todo, size, max_bytes)
+        chosen = {f.key for f in first if f is not None}
+        rest = [f for f in todo if f.key not in chosen]
+        return [[f for f in first if f is not None], *split_parts(rest, size, max_bytes)]
+
     def _state_path(self) -> Path:
         return self.options.state_path or default_state_path(self.options.paths, self.client.server)
 
@@ -322,6 +433,13 @@ class Submitter:
                 f"the state file {state.path} belongs to {state.server}, not "
                 f"{self.client.server}; remove it or pass another --state"
             )
+        if not state.batch_id:
+            self.state = state
+            self.log(
+                f"resuming an interrupted batch creation (Idempotency-Key "
+                f"{state.idempotency_key}); a batch it created is reused"
+            )
+            return files, True
         try:
             batch, _ = self.client.get_batch(state.batch_id)
         except RequestRefused as exc:
@@ -369,7 +487,7 @@ class Submitter:
         return todo, is_open
 
     def _upload(self, todo: list[LocalFile]) -> None:
-        parts = split_parts(todo, self.options.part_size, self.options.part_max_bytes)
+        parts = self._pending_parts(todo)
         with progress_bar(
             self.options.progress,
             total=sum(f.size for f in todo),

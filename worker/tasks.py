@@ -12,17 +12,21 @@ import logging
 from collections.abc import Callable
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import batches, jobs, model_registry
 from shared.queue import (
     TASK_ANALYSE,
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
+    TASK_RETENTION,
     TASK_SWEEP,
     publish_analysis,
     publish_callback,
     publish_chunk,
 )
+from shared.retention import purge
+from shared.tables import utcnow
 from worker import callbacks, runtime
 from worker.pipeline import Pipeline
 
@@ -57,13 +61,15 @@ def analyse_chunk(self: Task, job_ids: list[str]) -> None:
 
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)
 def batch_callback(self: Task, batch_id: str) -> None:
-    """POST the completion notice; retried with exponential backoff, never blocking analysis."""
+    """POST the completion notice; retried with jittered exponential backoff, never
+    blocking analysis."""
     rt = runtime.current()
-    attempts = callbacks.deliver(rt, batch_id)
-    if attempts is None:
+    # deliver() recorded the planned time on the batch, so the sweeper re-queues the
+    # callback should this retry message be lost. The delay (callbacks.retry_delay)
+    # is jittered and stays far below the broker's visibility timeout.
+    countdown = callbacks.deliver(rt, batch_id)
+    if countdown is None:
         return
-    # Backoff stays far below the broker's visibility timeout (see design notes).
-    countdown = min(2 ** (attempts - 1), 300, rt.settings.visibility_timeout_s // 4)
     raise self.retry(countdown=countdown)
 
 
@@ -98,3 +104,18 @@ def sweep(self: Task) -> int:
     for batch_id in unsent:
         publish_callback(self.app, settings, batch_id)
     return len(lost)
+
+
+@shared_task(name=TASK_RETENTION)
+def apply_retention() -> dict[str, int]:
+    """Delete audio, results and orphaned files past their retention (``shared.retention``)."""
+    rt = runtime.current()
+    try:
+        report = purge(rt.settings, rt.storage, now=utcnow())
+    except SoftTimeLimitExceeded:
+        # Each pass has committed what it deleted: the next run carries on from here.
+        log.warning("retention: stopped at the task time limit; the next run continues")
+        return {}
+    counts = report.as_dict()
+    log.info("retention: %s", ", ".join(f"{name}={n}" for name, n in counts.items()))
+    return counts

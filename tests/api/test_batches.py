@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import hmac
@@ -18,6 +19,7 @@ import pytest
 import redis
 import requests
 from flask.testing import FlaskClient
+from standardwebhooks import Webhook
 
 from api import create_app
 from shared.config import Settings, normalise_database_url
@@ -235,9 +237,16 @@ def test_a_batch_of_210_real_recordings_through_the_whole_system(
         broker_url=redis_url,
         model_bundle=tiny_bundle,
         callback_secret="s3cret",
+        callback_allowed_networks="127.0.0.1/32",
     )
     receiver = CallbackReceiver()
-    stack = Stack(settings, tmp_path, TUSSIS_CALLBACK_SECRET="s3cret")
+    # The receiver is on loopback, which callbacks may reach only when allowed.
+    stack = Stack(
+        settings,
+        tmp_path,
+        TUSSIS_CALLBACK_SECRET="s3cret",
+        TUSSIS_CALLBACK_ALLOWED_NETWORKS="127.0.0.1/32",
+    )
     files = cough_files[100:310]
     archive = make_zip({f"batch/{i // 50}/{f.name}": f.read_bytes() for i, f in enumerate(files)})
     try:
@@ -284,6 +293,10 @@ def test_a_batch_of_210_real_recordings_through_the_whole_system(
         headers, body = receiver.received[0]
         expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
         assert headers["X-Tussis-Signature"] == expected
+        # Standard Webhooks: receivers verify with whsec_ + base64(secret).
+        whsec = "whsec_" + base64.b64encode(b"s3cret").decode()
+        assert Webhook(whsec).verify(body, headers)["batch_id"] == batch["id"]
+        assert headers["webhook-id"] == f"batch_{batch['id']}"
         notice = json.loads(body)
         assert notice["batch_id"] == batch["id"] and notice["total"] == accepted
         assert notice["counts"] == final["counts"]

@@ -338,10 +338,12 @@ def test_unreachable_server_and_refused_requests(
     keyed = Stack(module_settings, tmp_path, TUSSIS_API_KEYS="alice:s3cret")
     keyed.start_api()
     try:
-        refusal = requests.get(f"{keyed.url}/api/v1/batches", timeout=10).json()["error"]
+        refusal = requests.get(
+            f"{keyed.url}/api/v1/batches", headers={"Authorization": "Bearer wrong"}, timeout=10
+        ).json()["error"]
         run = tussis("submit", str(root), "--server", keyed.url, "--api-key", "wrong", cwd=tmp_path)
         assert run.returncode == 4, run.stderr
-        assert "unauthorized" in run.stderr and refusal["message"] in run.stderr
+        assert "invalid_api_key" in run.stderr and refusal["message"] in run.stderr
         assert state_files(tmp_path) == []
 
         auth = {"Authorization": "Bearer s3cret"}

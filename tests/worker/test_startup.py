@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 from shared.config import PROJECT_ROOT
-from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, TASK_SWEEP
+from shared.queue import (
+    TASK_ANALYSE,
+    TASK_ANALYSE_CHUNK,
+    TASK_BATCH_CALLBACK,
+    TASK_RETENTION,
+    TASK_SWEEP,
+)
 
 # A worker-only rule is broken: the task limit exceeds the broker's visibility timeout.
 BROKEN_FOR_WORKERS = {"TUSSIS_TASK_TIME_LIMIT": "99999"}
@@ -63,7 +69,7 @@ def test_the_entry_module_registers_every_task(tmp_path: Path) -> None:
         tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    names = [TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, TASK_SWEEP]
+    names = [TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, TASK_RETENTION, TASK_SWEEP]
     assert run.stdout.strip() == str(sorted(names))
 
 

@@ -1,0 +1,180 @@
+"""How long health data is kept, and the deletions a client asked for.
+
+:func:`purge` is the periodic retention pass (``tussis.retention``, scheduled by
+beat). It works in bounded passes of :data:`BATCH` rows and commits after each,
+so it never holds a large result or a long transaction, and a crash or a time
+limit loses nothing: the next run carries on where this one stopped. Every step
+is idempotent, so two runs at once are harmless.
+
+- **Audio** (``TUSSIS_AUDIO_RETENTION``): the recording and the spectrogram of a
+  finished job accepted longer ago are deleted, and the row is marked
+  (``audio_deleted_at``); the result stays readable. A queued or running job keeps
+  its audio whatever its age, so every accepted job still ends in exactly one
+  terminal state.
+- **Results** (``TUSSIS_RESULT_RETENTION``, off by default): finished single jobs
+  and finished batches (with their items) accepted longer ago are deleted, with
+  any audio they still have.
+- **Tombstones** (``deletions``) are kept as long as results, or
+  :data:`TOMBSTONE_RETENTION` when results are kept forever: a tombstone holds only
+  an id and an owner, and after it is gone a repeated ``DELETE`` answers ``404``.
+- **Idempotency keys** are deleted once they expire.
+- **Orphans**: stored audio or spectrograms that no job row refers to, written
+  more than :data:`ORPHAN_GRACE` ago. The API stores audio before it commits the
+  job row, a failed upload or a failed storage delete leaves such files behind, and
+  so does a worker that stored a spectrogram for a job deleted while it ran.
+
+The tombstone helpers make ``DELETE`` idempotent: the row goes, and a tombstone
+(id, kind, owner) is written in the same transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from shared import batches, jobs
+from shared.config import Settings
+from shared.db import affected, session_scope
+from shared.storage import AudioStorage, audio_key_of, spectrogram_key
+from shared.tables import Deletion, IdempotencyKey
+
+log = logging.getLogger(__name__)
+
+# Rows (or storage keys) handled per pass, each pass in its own transaction.
+BATCH = 500
+# The API stores the audio, then commits the job row a moment later: only a key
+# this old with no row is certainly an orphan, not an upload in progress.
+ORPHAN_GRACE = timedelta(days=1)
+# How long a DELETE's tombstone answers a repeated DELETE when results are kept forever.
+TOMBSTONE_RETENTION = timedelta(days=30)
+
+KIND_JOB, KIND_BATCH = "job", "batch"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one :func:`purge` deleted."""
+
+    audio_deleted: int = 0  # jobs whose audio and spectrogram were deleted
+    jobs_deleted: int = 0  # single jobs past the result retention
+    batches_deleted: int = 0  # batches (with all their items) past the result retention
+    tombstones_deleted: int = 0
+    idempotency_keys_deleted: int = 0
+    orphans_deleted: int = 0  # stored keys with no job row
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def audio_and_spectrograms(audio_keys: list[str]) -> list[str]:
+    """Every storage key a job's audio leaves behind."""
+    return [k for key in audio_keys for k in (key, spectrogram_key(key))]
+
+
+# --- DELETE tombstones ------------------------------------------------------------
+
+
+def record_deletion(
+    session: Session, resource_id: str, kind: str, owner: str, now: datetime
+) -> None:
+    session.add(Deletion(id=resource_id, kind=kind, owner=owner, deleted_at=now))
+
+
+def was_deleted(session: Session, resource_id: str, kind: str, owner: str) -> bool:
+    """True if ``owner`` deleted this job or batch (so a repeated DELETE answers 204)."""
+    found = session.scalar(
+        select(Deletion.id).where(
+            Deletion.id == resource_id, Deletion.kind == kind, Deletion.owner == owner
+        )
+    )
+    return found is not None
+
+
+# --- The retention pass -----------------------------------------------------------
+
+
+def purge(settings: Settings, storage: AudioStorage, now: datetime) -> Report:
+    """One retention run at time ``now`` (a parameter, so tests control the clock)."""
+    url = settings.database_url
+    audio = jobs_deleted = batches_deleted = 0
+    if settings.audio_retention is not None:
+        audio = _purge_audio(url, storage, now - settings.audio_retention, now)
+    if settings.result_retention is not None:
+        cutoff = now - settings.result_retention
+        jobs_deleted = _purge_jobs(url, storage, cutoff)
+        batches_deleted = _purge_batches(url, storage, cutoff)
+    tombstone_cutoff = now - (settings.result_retention or TOMBSTONE_RETENTION)
+    with session_scope(url) as session:
+        tombstones = affected(
+            session.execute(delete(Deletion).where(Deletion.deleted_at < tombstone_cutoff))
+        )
+        keys = affected(
+            session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+        )
+    orphans = _purge_orphans(url, storage, now - ORPHAN_GRACE)
+    return Report(audio, jobs_deleted, batches_deleted, tombstones, keys, orphans)
+
+
+def _purge_audio(url: str, storage: AudioStorage, cutoff: datetime, now: datetime) -> int:
+    done = 0
+    while True:
+        with session_scope(url) as session:
+            rows = jobs.audio_expired(session, cutoff, BATCH)
+        if not rows:
+            return done
+        # Storage first, then the mark: a crash in between leaves the row unmarked,
+        # and the next run deletes again (deleting is idempotent). The other order
+        # could mark a row whose audio then stays forever.
+        storage.delete_many(audio_and_spectrograms([key for _, key in rows]))
+        with session_scope(url) as session:
+            done += jobs.mark_audio_deleted(session, [job_id for job_id, _ in rows], now)
+        if len(rows) < BATCH:
+            return done
+
+
+def _purge_jobs(url: str, storage: AudioStorage, cutoff: datetime) -> int:
+    done = 0
+    while True:
+        with session_scope(url) as session:
+            rows = jobs.results_expired(session, cutoff, BATCH)
+        if not rows:
+            return done
+        storage.delete_many(audio_and_spectrograms([key for _, key in rows]))
+        with session_scope(url) as session:
+            done += jobs.delete_jobs(session, [job_id for job_id, _ in rows])
+        if len(rows) < BATCH:
+            return done
+
+
+def _purge_batches(url: str, storage: AudioStorage, cutoff: datetime) -> int:
+    done = 0
+    while True:
+        with session_scope(url) as session:
+            expired = batches.expired(session, cutoff, BATCH)
+        for batch_id in expired:
+            # One transaction per batch; its audio goes after the commit, and the
+            # orphan pass deletes whatever a failed storage delete leaves behind.
+            with session_scope(url) as session:
+                keys = batches.discard(session, batch_id)
+            storage.delete_many(audio_and_spectrograms(keys))
+            done += 1
+        if len(expired) < BATCH:
+            return done
+
+
+def _purge_orphans(url: str, storage: AudioStorage, cutoff: datetime) -> int:
+    done = 0
+    listed = storage.keys_older_than(cutoff)
+    while chunk := list(islice(listed, BATCH)):
+        with session_scope(url) as session:
+            in_use = jobs.audio_keys_in_use(session, sorted({audio_key_of(k) for k in chunk}))
+        orphans = [key for key in chunk if audio_key_of(key) not in in_use]
+        if orphans:
+            storage.delete_many(orphans)
+            done += len(orphans)
+    return done
