@@ -11,7 +11,7 @@ UV := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-upgrade migrate run test lint format docs bench clean models
+.PHONY: install lock lock-upgrade migrate run test test-faults lint format docs bench clean models
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -39,8 +39,13 @@ migrate: install
 run: migrate
 	PATH="$(abspath $(BIN)):$$PATH" scripts/run-local.sh
 
+# The failure suite (tests/faults, marker "faults") kills and restarts real processes
+# and takes several minutes: `make test-faults` runs it, `make test` everything else.
 test: install
-	UV="$(abspath $(UV))" $(BIN)/pytest $(PYTEST_ARGS)
+	UV="$(abspath $(UV))" $(BIN)/pytest -m "not faults" $(PYTEST_ARGS)
+
+test-faults: install
+	UV="$(abspath $(UV))" $(BIN)/pytest -m faults -s tests/faults $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,15 +7,21 @@ message. It never imports TensorFlow or librosa.
 from __future__ import annotations
 
 import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
+from flask_openapi3 import Info, OpenAPI
 
-from api import auth, limits
+from api import auth, contract, guards, limits
 from api.batches import bp as batches_bp
+from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
+from api.parameter_errors import raise_parameter_error
+from api.schemas import Error
 from api.served_models import bp as models_bp
 from api.web import bp as web_bp
 from shared.config import Settings, load_settings
@@ -24,6 +30,12 @@ from shared.storage import make_storage
 
 log = logging.getLogger(__name__)
 
+API_DESCRIPTION = (
+    "Cough-recording analysis: submit recordings as jobs or batches, poll them, read "
+    "the results. A research tool, not a diagnostic device. Every error answers "
+    '`{"error": {"code", "message", "status"}}`; the codes are listed in docs/api.md.'
+)
+
 # Multipart framing around the file itself (boundaries, headers, other fields).
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -31,6 +43,19 @@ MULTIPART_OVERHEAD = 64 * 1024
 class JsonProvider(DefaultJSONProvider):
     ensure_ascii = False  # "Diagnóstico", not "Diagn\u00f3stico"
     sort_keys = False  # keep the documented field order
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        # JSON has no NaN: one non-finite score made a whole listing unreadable. It is
+        # written as null, and allow_nan=False makes any other way in an error.
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(guards.finite(obj), **kwargs)
+
+
+def _release() -> str:
+    try:
+        return version("tussis")
+    except PackageNotFoundError:  # a checkout run without installing the package
+        return "0"
 
 
 def celery_init_app(app: Flask, settings: Settings) -> None:
@@ -45,7 +70,10 @@ def _api_security_headers(response: Response) -> Response:
     if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        if request.blueprint != docs_bp.name:  # the docs page sets its own, in api/docs.py
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'none'; frame-ancestors 'none'"
+            )
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
     return response
@@ -54,22 +82,37 @@ def _api_security_headers(response: Response) -> Response:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     log.info("tussis api: %s", auth.check_can_start(settings))
-    app = Flask(__name__, static_folder=None)  # api/web.py serves the page and its assets
+    # A Flask app whose routes declare their parameters and answers (api/contract.py):
+    # it validates query and path parameters and generates /api/v1/openapi.json.
+    app = OpenAPI(
+        __name__,
+        static_folder=None,  # api/web.py serves the page and its assets
+        info=Info(title="Tussis API", version=_release(), description=API_DESCRIPTION),
+        security_schemes=contract.SECURITY_SCHEMES,
+        openapi_extensions={"security": contract.SECURITY},
+        validation_error_status=400,
+        validation_error_model=Error,
+        validation_error_callback=raise_parameter_error,
+        doc_ui=False,  # api/docs.py serves the document and the page
+    )
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.json = JsonProvider(app)
     app.extensions["tussis.settings"] = settings
     app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
     celery_init_app(app, settings)
     register_error_handlers(app)
+    guards.init_app(app)  # hostile URLs, headers and ids stop here, before anything else
     # Authentication runs before the limiter, so that limits count per key.
     auth.init_app(app)
     limits.init_app(app, settings, [jobs_bp, batches_bp, models_bp])
     app.after_request(_api_security_headers)
-    app.register_blueprint(health_bp)
-    app.register_blueprint(jobs_bp, url_prefix="/api/v1")
-    app.register_blueprint(models_bp, url_prefix="/api/v1")
+    app.register_api(health_bp)
+    app.register_api(jobs_bp, url_prefix="/api/v1")
+    app.register_api(models_bp, url_prefix="/api/v1")
     app.register_blueprint(web_bp)
-    app.register_blueprint(batches_bp, url_prefix="/api/v1")
+    app.register_api(batches_bp, url_prefix="/api/v1")
+    app.register_api(docs_bp)
+    contract.register_components(app)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=settings.log_level)
     return app

@@ -1,6 +1,7 @@
 """Reading an uploaded ``.zip`` as untrusted input.
 
-Whole-archive limits (not a zip, too many members, too much uncompressed data)
+Whole-archive limits (not a zip, too many members, too much uncompressed data,
+too much expansion or too high a ratio overall, a malformed ``labels.csv``)
 reject the request; a bad member (unsafe path, nested archive, not audio,
 suspicious compression ratio, too large) is reported on its own and the rest
 of the batch goes ahead. Sizes are enforced while reading, not trusted from
@@ -11,20 +12,40 @@ from __future__ import annotations
 
 import csv
 import io
+import lzma
 import posixpath
+import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
 from api.errors import ApiError
+from api.guards import has_control
 from tussis.formats import AUDIO_SUFFIXES
 
 ARCHIVE_SUFFIXES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".zst", ".jar"}
 ARCHIVE_MAGIC = (b"PK\x03\x04", b"\x1f\x8b", b"7z\xbc\xaf", b"Rar!", b"BZh", b"\xfd7zXZ")
 MANIFEST_NAMES = {"manifest.csv", "labels.csv"}
-# Ratios are only judged on members big enough for a bomb to matter.
+# Ratios are only judged on members (and archives) big enough for a bomb to matter;
+# below this, the expansion bound (Limits.max_expansion) covers many small members.
 RATIO_MIN_BYTES = 1024 * 1024
+# The longest file name a job records (its filename column).
+MAX_BASENAME = 255
+# What reading a damaged member raises, besides zipfile's own BadZipFile: a corrupt
+# deflate, bzip2 or LZMA stream, or a truncated header.
+READ_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+    OSError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,9 @@ class Limits:
     max_uncompressed: int
     max_ratio: float
     max_member_bytes: int
+    # Most bytes the members may expand to beyond the size of the archive itself: the
+    # work a small upload can ask for (decoding is paid per byte) without sending it.
+    max_expansion: int
 
 
 @dataclass(frozen=True)
@@ -44,8 +68,11 @@ class Member:
 
 
 def safe_path(name: str) -> str | None:
-    """A normalised relative POSIX path, or None if the name tries to escape."""
-    if not name or "\\" in name or name.startswith("/") or "\x00" in name or len(name) > 1024:
+    """A normalised relative POSIX path, or None if the name tries to escape, has a
+    control character (a NUL reached PostgreSQL) or is too long to record."""
+    if not name or "\\" in name or name.startswith("/") or has_control(name) or len(name) > 1024:
+        return None
+    if len(posixpath.basename(name)) > MAX_BASENAME:
         return None
     if len(name) > 2 and name[1] == ":":
         return None  # a drive letter
@@ -63,23 +90,78 @@ def _ignored(name: str) -> bool:
     return name.endswith("/") or name.startswith("__MACOSX/") or base in {".DS_Store", "Thumbs.db"}
 
 
+def _invalid_labels(detail: str) -> ApiError:
+    return ApiError(
+        422, "invalid_labels", f"The archive's labels.csv cannot be used: {detail}; fix it."
+    )
+
+
 def read_labels(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> dict[str, str]:
+    """``path -> label`` from the first ``labels.csv``/``manifest.csv``; 422 if malformed."""
     for info in infos:
         if posixpath.basename(info.filename).lower() in MANIFEST_NAMES and info.file_size < 10**7:
-            text = zf.read(info).decode("utf-8-sig", errors="replace")
-            rows = csv.DictReader(io.StringIO(text))
-            return {
-                safe_path(r["path"].strip()) or "": r["label"].strip()
-                for r in rows
-                if r.get("path") and r.get("label") is not None
-            }
+            try:
+                text = zf.read(info).decode("utf-8-sig", errors="replace")
+            except READ_ERRORS as exc:
+                raise _invalid_labels("it is damaged or encrypted") from exc
+            labels: dict[str, str] = {}
+            try:
+                for row in csv.DictReader(io.StringIO(text)):
+                    path, label = row.get("path"), row.get("label")
+                    # Extra or missing cells give lists or None, not text.
+                    if not isinstance(path, str) or not isinstance(label, str) or not path:
+                        continue
+                    if has_control(path) or has_control(label):
+                        raise _invalid_labels(
+                            "a path or label contains a control character (such as a NUL byte)"
+                        )
+                    labels[safe_path(path.strip()) or ""] = label.strip()
+            except csv.Error as exc:
+                raise _invalid_labels("it is not a readable CSV file") from exc
+            return labels
     return {}
+
+
+def _check_expansion(uncompressed: int, archive_bytes: int, limits: Limits) -> None:
+    """The whole archive, as declared or as read: bounded expansion, bounded ratio."""
+    expansion = uncompressed - archive_bytes
+    # Work in proportion to what was uploaded is fine (a big zip of WAV files that
+    # deflate by a third); only what a small upload makes the server do is bounded.
+    allowed = limits.max_expansion + archive_bytes
+    if expansion > allowed:
+        raise ApiError(
+            422,
+            "compression_ratio_too_high",
+            f"The archive expands to {expansion / 1024**2:.0f} MiB more than its own size; at "
+            f"most {allowed / 1024**2:.0f} MiB are accepted for it. Send it in several parts, "
+            "or store the files without compression (zip -0).",
+        )
+    ratio = uncompressed / max(1, archive_bytes)
+    if uncompressed >= RATIO_MIN_BYTES and ratio > limits.max_ratio:
+        raise ApiError(
+            422,
+            "compression_ratio_too_high",
+            f"The archive is compressed {ratio:.0f}:1 overall, which looks like a "
+            "decompression bomb; it was not read.",
+        )
+
+
+def _archive_size(zf: zipfile.ZipFile) -> int:
+    if zf.fp is None:
+        return 0
+    here = zf.fp.tell()
+    size = zf.fp.seek(0, io.SEEK_END)
+    zf.fp.seek(here)
+    return size
 
 
 def open_archive(fileobj: IO[bytes], limits: Limits) -> tuple[zipfile.ZipFile, list, dict]:
     try:
+        # The uploaded size, not the members' declared compressed sizes, which can lie.
+        archive_bytes = fileobj.seek(0, io.SEEK_END)
+        fileobj.seek(0)
         zf = zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except READ_ERRORS as exc:
         raise ApiError(422, "invalid_archive", "The archive is not a readable .zip file.") from exc
     infos = [i for i in zf.infolist() if not _ignored(i.filename)]
     if len(infos) > limits.max_members:
@@ -96,6 +178,7 @@ def open_archive(fileobj: IO[bytes], limits: Limits) -> tuple[zipfile.ZipFile, l
             f"The archive expands to {declared / 1024**3:.1f} GiB; at most "
             f"{limits.max_uncompressed / 1024**3:.1f} GiB are accepted.",
         )
+    _check_expansion(declared, archive_bytes, limits)
     labels = read_labels(zf, infos)
     members = [i for i in infos if posixpath.basename(i.filename).lower() not in MANIFEST_NAMES]
     return zf, members, labels
@@ -103,6 +186,7 @@ def open_archive(fileobj: IO[bytes], limits: Limits) -> tuple[zipfile.ZipFile, l
 
 def iter_members(zf: zipfile.ZipFile, infos: list, limits: Limits) -> Iterator[Member]:
     total = 0
+    archive_bytes = _archive_size(zf)
     for info in infos:
         path = safe_path(info.filename)
         if path is None:
@@ -146,7 +230,7 @@ def iter_members(zf: zipfile.ZipFile, infos: list, limits: Limits) -> Iterator[M
         try:
             with zf.open(info) as fh:
                 data = fh.read(limits.max_member_bytes + 1)
-        except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError):
+        except READ_ERRORS:
             yield Member(
                 path,
                 code="undecodable_audio",
@@ -167,6 +251,7 @@ def iter_members(zf: zipfile.ZipFile, infos: list, limits: Limits) -> Iterator[M
                 "archive_too_large",
                 "The archive expands to more data than its headers declare.",
             )
+        _check_expansion(total, archive_bytes, limits)
         if data[:4] in ARCHIVE_MAGIC or data[:2] in ARCHIVE_MAGIC or data[:3] in ARCHIVE_MAGIC:
             yield Member(
                 path,

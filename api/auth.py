@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
 
+from api import docs
 from api.errors import ApiError
 from shared import api_keys
 from shared.config import Settings, SettingsError
@@ -142,7 +143,8 @@ def _authenticate(settings: Settings) -> Caller:
 def init_app(app: Flask) -> None:
     @app.before_request
     def _authenticate_api_requests() -> None:
-        if request.path.startswith("/api/"):
+        # The OpenAPI document and its page describe routes, nothing of any tenant.
+        if request.path.startswith("/api/") and request.path not in docs.PUBLIC_PATHS:
             g.tussis_caller = _authenticate(app.extensions["tussis.settings"])
 
 

@@ -11,16 +11,18 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
+from flask import Response, current_app, jsonify, request, stream_with_context
+from flask_openapi3 import APIBlueprint
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api import intake
+from api import contract, intake, schemas
 from api.archive import Limits, Member, iter_members, open_archive, safe_path
 from api.auth import current_owner
+from api.contract import BatchPath
 from api.errors import ApiError
 from api.idempotency import idempotent, replay_batch
-from api.paging import invalid_cursor, page_limit
+from api.paging import PageQuery, invalid_cursor, page_response
 from api.representation import batch_to_dict, batch_url, job_to_dict
 from shared import batches, netguard, retention
 from shared.audio import AudioError
@@ -30,7 +32,18 @@ from shared.tables import Batch, BatchStatus, Job, utcnow
 from tussis.formats import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
-bp = Blueprint("batches", __name__)
+bp = APIBlueprint("batches", __name__, abp_tags=[contract.TAGS["batches"]])
+
+_FILES = {
+    "files": {"type": "array", "items": contract.FILE, "description": "The recordings."},
+    "archive": {**contract.FILE, "description": "One .zip of recordings (instead of `files`)."},
+}
+_BATCH = contract.json_answer(schemas.Batch, "The batch.", {"Retry-After": contract.RETRY_AFTER})
+_UPLOADED = contract.json_answer(
+    schemas.BatchUpload,
+    "Accepted: the batch, with what this request's files became.",
+    {"Location": contract.LOCATION, "Retry-After": contract.RETRY_AFTER},
+)
 
 CSV_COLUMNS = [
     "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
@@ -112,6 +125,7 @@ def _members() -> tuple[Iterator[Member], dict[str, str]]:
             max_uncompressed=s.archive_max_uncompressed_bytes,
             max_ratio=s.archive_max_ratio,
             max_member_bytes=s.max_upload_bytes,
+            max_expansion=s.archive_max_expansion_bytes,
         )
         zf, infos, labels = open_archive(archive.stream, limits)
         return iter_members(zf, infos, limits), labels
@@ -133,6 +147,30 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         seen = batches.existing_items(session, batch_id)
         seq = batches.next_seq(session, batch_id)
     accepted: list[str] = []
+    try:
+        report = _store_members(members, labels, batch_id, owner, seen, seq, accepted)
+        with session_scope(s.database_url) as session:
+            batches.add_to_total(session, batch_id, len(accepted))
+    except BaseException:
+        # Refused part-way (the archive turned out too large, the database failed): the
+        # request answers an error, so none of its items may stay behind, unqueued.
+        intake.discard_jobs(accepted)
+        raise
+    intake.publish_chunks(accepted)
+    return report
+
+
+def _store_members(
+    members: Iterator[Member],
+    labels: dict[str, str],
+    batch_id: str,
+    owner: str,
+    seen: set[tuple[str | None, str]],
+    seq: int,
+    accepted: list[str],
+) -> dict[str, Any]:
+    """Store each usable member as a job, appending its id to ``accepted`` at once (so a
+    failure part-way knows what to remove); report the others."""
     rejected: list[dict[str, Any]] = []
     duplicates = 0
     for member in members:
@@ -164,10 +202,18 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         job = intake.store(owner, item, batch_id=batch_id, seq=seq)
         seq += 1
         accepted.append(job.id)
-    with session_scope(s.database_url) as session:
-        batches.add_to_total(session, batch_id, len(accepted))
-    intake.publish_chunks(accepted)
     return {"accepted": len(accepted), "duplicates": duplicates, "rejected": rejected}
+
+
+def _forget_batch(batch_id: str) -> None:
+    """Delete a batch that its creating request could not finish, with what it stored."""
+    try:
+        with session_scope(intake.settings().database_url) as session:
+            keys = batches.discard(session, batch_id)
+        intake.storage().delete_many(keys)
+    except Exception:
+        # The request's own error is the one to answer; this one is only logged.
+        log.exception("could not delete batch %s after its request failed", batch_id)
 
 
 def _close(batch_id: str) -> None:
@@ -177,9 +223,45 @@ def _close(batch_id: str) -> None:
         batches.complete_and_notify(session, batch_id, _publish_callback)
 
 
-@bp.post("/batches")
+@bp.post(
+    "/batches",
+    responses=contract.answers(
+        {
+            202: _UPLOADED,
+            200: contract.json_answer(
+                schemas.Batch,
+                "A replay of an earlier request with this `Idempotency-Key`: the batch as it "
+                "is now.",
+                {"Location": contract.LOCATION, "Idempotent-Replayed": contract.REPLAYED},
+            ),
+        },
+        404,
+        409,
+        413,
+        422,
+    ),
+    openapi_extensions={
+        **contract.multipart(
+            "Repeated `files` fields, or one `archive`; see docs/batches.md.",
+            {
+                **_FILES,
+                "callback_url": {
+                    "type": "string",
+                    "description": "An http(s) URL to notify when the batch completes.",
+                },
+                "open": {
+                    "type": "string",
+                    "description": "`true` keeps the batch open for more items.",
+                },
+            },
+            [],
+        ),
+        "parameters": [contract.IDEMPOTENCY_KEY],
+    },
+)
 @idempotent("batches", replay_batch, prepare=_prepare_request)
 def create_batch() -> tuple[Response, int, dict[str, str]]:
+    """Create a batch"""
     _prepare_request()
     s = intake.settings()
     owner = current_owner()
@@ -189,26 +271,32 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
         batch_id = batches.create(session, owner, callback_url).id
     try:
         report = _ingest(batch_id, owner)
-    except ApiError:
-        # A whole-request rejection found mid-archive: forget the batch and what it stored.
-        with session_scope(s.database_url) as session:
-            keys = batches.discard(session, batch_id)
-        for key in keys:
-            intake.storage().delete(key)
+        if not keep_open:
+            _close(batch_id)
+    except BaseException:
+        # Refused (an archive limit found mid-archive) or failed: the client got no batch,
+        # so none may stay behind, least of all one left open forever.
+        _forget_batch(batch_id)
         raise
-    if not keep_open:
-        _close(batch_id)
     with session_scope(s.database_url) as session:
         body = {**batch_to_dict(session, _load(session, batch_id, owner)), **report}
     return (
-        jsonify(body),
+        jsonify(schemas.dump(schemas.BatchUpload, body)),
         202,
         {"Location": batch_url(batch_id), "Retry-After": str(s.retry_after_s)},
     )
 
 
-@bp.post("/batches/<batch_id>/items")
-def add_items(batch_id: str) -> tuple[Response, int]:
+@bp.post(
+    "/batches/<batch_id>/items",
+    responses=contract.answers({202: _UPLOADED}, 404, 409, 413, 422),
+    openapi_extensions=contract.multipart(
+        "More files for an open batch: repeated `files`, or one `archive`.", _FILES, []
+    ),
+)
+def add_items(path: BatchPath) -> tuple[Response, int]:
+    """Add files to an open batch"""
+    batch_id = path.batch_id
     _prepare_request()
     s = intake.settings()
     owner = current_owner()
@@ -218,11 +306,18 @@ def add_items(batch_id: str) -> tuple[Response, int]:
     report = _ingest(batch_id, owner)
     with session_scope(s.database_url) as session:
         body = {**batch_to_dict(session, _load(session, batch_id, owner)), **report}
-    return jsonify(body), 202
+    return jsonify(schemas.dump(schemas.BatchUpload, body)), 202
 
 
-@bp.post("/batches/<batch_id>/close")
-def close_batch(batch_id: str) -> Response:
+@bp.post(
+    "/batches/<batch_id>/close",
+    responses=contract.answers(
+        {200: contract.json_answer(schemas.Batch, "The batch, closed.")}, 404
+    ),
+)
+def close_batch(path: BatchPath) -> Response:
+    """Close an open batch"""
+    batch_id = path.batch_id
     s = intake.settings()
     owner = current_owner()
     with session_scope(s.database_url) as session:
@@ -232,8 +327,10 @@ def close_batch(batch_id: str) -> Response:
         return jsonify(batch_to_dict(session, _load(session, batch_id, owner)))
 
 
-@bp.get("/batches/<batch_id>")
-def get_batch(batch_id: str) -> Response:
+@bp.get("/batches/<batch_id>", responses=contract.answers({200: _BATCH}, 404))
+def get_batch(path: BatchPath) -> Response:
+    """A batch's status, counts and progress"""
+    batch_id = path.batch_id
     s = intake.settings()
     owner = current_owner()
     with session_scope(s.database_url) as session:
@@ -244,10 +341,16 @@ def get_batch(batch_id: str) -> Response:
     return response
 
 
-@bp.delete("/batches/<batch_id>")
-def delete_batch(batch_id: str) -> tuple[str, int]:
-    """Delete a batch, its items' results and their audio, at once and idempotently:
-    a repeat by the same owner answers 204 again; anyone else gets the usual 404."""
+@bp.delete(
+    "/batches/<batch_id>",
+    responses=contract.answers({204: contract.no_content("Deleted (or already deleted).")}, 404),
+)
+def delete_batch(path: BatchPath) -> tuple[str, int]:
+    """Delete a batch, its items' results and their audio
+
+    At once and idempotently: a repeat by the same owner answers 204 again; anyone
+    else gets the usual 404."""
+    batch_id = path.batch_id
     s = intake.settings()
     owner = current_owner()
     with session_scope(s.database_url) as session:
@@ -269,24 +372,33 @@ def delete_batch(batch_id: str) -> tuple[str, int]:
     return "", 204
 
 
-def _seq_cursor() -> int:
-    cursor = request.args.get("cursor") or "0"
-    if not cursor.isdigit():
-        raise invalid_cursor()
-    return int(cursor)
-
-
-@bp.get("/batches/<batch_id>/items")
-def list_items(batch_id: str) -> Response:
+@bp.get(
+    "/batches/<batch_id>/items",
+    responses=contract.answers(
+        {
+            200: contract.json_answer(
+                schemas.ItemPage, "A page of the batch's items.", {"Link": contract.LINK}
+            )
+        },
+        404,
+    ),
+)
+def list_items(path: BatchPath, query: PageQuery) -> Response:
+    """A batch's items (as jobs), in upload order"""
+    batch_id = path.batch_id
     s = intake.settings()
     owner = current_owner()
-    limit, after = page_limit(intake.settings().page_size), _seq_cursor()
+    limit = query.page_size(s.page_size)
+    try:
+        after = batches.decode_item_cursor(query.cursor)
+    except ValueError as exc:
+        raise invalid_cursor() from exc
     with session_scope(s.database_url) as session:
         _load(session, batch_id, owner)
         rows = batches.items_page(session, batch_id, after, limit + 1)
         items = [job_to_dict(j) for j in rows[:limit]]
-        next_cursor = str(rows[limit - 1].batch_seq) if len(rows) > limit else None
-    return jsonify({"items": items, "next_cursor": next_cursor})
+        next_cursor = batches.encode_item_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return page_response({"items": items, "next_cursor": next_cursor}, next_cursor, limit)
 
 
 def _csv_row(job: Job) -> list[Any]:
@@ -298,8 +410,15 @@ def _csv_row(job: Job) -> list[Any]:
     ]  # fmt: skip
 
 
-@bp.get("/batches/<batch_id>/results.csv")
-def results_csv(batch_id: str) -> Response:
+@bp.get(
+    "/batches/<batch_id>/results.csv",
+    responses=contract.answers(
+        {200: contract.file_answer("text/csv", "One row per item, streamed.")}, 404
+    ),
+)
+def results_csv(path: BatchPath) -> Response:
+    """A batch's results as CSV"""
+    batch_id = path.batch_id
     s = intake.settings()
     owner = current_owner()
     with session_scope(s.database_url) as session:
@@ -327,17 +446,26 @@ def results_csv(batch_id: str) -> Response:
     return response
 
 
-@bp.get("/batches")
-def list_batches() -> Response:
+@bp.get(
+    "/batches",
+    responses=contract.answers(
+        {
+            200: contract.json_answer(
+                schemas.BatchPage, "A page of batches.", {"Link": contract.LINK}
+            )
+        }
+    ),
+)
+def list_batches(query: PageQuery) -> Response:
+    """List batches, newest first"""
     s = intake.settings()
     owner = current_owner()
-    limit = page_limit(intake.settings().page_size)
-    cursor = request.args.get("cursor")
+    limit = query.page_size(s.page_size)
     with session_scope(s.database_url) as session:
         try:
-            rows = batches.list_for_owner(session, owner, cursor, limit + 1)
+            rows = batches.list_for_owner(session, owner, query.cursor or None, limit + 1)
         except ValueError as exc:
             raise invalid_cursor() from exc
         body = [batch_to_dict(session, b) for b in rows[:limit]]
         next_cursor = batches.encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return jsonify({"batches": body, "next_cursor": next_cursor})
+    return page_response({"batches": body, "next_cursor": next_cursor}, next_cursor, limit)

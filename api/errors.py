@@ -8,7 +8,10 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shared.db import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,11 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     500: "internal_error",
 }
+
+
+# Seconds a client is asked to wait while the database is unreachable (a restart or a
+# fail-over usually takes a few).
+DATABASE_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -77,6 +85,22 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         return error_response(status, _HTTP_CODES.get(status, "http_error"), exc.description or "")
+
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError) -> Response:
+        # Flask picks this handler over the catch-all below for every database error.
+        if not is_unavailable(exc):
+            log.exception("unhandled database error")
+            return error_response(
+                500, "internal_error", "An unexpected error occurred on the server."
+            )
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "database_unavailable",
+            "The job database cannot be reached right now. Try again shortly.",
+            {"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -2,21 +2,45 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Response, current_app, jsonify
+from flask_openapi3 import APIBlueprint
 
+from api import contract, schemas
 from api.errors import error_response
 from shared.db import ping
 
-bp = Blueprint("health", __name__)
+bp = APIBlueprint("health", __name__, abp_tags=[contract.TAGS["health"]])
 
 
-@bp.get("/healthz")
+@bp.get(
+    "/healthz",
+    responses=contract.answers(
+        {200: contract.json_answer(schemas.Alive, "The process answers.")}, keyed=False
+    ),
+    openapi_extensions=contract.PUBLIC,
+)
 def healthz() -> Response:
+    """Liveness"""
     return jsonify({"status": "ok"})
 
 
-@bp.get("/readyz")
+@bp.get(
+    "/readyz",
+    responses=contract.answers(
+        {
+            200: contract.json_answer(schemas.Ready, "The database and the broker answer."),
+            503: contract.json_answer(
+                schemas.NotReady,
+                "Not ready: the database or the broker is unreachable (`not_ready`).",
+                {"Retry-After": contract.RETRY_AFTER},
+            ),
+        },
+        keyed=False,
+    ),
+    openapi_extensions=contract.PUBLIC,
+)
 def readyz() -> Response:
+    """Readiness: the database and the broker are reachable"""
     settings = current_app.extensions["tussis.settings"]
     checks: dict[str, str] = {}
     try:

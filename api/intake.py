@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from api.errors import ApiError
+from api.guards import has_control
 from shared import jobs
 from shared.audio import check_usable, decode
 from shared.config import Settings
@@ -47,6 +49,36 @@ class NewJob:
     label: str | None = None
 
 
+# The lengths of the jobs table's filename and content_type columns.
+MAX_FILENAME = 255
+MAX_CONTENT_TYPE = 127
+
+
+def checked_filename(filename: str | None) -> str | None:
+    """The upload's file name as it will be recorded; 400 if it could not be a name."""
+    if filename and (has_control(filename) or len(filename) > MAX_FILENAME):
+        raise ApiError(
+            400,
+            "invalid_filename",
+            "The file name contains a control character (such as a NUL byte) or is longer "
+            f"than {MAX_FILENAME} characters; rename the file and send it again.",
+        )
+    return filename or None
+
+
+def recorded_content_type(content_type: str | None) -> str | None:
+    """The declared type is recorded, never trusted: one that cannot be a media type
+    (too long, control characters, not ASCII) is recorded as unknown, not refused."""
+    if (
+        not content_type
+        or len(content_type) > MAX_CONTENT_TYPE
+        or not content_type.isascii()
+        or has_control(content_type)
+    ):
+        return None
+    return content_type
+
+
 def new_job(
     data: bytes,
     filename: str | None,
@@ -56,7 +88,13 @@ def new_job(
     label: str | None = None,
 ) -> NewJob:
     return NewJob(
-        data, filename, content_type, duration_s, hashlib.sha256(data).hexdigest(), path, label
+        data,
+        checked_filename(filename),
+        recorded_content_type(content_type),
+        duration_s,
+        hashlib.sha256(data).hexdigest(),
+        path,
+        label,
     )
 
 
@@ -64,32 +102,72 @@ def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None
     """Store the audio, then commit the job row (the worker must always find both)."""
     job_id = jobs.new_job_id()
     storage().put(job_id, item.data)
-    with session_scope(settings().database_url) as session:
-        job = jobs.create(
-            session,
-            job_id=job_id,
-            owner=owner,
-            filename=item.filename,
-            content_type=item.content_type,
-            size_bytes=len(item.data),
-            sha256=item.sha256,
-            duration_s=item.duration_s,
-            batch_id=batch_id,
-            batch_seq=seq,
-            path=item.path,
-            label=item.label,
-        )
+    try:
+        with session_scope(settings().database_url) as session:
+            job = jobs.create(
+                session,
+                job_id=job_id,
+                owner=owner,
+                filename=item.filename,
+                content_type=item.content_type,
+                size_bytes=len(item.data),
+                sha256=item.sha256,
+                duration_s=item.duration_s,
+                batch_id=batch_id,
+                batch_seq=seq,
+                path=item.path,
+                label=item.label,
+            )
+    except BaseException:
+        # No row will ever point at the audio: remove it now rather than leave an
+        # orphan for the retention task (which may be hours away, or off).
+        _forget_audio([job_id])
+        raise
     return job
+
+
+def _forget_audio(keys: Sequence[str]) -> None:
+    try:
+        storage().delete_many(keys)
+    except Exception as exc:
+        log.warning("could not delete the audio of refused uploads %s (%s)", list(keys), exc)
+
+
+def discard_jobs(job_ids: Sequence[str]) -> None:
+    """Delete jobs this request stored (rows, then audio) when the request fails after
+    all: a refused request leaves nothing behind."""
+    if not job_ids:
+        return
+    try:
+        with session_scope(settings().database_url) as session:
+            for job_id in job_ids:
+                jobs.delete_job(session, job_id)
+    except Exception as exc:
+        # The request's own error is the one to answer. Rows left here are queued jobs
+        # the sweeper publishes, so the client still gets their results by listing.
+        log.warning("could not delete the jobs of a refused request %s (%s)", job_ids, exc)
+        return
+    _forget_audio(job_ids)
 
 
 def publish_single(job_id: str) -> None:
     try:
         publish_analysis(current_app.extensions["celery"], settings(), job_id)
     except Exception as exc:
-        # The row is committed; the sweeper re-publishes queued jobs left unpublished.
+        # The row is committed; the next sweep publishes it.
         log.warning(
             "job %s accepted but not yet published (%s); the sweeper will retry", job_id, exc
         )
+        _leave_to_the_sweeper([job_id])
+
+
+def _leave_to_the_sweeper(job_ids: list[str]) -> None:
+    try:
+        with session_scope(settings().database_url) as session:
+            jobs.mark_unpublished(session, job_ids)
+    except Exception as exc:
+        # Then the sweeper finds them after TUSSIS_REQUEUE_AFTER, as a lost message.
+        log.warning("could not mark %d job(s) for the next sweep (%s)", len(job_ids), exc)
 
 
 def publish_chunks(job_ids: Sequence[str]) -> None:
@@ -101,3 +179,4 @@ def publish_chunks(job_ids: Sequence[str]) -> None:
             publish_chunk(current_app.extensions["celery"], s, chunk)
         except Exception as exc:
             log.warning("batch chunk not yet published (%s); the sweeper will retry", exc)
+            _leave_to_the_sweeper(chunk)

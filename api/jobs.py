@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Response, jsonify, request
+from flask_openapi3 import APIBlueprint
 from sqlalchemy.orm import Session
 
-from api import intake
+from api import contract, intake, schemas
 from api.auth import current_owner
+from api.contract import JobPath
 from api.errors import ApiError, upload_too_large
 from api.idempotency import idempotent, replay_job
-from api.paging import invalid_cursor, page_limit
+from api.paging import PageQuery, invalid_cursor, page_response
 from api.representation import job_to_dict, job_url
 from shared import jobs, retention
 from shared.audio import AudioError
@@ -20,7 +22,9 @@ from shared.storage import AudioNotFound, spectrogram_key
 from shared.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
-bp = Blueprint("jobs", __name__)
+bp = APIBlueprint("jobs", __name__, abp_tags=[contract.TAGS["jobs"]])
+
+_JOB = contract.json_answer(schemas.Job, "The job.", {"Retry-After": contract.RETRY_AFTER})
 
 
 def _owned(session: Session, job_id: str, owner: str) -> Job:
@@ -47,9 +51,38 @@ def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
     return data, upload.filename or None, upload.mimetype or None
 
 
-@bp.post("/jobs")
+@bp.post(
+    "/jobs",
+    responses=contract.answers(
+        {
+            202: contract.json_answer(
+                schemas.Job,
+                "Accepted and queued; poll `Location`.",
+                {"Location": contract.LOCATION, "Retry-After": contract.RETRY_AFTER},
+            ),
+            200: contract.json_answer(
+                schemas.Job,
+                "A replay of an earlier request with this `Idempotency-Key`: the job as it is now.",
+                {"Location": contract.LOCATION, "Idempotent-Replayed": contract.REPLAYED},
+            ),
+        },
+        404,
+        409,
+        413,
+        422,
+    ),
+    openapi_extensions={
+        **contract.multipart(
+            "The recording, as the file field `audio`.",
+            {"audio": contract.FILE},
+            ["audio"],
+        ),
+        "parameters": [contract.IDEMPOTENCY_KEY],
+    },
+)
 @idempotent("jobs", replay_job)
 def submit_job() -> tuple[Response, int, dict[str, str]]:
+    """Submit a recording"""
     settings = intake.settings()
     owner = current_owner()
     data, filename, content_type = read_upload("audio")
@@ -63,8 +96,10 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     return jsonify(job_to_dict(job)), 202, headers
 
 
-@bp.get("/jobs/<job_id>")
-def get_job(job_id: str) -> Response:
+@bp.get("/jobs/<job_id>", responses=contract.answers({200: _JOB}, 404))
+def get_job(path: JobPath) -> Response:
+    """Poll a job"""
+    job_id = path.job_id
     settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
@@ -76,28 +111,36 @@ def get_job(job_id: str) -> Response:
     return response
 
 
-@bp.get("/jobs")
-def list_jobs() -> Response:
+@bp.get(
+    "/jobs",
+    responses=contract.answers(
+        {200: contract.json_answer(schemas.JobPage, "A page of jobs.", {"Link": contract.LINK})}
+    ),
+)
+def list_jobs(query: PageQuery) -> Response:
+    """List jobs, newest first"""
     settings = intake.settings()
     owner = current_owner()
-    limit = page_limit(settings.page_size)
-    cursor = request.args.get("cursor") or None
+    limit = query.page_size(settings.page_size)
     with session_scope(settings.database_url) as session:
         try:
-            rows, next_cursor = jobs.list_for_owner(session, owner, limit, cursor)
+            rows, next_cursor = jobs.list_for_owner(session, owner, limit, query.cursor or None)
         except ValueError as exc:
             raise invalid_cursor() from exc
         body = {"jobs": [job_to_dict(j) for j in rows], "next_cursor": next_cursor}
-    response = jsonify(body)
-    if next_cursor:
-        response.headers["Link"] = f'</api/v1/jobs?limit={limit}&cursor={next_cursor}>; rel="next"'
-    return response
+    return page_response(body, next_cursor, limit)
 
 
-@bp.delete("/jobs/<job_id>")
-def delete_job(job_id: str) -> tuple[str, int]:
-    """Delete at once and idempotently: a repeat by the same owner answers 204 again
-    (the tombstone says it was theirs); anyone else gets the same 404 as a missing id."""
+@bp.delete(
+    "/jobs/<job_id>",
+    responses=contract.answers({204: contract.no_content("Deleted (or already deleted).")}, 404),
+)
+def delete_job(path: JobPath) -> tuple[str, int]:
+    """Delete a job, its audio and its spectrogram
+
+    At once and idempotently: a repeat by the same owner answers 204 again (the
+    tombstone says it was theirs); anyone else gets the same 404 as a missing id."""
+    job_id = path.job_id
     settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
@@ -119,8 +162,15 @@ def delete_job(job_id: str) -> tuple[str, int]:
     return "", 204
 
 
-@bp.get("/jobs/<job_id>/spectrogram.png")
-def get_spectrogram(job_id: str) -> Response:
+@bp.get(
+    "/jobs/<job_id>/spectrogram.png",
+    responses=contract.answers(
+        {200: contract.file_answer("image/png", "The mel spectrogram.")}, 404
+    ),
+)
+def get_spectrogram(path: JobPath) -> Response:
+    """A job's spectrogram (PNG)"""
+    job_id = path.job_id
     settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:

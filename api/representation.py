@@ -1,4 +1,5 @@
-"""The JSON a client sees for a job, a batch and a served model."""
+"""The JSON a client sees for a job, a batch and a served model: built here from the
+rows, and checked against the declared bodies of api/schemas.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from api import schemas
 from shared import batches
 from shared.tables import Batch, BatchStatus, Job, JobStatus, ServedModel, utcnow
 
@@ -43,7 +45,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
                 cough_score=job.cough_score,
                 cough_segments=job.cough_segments,
             )
-    return {
+    body = {
         "id": job.id,
         "status": job.status,
         "created_at": iso(job.created_at),
@@ -67,6 +69,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "label": job.label,
         "links": {"self": job_url(job.id), "spectrogram": f"{job_url(job.id)}/spectrogram.png"},
     }
+    return schemas.dump(schemas.Job, body)
 
 
 def batch_url(batch_id: str) -> str:
@@ -91,7 +94,7 @@ def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
             "attempts": batch.callback_attempts,
         }
     url = batch_url(batch.id)
-    return {
+    body = {
         "id": batch.id,
         "status": batch.status,
         "created_at": iso(batch.created_at),
@@ -105,11 +108,12 @@ def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
         "callback": callback,
         "links": {"self": url, "items": f"{url}/items", "results": f"{url}/results.csv"},
     }
+    return schemas.dump(schemas.Batch, body)
 
 
 def served_model_to_dict(model: ServedModel, *, active: bool) -> dict[str, Any]:
     manifest = model.manifest
-    return {
+    body = {
         "id": model.name,
         "version": model.version,
         "role": model.role,
@@ -122,3 +126,4 @@ def served_model_to_dict(model: ServedModel, *, active: bool) -> dict[str, Any]:
         "card": manifest.get("card", {}),
         "active": active,
     }
+    return schemas.dump(schemas.ServedModel, body)

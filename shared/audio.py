@@ -37,6 +37,27 @@ class DecodedAudio:
         return len(self.samples) / float(self.sample_rate)
 
 
+# Far above full scale (1.0 in float formats): a broken or hostile scale factor, not a
+# recording. Such samples are finite, but their squares overflow float32 in the models
+# (a float WAV scaled by 1e38 was scored NaN), so they are refused here, at +24 dBFS.
+MAX_PEAK = 16.0
+
+# What PyAV raises on damaged or hostile bytes besides its own errors: a damaged header
+# can leave a stream without a rate (AttributeError), and odd rates or layouts can make
+# the resampler refuse (ValueError, OverflowError). Any of them means "not usable audio".
+_DECODE_ERRORS = (
+    av.FFmpegError,
+    ArithmeticError,
+    AttributeError,
+    EOFError,
+    LookupError,
+    OSError,
+    RuntimeError,
+    TypeError,
+    ValueError,
+)
+
+
 def decode(data: bytes, sample_rate: int | None = None, max_seconds: float = 600.0) -> DecodedAudio:
     """Decode to mono float32, resampled to ``sample_rate`` (the source rate if ``None``).
 
@@ -47,43 +68,59 @@ def decode(data: bytes, sample_rate: int | None = None, max_seconds: float = 600
     if not data:
         raise AudioError("empty_audio", "The uploaded file is empty.")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except (av.FFmpegError, ValueError, OSError) as exc:
+        # Tags are never read, so tags in another encoding than UTF-8 (Latin-1 INFO
+        # chunks in WAV files are common) must not make a valid recording unreadable.
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except _DECODE_ERRORS as exc:
         raise AudioError(
             "undecodable_audio", "The file could not be read as audio (unknown or damaged format)."
         ) from exc
-    with container:
-        stream = next(iter(container.streams.audio), None)
-        if stream is None:
-            raise AudioError("undecodable_audio", "The file contains no audio track.")
-        source_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        channels = int(stream.codec_context.channels or 0)
-        codec = stream.codec_context.name
-        out_rate = int(sample_rate or source_rate or 16000)
-        limit = int(max_seconds * out_rate) + 1
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
-        chunks: list[np.ndarray] = []
-        total = 0
-        try:
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
-                    total += len(chunk)
-                if total >= limit:
-                    break
-            else:
-                for out in resampler.resample(None):
-                    chunks.append(out.to_ndarray().reshape(-1))
-        except (av.FFmpegError, ValueError) as exc:
-            raise AudioError(
-                "undecodable_audio", "The audio stream is damaged and could not be decoded."
-            ) from exc
+    try:
+        with container:
+            return _decode(container, sample_rate, max_seconds)
+    except AudioError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise AudioError(
+            "undecodable_audio", "The audio stream is damaged and could not be decoded."
+        ) from exc
+
+
+def _decode(
+    container: av.container.InputContainer, sample_rate: int | None, max_seconds: float
+) -> DecodedAudio:
+    stream = next(iter(container.streams.audio), None)
+    if stream is None:
+        raise AudioError("undecodable_audio", "The file contains no audio track.")
+    source_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+    channels = int(stream.codec_context.channels or 0)
+    codec = stream.codec_context.name
+    out_rate = int(sample_rate or source_rate or 16000)
+    limit = int(max_seconds * out_rate) + 1
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
+    chunks: list[np.ndarray] = []
+    total = 0
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            chunk = out.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            total += len(chunk)
+        if total >= limit:
+            break
+    else:
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
     samples = (
         np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     )
-    if not np.all(np.isfinite(samples)):
-        raise AudioError("undecodable_audio", "The decoded audio contains invalid sample values.")
+    if samples.size and not (
+        np.all(np.isfinite(samples)) and float(np.max(np.abs(samples))) <= MAX_PEAK
+    ):
+        raise AudioError(
+            "undecodable_audio",
+            "The decoded audio contains invalid sample values (not numbers, or far beyond "
+            "full scale).",
+        )
     return DecodedAudio(
         samples=samples,
         sample_rate=out_rate,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import cursors
 from shared.db import affected
 from shared.tables import Batch, BatchStatus, Job, JobStatus, utcnow
 
@@ -99,15 +100,23 @@ def items_page(session: Session, batch_id: str, after_seq: int, limit: int) -> l
 
 
 def encode_cursor(batch: Batch) -> str:
-    return f"{batch.created_at.isoformat()}|{batch.id}"
+    return cursors.encode_time_id(cursors.KIND_BATCHES, batch.created_at, batch.id)
+
+
+def encode_item_cursor(job: Job) -> str:
+    return cursors.encode_seq(cursors.KIND_ITEMS, job.batch_seq or 0)
+
+
+def decode_item_cursor(cursor: str | None) -> int:
+    """The sequence number to list after (0: from the start); ValueError if malformed."""
+    return cursors.decode_seq(cursor, cursors.KIND_ITEMS) if cursor else 0
 
 
 def list_for_owner(session: Session, owner: str, cursor: str | None, limit: int) -> list[Batch]:
     """Newest first; ``cursor`` comes from :func:`encode_cursor` (ValueError if malformed)."""
     query = select(Batch).where(Batch.owner == owner)
     if cursor:
-        created_text, last_id = cursor.split("|", 1)
-        created = datetime.fromisoformat(created_text)
+        created, last_id = cursors.decode_time_id(cursor, cursors.KIND_BATCHES)
         query = query.where(
             or_(Batch.created_at < created, and_(Batch.created_at == created, Batch.id < last_id))
         )

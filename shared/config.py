@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         "TUSSIS_TASK_TIME_LIMIT",
         "Celery's hard time limit per task (a single job, or a whole batch chunk), in seconds. The"
         " soft limit, which records `timeout`, is this minus max(5 s, 10 %), so 270 s by default. "
-        "The job lease is this plus 30 s. Must be lower than `TUSSIS_VISIBILITY_TIMEOUT`.",
+        "Must be lower than `TUSSIS_VISIBILITY_TIMEOUT`.",
         300,
         gt=0,
         shown_default="`300`",
@@ -197,12 +197,22 @@ class Settings(BaseSettings):
         gt=0,
         shown_default="`3600`",
     )
+    job_lease_s: float = _env(
+        "TUSSIS_JOB_LEASE",
+        "Seconds a claimed job stays leased to its worker without news from it. The worker child "
+        "renews the lease of the jobs it holds every fifth of this, however long they run, so a "
+        "job whose worker or host died is re-published about this long (plus one "
+        "`TUSSIS_SWEEP_INTERVAL`) after its last renewal.",
+        30.0,
+        ge=5,
+        shown_default="`30`",
+    )
     sweep_interval_s: float = _env(
         "TUSSIS_SWEEP_INTERVAL",
         "Seconds between sweeper runs, as scheduled by beat.",
-        30.0,
+        10.0,
         gt=0,
-        shown_default="`30`",
+        shown_default="`10`",
     )
     requeue_after_s: float = _env(
         "TUSSIS_REQUEUE_AFTER",
@@ -243,6 +253,14 @@ class Settings(BaseSettings):
         " kills it.",
         120.0,
         shown_default="`120`",
+    )
+    worker_max_tasks_per_child: int = _env(
+        "TUSSIS_WORKER_MAX_TASKS_PER_CHILD",
+        "Tasks (single jobs or batch chunks) a worker child runs before Celery replaces it with a "
+        "fresh one, which loads the models again. `0` keeps children for the worker's lifetime.",
+        0,
+        ge=0,
+        shown_default="`0` (no limit)",
     )
     page_size: int = _env(
         "TUSSIS_PAGE_SIZE",
@@ -377,10 +395,22 @@ class Settings(BaseSettings):
     archive_max_ratio: float = _env(
         "TUSSIS_ARCHIVE_MAX_RATIO",
         "A zip member of 1 MiB or more that is compressed more than this ratio is rejected as "
-        "`compression_ratio_too_high`.",
+        "`compression_ratio_too_high`; so is a whole `.zip` of 1 MiB or more uncompressed (`422`)"
+        ".",
         100.0,
         gt=0,
         shown_default="`100`",
+    )
+    archive_max_expansion_bytes: int = _env(
+        "TUSSIS_ARCHIVE_MAX_EXPANSION_BYTES",
+        "Most bytes one `.zip` may expand to beyond twice its own size (its members uncompressed, "
+        "minus the archive, minus this allowance and the archive's size again), by its headers "
+        "and as read, else `422 compression_ratio_too_high`. It bounds the work a small upload can"
+        " cause: every expanded byte is decoded, at about 40 ms per MiB, so the allowance costs "
+        "about a second beyond work in proportion to the upload.",
+        32 * 1024**2,
+        gt=0,
+        shown_default="`33554432` (32 MiB)",
     )
     batch_chunk_size: int = _env(
         "TUSSIS_BATCH_CHUNK_SIZE",
@@ -514,9 +544,16 @@ class Settings(BaseSettings):
         return max(1, self.task_time_limit_s - max(5, self.task_time_limit_s // 10))
 
     @property
-    def lease_s(self) -> int:
-        """How long a claimed job is presumed alive without news from its worker."""
-        return self.task_time_limit_s + 30
+    def lease_s(self) -> float:
+        """How long a claimed job is presumed alive without news from its worker (the
+        worker child's heartbeat renews it, so a long job never outlives its lease)."""
+        return self.job_lease_s
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker child renews its jobs' leases: several renewals fit in one
+        lease, so a slow database round trip or a busy child does not lose a live job."""
+        return self.job_lease_s / 5
 
     @property
     def batch_queue_name(self) -> str:

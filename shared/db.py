@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, text
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
@@ -71,6 +71,26 @@ def session_scope(url: str) -> Iterator[Session]:
 def ping(url: str) -> None:
     with get_engine(url).connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+# Errors that mean "the database cannot be reached now" (down, restarting, network),
+# as opposed to a bad query or a broken constraint: the work is to be retried later.
+_UNAVAILABLE = (exc.OperationalError, exc.InterfaceError)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when ``error`` (or what it wraps) says the database is out of reach, so the
+    caller should retry later instead of recording a failure."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        if isinstance(current, exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def affected(result: Result[Any]) -> int:

@@ -9,20 +9,18 @@ twice at once, and a job that keeps killing its worker gives up after
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import os
 import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared import cursors
 from shared.db import affected
 from shared.tables import Job, JobStatus, utcnow
 
@@ -145,6 +143,10 @@ def claim(
         job.status == JobStatus.RUNNING
         and job.lease_expires_at is not None
         and job.lease_expires_at > now
+        # A claim of this very process is one it no longer works on (a prefork child
+        # runs one task at a time): a retry after a lost database connection takes it
+        # back at once instead of waiting for the lease to run out.
+        and job.worker != worker_id
         and not is_dead(job.worker)
     ):
         return Claim(ClaimOutcome.BUSY, job)
@@ -258,6 +260,46 @@ def fail(
     )
 
 
+def renew_leases(session: Session, job_ids: list[str], worker_id: str, lease_s: float) -> int:
+    """Extend the leases ``worker_id`` still holds on ``job_ids`` (the heartbeat of a live
+    worker); returns how many it holds. A job taken over or finished is left alone."""
+    if not job_ids:
+        return 0
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(job_ids),
+            Job.status == JobStatus.RUNNING,
+            Job.worker == worker_id,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+    )
+    return affected(result)
+
+
+def fail_timed_out(session: Session, job_ids: list[str], message: str) -> int:
+    """``failed``/``timeout`` for those of ``job_ids`` still running, after Celery killed
+    their child at the hard time limit (the child could not record it, and its lease
+    would otherwise run out and the job be re-published, to time out again)."""
+    if not job_ids:
+        return 0
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            updated_at=now,
+            lease_expires_at=None,
+            error_code="timeout",
+            error_message=message,
+        )
+    )
+    return affected(result)
+
+
 def any_running(session: Session, job_ids: list[str]) -> bool:
     return bool(
         session.scalar(
@@ -281,21 +323,12 @@ def get_for_owner(session: Session, job_id: str, owner: str) -> Job | None:
 
 
 def encode_cursor(job: Job) -> str:
-    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode_time_id(cursors.KIND_JOBS, job.created_at, job.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises ``ValueError`` for anything that is not a cursor this API issued."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_text, job_id = json.loads(raw)
-        created = datetime.fromisoformat(created_text)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError("malformed cursor") from exc
-    if created.tzinfo is None or not isinstance(job_id, str):
-        raise ValueError("malformed cursor")
-    return created, job_id
+    return cursors.decode_time_id(cursor, cursors.KIND_JOBS)
 
 
 def list_for_owner(
@@ -388,11 +421,39 @@ class Lost:
     batch_id: str | None
 
 
-def jobs_to_republish(session: Session, requeue_after_s: float, limit: int = 500) -> list[Lost]:
-    """Jobs whose message may be lost: queued and not published for a while, or
-    running with an expired lease (its worker died with the message)."""
+# A publish time older than any sweep's cut-off: the next sweep publishes the job.
+NEVER_PUBLISHED = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def mark_unpublished(session: Session, job_ids: list[str]) -> None:
+    """The broker refused these jobs' messages: have the next sweep publish them,
+    instead of waiting ``TUSSIS_REQUEUE_AFTER`` as for a message that may be lost."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+        .values(published_at=NEVER_PUBLISHED)
+    )
+
+
+def jobs_to_republish(
+    session: Session,
+    requeue_after_s: float,
+    limit: int = 500,
+    *,
+    broker_epoch: datetime | None = None,
+    republish_gap_s: float | None = None,
+) -> list[Lost]:
+    """Jobs whose message may be lost: queued and not published for ``requeue_after_s``,
+    queued and published before ``broker_epoch`` (into a broker that has since lost its
+    messages), or running with an expired lease (its worker or host died with the
+    message; live workers renew their leases). ``republish_gap_s`` (default
+    ``min(requeue_after_s, 60)``) spaces re-publications of a running job, so one left
+    without a worker does not get a message per sweep."""
     now = utcnow()
     stale = now - timedelta(seconds=requeue_after_s)
+    if broker_epoch is not None and broker_epoch > stale:
+        stale = min(broker_epoch, now)
+    gap = min(requeue_after_s, 60) if republish_gap_s is None else republish_gap_s
     candidates = session.execute(
         select(Job.id, Job.published_at, Job.batch_id)
         .where(
@@ -401,7 +462,7 @@ def jobs_to_republish(session: Session, requeue_after_s: float, limit: int = 500
                 and_(
                     Job.status == JobStatus.RUNNING,
                     Job.lease_expires_at < now,
-                    Job.published_at < now - timedelta(seconds=min(requeue_after_s, 60)),
+                    Job.published_at < now - timedelta(seconds=gap),
                 ),
             )
         )

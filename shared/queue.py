@@ -6,6 +6,7 @@ task name.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -13,6 +14,7 @@ from kombu import Queue
 
 from shared import embedded_broker
 from shared.config import Settings, SettingsError
+from shared.tables import utcnow
 
 TASK_ANALYSE = "tussis.analyse_job"
 TASK_SWEEP = "tussis.sweep"
@@ -70,6 +72,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_concurrency": settings.worker_concurrency,
         # Model loading in a new child takes seconds; the 4 s default kills replacements.
         "worker_proc_alive_timeout": settings.worker_proc_alive_timeout_s,
+        # A replacement child loads the models again in worker_process_init (worker.lifecycle).
+        "worker_max_tasks_per_child": settings.worker_max_tasks_per_child or None,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {
@@ -97,6 +101,42 @@ def make_celery(settings: Settings, name: str = "tussis") -> Celery:
     app = Celery(name, set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+# Set in the broker by the first sweeper that finds it missing: its value is when this
+# incarnation of the broker was first seen. A Redis that restarts without persistence
+# (or is flushed, or fails over to an empty replica) comes back without it and without
+# every queued message; a persistent one keeps both.
+EPOCH_KEY = "tussis:broker-epoch:{queue}"
+
+
+def broker_epoch(settings: Settings) -> datetime | None:
+    """Since when the broker has kept its messages: jobs published before this may have
+    lost their message and are re-published by the sweeper at once, instead of
+    ``TUSSIS_REQUEUE_AFTER`` later. None for a broker that cannot say (the embedded one)
+    or cannot be reached now."""
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=settings.publish_timeout_s,
+        socket_timeout=settings.publish_timeout_s,
+    )
+    key = EPOCH_KEY.format(queue=settings.queue_name)
+    try:
+        client.set(key, utcnow().isoformat(), nx=True)
+        value = client.get(key)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    try:
+        text = value.decode() if isinstance(value, bytes) else value
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 def publish_analysis(app: Celery, settings: Settings, job_id: str) -> None:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
@@ -62,6 +63,8 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
             "TUSSIS_JOB_MAX_ATTEMPTS": str(settings.job_max_attempts),
             "TUSSIS_SWEEP_INTERVAL": str(settings.sweep_interval_s),
             "TUSSIS_REQUEUE_AFTER": str(settings.requeue_after_s),
+            "TUSSIS_JOB_LEASE": str(settings.job_lease_s),
+            "TUSSIS_WORKER_MAX_TASKS_PER_CHILD": str(settings.worker_max_tasks_per_child),
             "TUSSIS_PUBLISH_TIMEOUT": str(settings.publish_timeout_s),
             "TUSSIS_TASK_TIME_LIMIT": str(settings.task_time_limit_s),
             "TUSSIS_DRILL_TASK_DELAY_S": str(settings.drill_task_delay_s),
@@ -264,3 +267,49 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (``initdb`` + ``pg_ctl``, run as the ``postgres``
+    user when the tests run as root), so a test can stop and restart its database
+    without touching the machine's own server."""
+
+    def __init__(self, workdir: Path) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        require(bool(bins) or shutil.which("pg_ctl") is not None, "PostgreSQL is not installed")
+        self.bin = bins[-1].parent if bins else Path(str(shutil.which("pg_ctl"))).parent
+        self.port = free_port()
+        # Outside pytest's private tmp folders, which the postgres user cannot enter.
+        self.workdir = Path(tempfile.mkdtemp(prefix="tussis-pg-", dir="/tmp"))
+        self.data = self.workdir / "data"
+        self.log = self.workdir / "postgres.log"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.workdir, user="postgres")
+        self._initialised = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        cmd = [str(self.bin / args[0]), *args[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        if not self._initialised:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+            self._initialised = True
+        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` disconnects every client, as a restart does; ``immediate`` is a crash."""
+        if self._initialised:
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -152,6 +152,8 @@ class Client:
         return response.json(), retry_after
 
     def iter_items(self, batch_id: str) -> Iterator[dict[str, Any]]:
+        """Every item of the batch, page by page. ``next_cursor`` is opaque (URL-safe
+        base64, docs/api.md "Pagination"): it is passed back exactly as received."""
         cursor: str | None = None
         while True:
             params: dict[str, Any] = {"limit": PAGE_LIMIT}

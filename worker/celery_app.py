@@ -7,7 +7,7 @@ says so); tasks are ``shared_task``\\ s and reach the app through ``self.app``.
 
 from __future__ import annotations
 
-from celery.signals import setup_logging, worker_init, worker_process_init
+from celery.signals import setup_logging, task_failure, worker_init, worker_process_init
 
 from shared.config import load_settings
 from shared.queue import make_celery
@@ -22,3 +22,6 @@ __all__ = ["celery", "tasks"]
 setup_logging.connect(lifecycle.configure_logging, weak=False)
 worker_init.connect(lifecycle.check_bundles, weak=False)
 worker_process_init.connect(lifecycle.init_child, weak=False)
+task_failure.connect(lifecycle.on_task_failure, weak=False)
+# Before the consumer connects: see the function's docstring (kombu issue #970).
+lifecycle.guard_kombu_restore_unacked()

@@ -2,7 +2,9 @@
 child disposes inherited database connections, then loads and warms the model
 and the spectrogram renderer before taking its first job.
 
-Plain functions: ``worker.celery_app`` connects them to Celery's signals.
+Plain functions: ``worker.celery_app`` connects them to Celery's signals. Also
+here: recording ``timeout`` after a hard time limit (in the parent), and a guard
+around a kombu bug that would end the worker when the broker restarts.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import logging
 import time
 from typing import Any
 
+from celery.exceptions import TimeLimitExceeded
+from sqlalchemy import select
+
 from ml.bundle import BundleError, fingerprint, read_manifest
 from ml.spectrogram import warm_up
-from shared import model_registry
+from shared import batches, jobs, model_registry
 from shared.db import dispose_engines
+from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, publish_callback
+from shared.tables import Job
 from worker import runtime
 
 log = logging.getLogger("tussis.worker")
@@ -81,3 +88,73 @@ def init_child(**_: Any) -> None:
         time.monotonic() - started,
         models.cough_gate.version if models.cough_gate else "off",
     )
+
+
+def guard_kombu_restore_unacked() -> None:
+    """Keep the worker alive when the broker restarts while it holds unacknowledged
+    messages (a callback's retry waiting for its ETA, say).
+
+    On a lost connection Celery closes the old connection; kombu's Redis transport then
+    forgets its ``client`` (``Connection._do_close_transport``), but a channel that had
+    not been closed yet is closed afterwards, and its ``QoS.restore_unacked`` opens a
+    new Redis pool from ``transport.client.hostname``: ``AttributeError: 'NoneType'
+    object has no attribute 'hostname'``, which Celery treats as an unrecoverable error
+    and the worker exits (kombu issues #970 and #582,
+    https://github.com/celery/kombu/issues/970). Nothing can be restored through a closed
+    connection anyway: the messages stay in Redis's unacked set, which Redis re-delivers
+    after the visibility timeout, or are gone with a broker that restarted empty, and
+    the sweeper re-publishes their jobs from the job rows (``broker_epoch``).
+    """
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "tussis_guarded", False):
+        return
+
+    def restore_unacked(self: Any, client: Any = None) -> Any:
+        transport = getattr(self.channel, "connection", None)
+        if client is None and (transport is None or transport.client is None):
+            log.warning(
+                "broker connection already closed: %d unacknowledged message(s) left to the "
+                "broker's redelivery and the sweeper",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return None
+        return original(self, client)
+
+    restore_unacked.tussis_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+def on_task_failure(sender: Any = None, exception: BaseException | None = None, **kw: Any) -> None:
+    """In the Celery parent, after a child was killed at the hard time limit: record
+    ``timeout`` on the jobs it held, and complete their batches."""
+    name = getattr(sender, "name", None)
+    if not isinstance(exception, TimeLimitExceeded) or name not in (
+        TASK_ANALYSE,
+        TASK_ANALYSE_CHUNK,
+    ):
+        return
+    args = kw.get("args") or []
+    job_ids = [args[0]] if name == TASK_ANALYSE else list(args[0])
+    rt = runtime.current()
+    limit = rt.settings.task_time_limit_s
+    try:
+        with rt.session() as session:
+            n = jobs.fail_timed_out(
+                session,
+                job_ids,
+                f"Analysis took longer than {limit} s and its worker process was stopped.",
+            )
+            found = session.scalars(select(Job.batch_id).where(Job.id.in_(job_ids)))
+            batch_ids = {b for b in found if b is not None}
+        for batch_id in batch_ids:
+            with rt.session() as session:
+                batches.complete_and_notify(
+                    session, batch_id, lambda b: publish_callback(sender.app, rt.settings, b)
+                )
+        log.warning("hard time limit: %d job(s) recorded as timeout", n)
+    except Exception:
+        # The lease runs out and the sweeper re-publishes them: attempts still bound it.
+        log.exception("hard time limit: could not record the timeout of %s", job_ids)

@@ -7,6 +7,7 @@ terminal state per claimed job. Duplicate deliveries find nothing to claim.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from ml import yamnet
 from ml.spectrogram import SpectrogramParams, picture
 from shared import batches, jobs
 from shared.audio import AudioError, DecodedAudio, check_usable, decode
+from shared.db import is_unavailable
 from shared.storage import AudioNotFound, spectrogram_key
 from worker.runtime import Runtime
 
@@ -32,6 +34,14 @@ class GateVerdict:
     score: float | None = None
     segments: list[list[float]] | None = None
 
+
+# A score that is not a number (audio the API's checks let through, such as extreme
+# sample values) is never stored: it would make every JSON listing of the job invalid.
+NOT_A_SCORE = (
+    "undecodable_audio",
+    "The model could not score this recording (its samples gave no valid number); send an "
+    "ordinary recording.",
+)
 
 # Below this, the loudest 0.975 s of a recording is too faint to make out a cough.
 QUIET_DBFS = -45.0
@@ -110,6 +120,9 @@ class Pipeline:
                     lease_s=self.settings.lease_s,
                 )
             if c.outcome is jobs.ClaimOutcome.CLAIMED and c.job is not None:
+                # Renewed from now on, so a lease far shorter than the task time limit
+                # never runs out under a live worker.
+                self.runtime.heartbeat.hold([job_id])
                 log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
                 claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
             else:
@@ -152,6 +165,12 @@ class Pipeline:
             log.exception("job %s: could not store its spectrogram", item.job_id)
 
     def run(self, job_ids: list[str]) -> None:
+        try:
+            self._run(job_ids)
+        finally:
+            self.runtime.heartbeat.release(job_ids)
+
+    def _run(self, job_ids: list[str]) -> None:
         items = self.claim(job_ids)
         active = [i for i in items if not i.done]
         try:
@@ -167,6 +186,10 @@ class Pipeline:
                         "was stopped.",
                     )
         except Exception as exc:
+            if is_unavailable(exc):
+                # Nothing can be recorded now, and the job is not at fault: the task
+                # retries the delivery once the database answers (worker.tasks).
+                raise
             log.exception("jobs %s: unexpected error", [i.job_id for i in active])
             for item in active:
                 if not item.done:
@@ -202,6 +225,10 @@ class Pipeline:
             verdicts = gate.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
             passed = []
             for item, verdict in zip(ready, verdicts, strict=True):
+                if not math.isfinite(verdict.score):
+                    decoded.remove(item)
+                    self.fail(item, *NOT_A_SCORE)
+                    continue
                 detected = verdict.diagnosis == gate.manifest.positive_label
                 # Where the cough is; on a refusal, the window the gate liked best.
                 looked_at = verdict.segments if detected else (verdict.peak,)
@@ -230,6 +257,9 @@ class Pipeline:
             return
         predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
         for item, prediction in zip(ready, predictions, strict=True):
+            if not math.isfinite(prediction.score):
+                self.fail(item, *NOT_A_SCORE)
+                continue
             gate_verdict = cough[item.job_id]
             item.done = True
             with self.runtime.session() as session:

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db import session_scope
+from shared.jobs import this_worker_id
 from shared.storage import AudioStorage, make_storage
+from worker.heartbeat import Heartbeat
 
 if TYPE_CHECKING:
     from ml.model import Model
@@ -42,6 +44,9 @@ class Runtime:
         self._models: Models | None = None
         self._error: Exception | None = None
         self._lock = threading.Lock()
+        self.heartbeat = Heartbeat(
+            self.session, this_worker_id, settings.lease_s, settings.heartbeat_interval_s
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:

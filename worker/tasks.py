@@ -9,18 +9,22 @@ to whichever app loads them (``worker.celery_app``), and publish through it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import batches, jobs, model_registry
+from shared.db import is_unavailable
 from shared.queue import (
     TASK_ANALYSE,
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
     TASK_RETENTION,
     TASK_SWEEP,
+    broker_epoch,
     publish_analysis,
     publish_callback,
     publish_chunk,
@@ -33,18 +37,52 @@ from worker.pipeline import Pipeline
 log = logging.getLogger("tussis.worker")
 
 
+# While the database is unreachable a delivery is retried this many seconds later
+# (jittered), instead of failing and being acknowledged: the message is never lost,
+# and the work resumes within seconds of the database's return.
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 2.0, 5.0
+CALLBACK_OVERDUE_S = 60.0
+
+
+@contextmanager
+def _retry_while_database_is_down(task: Task) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        countdown = random.uniform(DB_RETRY_MIN_S, DB_RETRY_MAX_S)
+        log.warning(
+            "%s: database unavailable (%s); retrying in %.0f s",
+            task.name,
+            type(exc).__name__,
+            countdown,
+        )
+        # Celery publishes the retry before it acknowledges this delivery (late ack),
+        # so the work stays in the broker throughout.
+        # The tasks are declared with max_retries=None: retry() itself reads None as
+        # "the task's default" (3), which an outage of a few seconds would exhaust.
+        raise task.retry(countdown=countdown) from None
+
+
 def _callback_publisher(task: Task) -> Callable[[str], None]:
     settings = runtime.current().settings
     return lambda batch_id: publish_callback(task.app, settings, batch_id)
 
 
-@shared_task(name=TASK_ANALYSE, bind=True)
+@shared_task(name=TASK_ANALYSE, bind=True, max_retries=None)
 def analyse_job(self: Task, job_id: str) -> None:
-    Pipeline(runtime.current(), _callback_publisher(self)).run([job_id])
+    with _retry_while_database_is_down(self):
+        Pipeline(runtime.current(), _callback_publisher(self)).run([job_id])
 
 
-@shared_task(name=TASK_ANALYSE_CHUNK, bind=True)
+@shared_task(name=TASK_ANALYSE_CHUNK, bind=True, max_retries=None)
 def analyse_chunk(self: Task, job_ids: list[str]) -> None:
+    with _retry_while_database_is_down(self):
+        _analyse_chunk(self, list(job_ids))
+
+
+def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
     rt = runtime.current()
     job_ids = list(job_ids)
     if len(job_ids) > 1:
@@ -67,7 +105,8 @@ def batch_callback(self: Task, batch_id: str) -> None:
     # deliver() recorded the planned time on the batch, so the sweeper re-queues the
     # callback should this retry message be lost. The delay (callbacks.retry_delay)
     # is jittered and stays far below the broker's visibility timeout.
-    countdown = callbacks.deliver(rt, batch_id)
+    with _retry_while_database_is_down(self):
+        countdown = callbacks.deliver(rt, batch_id)
     if countdown is None:
         return
     raise self.retry(countdown=countdown)
@@ -82,8 +121,18 @@ def sweep(self: Task) -> int:
     if rt.served_fingerprints:
         with rt.session() as session:
             model_registry.touch(session, rt.served_fingerprints)
+    # A broker that came back empty lost every message published before it returned:
+    # those jobs go out again now, not TUSSIS_REQUEUE_AFTER later.
+    epoch = broker_epoch(settings)
     with rt.session() as session:
-        lost = jobs.jobs_to_republish(session, settings.requeue_after_s)
+        lost = jobs.jobs_to_republish(
+            session,
+            settings.requeue_after_s,
+            broker_epoch=epoch,
+            # Leases are renewed by live workers, so an expired one means a dead worker;
+            # a job still without one gets a new message at most once per lease.
+            republish_gap_s=settings.lease_s,
+        )
     singles = [item.job_id for item in lost if item.batch_id is None]
     batch_items = [item.job_id for item in lost if item.batch_id is not None]
     for job_id in singles:
@@ -100,7 +149,11 @@ def sweep(self: Task) -> int:
         with rt.session() as session:
             batches.complete_and_notify(session, batch_id, _callback_publisher(self))
     with rt.session() as session:
-        unsent = batches.lost_callbacks(session, settings.requeue_after_s)
+        # A retry's message is held by a worker until it is due, so a broker restart
+        # loses it: a callback overdue by a minute is sent again (claim_callback lets
+        # one attempt through however many messages there are).
+        overdue = min(settings.requeue_after_s, CALLBACK_OVERDUE_S)
+        unsent = batches.lost_callbacks(session, overdue)
     for batch_id in unsent:
         publish_callback(self.app, settings, batch_id)
     return len(lost)

@@ -1,0 +1,222 @@
+"""The JSON bodies the API answers with, as pydantic models.
+
+They are the public contract (docs/api.md): api/representation.py builds every
+job, batch and model body through them, and the OpenAPI document
+(``/api/v1/openapi.json``) is generated from them. Field order is the documented
+order. Fields that are always present have no default (so the document marks
+them required, ``null`` where allowed); a field that only some bodies carry has
+a default and is left out when unset.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.tables import BatchStatus, JobStatus
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+# Where a listing's next page starts: opaque, URL-safe base64 (shared/cursors.py).
+NextCursor = Annotated[
+    str | None,
+    Field(
+        description="Pass back as `cursor` for the next page; null on the last page.",
+        json_schema_extra={"pattern": "^[A-Za-z0-9_-]+$"},
+    ),
+]
+
+
+class Body(BaseModel):
+    # Serialisation follows the declared fields; a body with any other key is a bug.
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+class ErrorDetail(Body):
+    code: str = Field(description="Stable, machine-readable code (docs/api.md, Errors).")
+    message: str = Field(description="A sentence for people.")
+    status: int = Field(description="The HTTP status, repeated.")
+
+
+class Error(Body):
+    """Every rejection: ``{"error": {"code", "message", "status"}}``."""
+
+    error: ErrorDetail
+
+
+class NotReady(Error):
+    """``/readyz`` when the database or the broker cannot be reached."""
+
+    checks: dict[str, str]
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+class JobAudio(Body):
+    filename: str | None
+    content_type: str | None
+    size_bytes: int
+    sha256: str
+    duration_s: float | None
+
+
+Segments = list[list[float]]
+
+
+class JobResult(Body):
+    diagnosis: str | None
+    diagnostico: str | None = Field(
+        alias="Diagnóstico", description="Repeats `diagnosis` for the proof of concept's clients."
+    )
+    score: float | None
+    threshold: float | None
+    model_id: str | None
+    model_version: str | None
+    cough_detected: bool | None
+    cough_score: float | None
+    cough_segments: Segments | None
+
+
+class JobError(Body):
+    code: str | None
+    message: str | None
+    # Only on failures after the cough gate ran (no_cough_detected and later ones).
+    cough_detected: bool | None = None
+    cough_score: float | None = None
+    cough_segments: Segments | None = None
+
+
+class JobLinks(Body):
+    self: str
+    spectrogram: str
+
+
+class Job(Body):
+    id: str
+    status: JobStatus
+    created_at: Timestamp
+    updated_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
+    audio_deleted_at: Timestamp | None
+    attempts: int
+    audio: JobAudio
+    result: JobResult | None
+    error: JobError | None
+    batch_id: str | None
+    path: str | None
+    label: str | None
+    links: JobLinks
+
+
+class JobPage(Body):
+    jobs: list[Job]
+    next_cursor: NextCursor
+
+
+# --- batches ---------------------------------------------------------------------------
+
+
+class BatchCounts(Body):
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+
+
+class BatchCallback(Body):
+    url: str
+    state: str = Field(
+        description="`waiting` until the batch completes, then `pending`, `delivered` or `failed`."
+    )
+    attempts: int
+
+
+class BatchLinks(Body):
+    self: str
+    items: str
+    results: str
+
+
+class Batch(Body):
+    id: str
+    status: BatchStatus
+    created_at: Timestamp
+    closed_at: Timestamp | None
+    finished_at: Timestamp | None
+    total: int
+    counts: BatchCounts
+    progress: float = Field(ge=0, le=1)
+    elapsed_s: float
+    eta_s: float | None
+    callback: BatchCallback | None
+    links: BatchLinks
+
+
+class ItemError(Body):
+    code: str | None
+    message: str | None
+
+
+class RejectedItem(Body):
+    path: str
+    error: ItemError
+
+
+class BatchUpload(Batch):
+    """A batch with the report of the files this request sent."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedItem]
+
+
+class BatchPage(Body):
+    batches: list[Batch]
+    next_cursor: NextCursor
+
+
+class ItemPage(Body):
+    items: list[Job]
+    next_cursor: NextCursor
+
+
+# --- models and health -----------------------------------------------------------------
+
+
+class ServedModel(Body):
+    id: str
+    version: str
+    role: str
+    fingerprint: str
+    backbone: str | None
+    labels: list[str] | None
+    threshold: float | None
+    first_seen_at: Timestamp | None
+    last_seen_at: Timestamp | None
+    card: dict[str, Any]
+    active: bool
+
+
+class ServedModels(Body):
+    notice: str
+    models: list[ServedModel]
+
+
+class Alive(Body):
+    status: Literal["ok"]
+
+
+class Ready(Body):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+def dump(model: type[Body], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` checked against ``model``, as JSON-ready values in the declared order
+    (keys ``data`` does not carry, such as a job error's cough fields, stay out)."""
+    return model.model_validate(data).model_dump(mode="json", by_alias=True, exclude_unset=True)
