@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import cursors
 from shared.db import affected
-from shared.tables import Job, JobStatus, utcnow
+from shared.tables import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -356,20 +357,23 @@ def delete_job(session: Session, job_id: str) -> bool:
 # --- Retention ----------------------------------------------------------------------
 
 
-def audio_expired(session: Session, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
-    """(id, audio_key) of finished jobs accepted before ``cutoff`` that still have audio.
-    Never a queued or running job: its worker still needs the recording."""
+def _finished_before(
+    session: Session, cutoff: datetime, limit: int, *conditions: Any
+) -> list[tuple[str, str]]:
+    """(id, audio_key) of finished jobs accepted before ``cutoff``, oldest first."""
     rows = session.execute(
         select(Job.id, Job.audio_key)
-        .where(
-            Job.audio_deleted_at.is_(None),
-            Job.created_at < cutoff,
-            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
-        )
+        .where(Job.created_at < cutoff, Job.status.in_(sorted(TERMINAL_STATUSES)), *conditions)
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
     return [(job_id, key) for job_id, key in rows]
+
+
+def audio_expired(session: Session, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
+    """(id, audio_key) of finished jobs accepted before ``cutoff`` that still have audio.
+    Never a queued or running job: its worker still needs the recording."""
+    return _finished_before(session, cutoff, limit, Job.audio_deleted_at.is_(None))
 
 
 def mark_audio_deleted(session: Session, job_ids: list[str], now: datetime) -> int:
@@ -384,17 +388,7 @@ def mark_audio_deleted(session: Session, job_ids: list[str], now: datetime) -> i
 def results_expired(session: Session, cutoff: datetime, limit: int) -> list[tuple[str, str]]:
     """(id, audio_key) of finished single jobs accepted before ``cutoff``. Batch items
     go with their batch (``shared.batches.expired``), so a batch never loses items."""
-    rows = session.execute(
-        select(Job.id, Job.audio_key)
-        .where(
-            Job.batch_id.is_(None),
-            Job.created_at < cutoff,
-            Job.status.in_([JobStatus.SUCCEEDED, JobStatus.FAILED]),
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-    ).all()
-    return [(job_id, key) for job_id, key in rows]
+    return _finished_before(session, cutoff, limit, Job.batch_id.is_(None))
 
 
 def delete_jobs(session: Session, job_ids: list[str]) -> int:

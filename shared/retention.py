@@ -30,6 +30,7 @@ The tombstone helpers make ``DELETE`` idempotent: the row goes, and a tombstone
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from itertools import islice
@@ -120,35 +121,46 @@ def purge(settings: Settings, storage: AudioStorage, now: datetime) -> Report:
     return Report(audio, jobs_deleted, batches_deleted, tombstones, keys, orphans)
 
 
-def _purge_audio(url: str, storage: AudioStorage, cutoff: datetime, now: datetime) -> int:
+def _in_passes(
+    url: str,
+    storage: AudioStorage,
+    select_rows: Callable[[Session], list[tuple[str, str]]],
+    finish_rows: Callable[[Session, list[str]], int],
+) -> int:
+    """Select (id, audio_key) rows a pass at a time, delete their audio and
+    spectrograms, then finish the rows (mark or delete) in a transaction of its own."""
     done = 0
     while True:
         with session_scope(url) as session:
-            rows = jobs.audio_expired(session, cutoff, BATCH)
+            rows = select_rows(session)
         if not rows:
             return done
-        # Storage first, then the mark: a crash in between leaves the row unmarked,
+        # Storage first, then the rows: a crash in between leaves the rows as they were,
         # and the next run deletes again (deleting is idempotent). The other order
-        # could mark a row whose audio then stays forever.
+        # could finish a row whose audio then stays forever.
         storage.delete_many(audio_and_spectrograms([key for _, key in rows]))
         with session_scope(url) as session:
-            done += jobs.mark_audio_deleted(session, [job_id for job_id, _ in rows], now)
+            done += finish_rows(session, [job_id for job_id, _ in rows])
         if len(rows) < BATCH:
             return done
+
+
+def _purge_audio(url: str, storage: AudioStorage, cutoff: datetime, now: datetime) -> int:
+    return _in_passes(
+        url,
+        storage,
+        lambda session: jobs.audio_expired(session, cutoff, BATCH),
+        lambda session, ids: jobs.mark_audio_deleted(session, ids, now),
+    )
 
 
 def _purge_jobs(url: str, storage: AudioStorage, cutoff: datetime) -> int:
-    done = 0
-    while True:
-        with session_scope(url) as session:
-            rows = jobs.results_expired(session, cutoff, BATCH)
-        if not rows:
-            return done
-        storage.delete_many(audio_and_spectrograms([key for _, key in rows]))
-        with session_scope(url) as session:
-            done += jobs.delete_jobs(session, [job_id for job_id, _ in rows])
-        if len(rows) < BATCH:
-            return done
+    return _in_passes(
+        url,
+        storage,
+        lambda session: jobs.results_expired(session, cutoff, BATCH),
+        jobs.delete_jobs,
+    )
 
 
 def _purge_batches(url: str, storage: AudioStorage, cutoff: datetime) -> int:
