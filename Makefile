@@ -67,16 +67,18 @@ clean:
 	rm -rf var site .pytest_cache .ruff_cache .mypy_cache
 
 # Re-create the shipped bundles from ../shared (see docs/model-card.md). The cough
-# gate also learns from real recordings in GATE_DATA (SOURCE/CATEGORY/FILE), which
-# are never committed: docs/model-card.md#cough-gate says where they come from.
+# gate also learns from, and is measured on, real recordings that `tussis
+# gate-data` gathers from public git repositories pinned in ml/gate_data.py (about
+# 200 MB, never committed); GATE_MIRROR=DIR reads local OWNER+NAME/repo copies instead.
 SHARED_DIR ?= ../shared
 GATE_DATA ?= var/gate-data
+GATE_MIRROR ?=
 models: install
-	test -d $(GATE_DATA) || { echo "no $(GATE_DATA): see docs/model-card.md#cough-gate"; exit 1; }
+	$(BIN)/tussis gate-data --out $(GATE_DATA) $(if $(GATE_MIRROR),--mirror $(GATE_MIRROR))
 	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1
 	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
 		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite --labelled $(GATE_DATA) \
-		--negatives var/negatives-train --out models/cough-gate --version 2026.12.03
+		--negatives var/negatives-train --out models/cough-gate --version 2026.12.03.2
 	$(BIN)/tussis train --data $(SHARED_DIR)/data/covid19-cough --backbone yamnet \
 		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite \
 		--out models/default --name tussis-yamnet-covid19 --version 2026.11.23 \

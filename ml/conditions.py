@@ -20,6 +20,8 @@ ROOM_NOISE_RMS = 3e-4  # about -70 dBFS: a quiet room through a phone microphone
 NOISE_SNR_DB = 10.0
 QUIETER_DB = 20.0
 REVERB_RT60_S = 0.5
+DIGITAL_PAD_S = 2.0
+EVENT_S = 0.6
 
 
 def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,6 +43,28 @@ def padded_with_silence(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     room = _pink(len(x) + 2 * pad, rng) * ROOM_NOISE_RMS
     room[pad : pad + len(x)] += x
     return room
+
+
+def digital_silence(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Exact zeros around the sound, as apps that trim and pad write, and as
+    clip collections (ESC-50) are cut: no room tone at all."""
+    pad = np.zeros(int(DIGITAL_PAD_S * SAMPLE_RATE), dtype=np.float32)
+    return np.concatenate([pad, x, pad])
+
+
+def single_event(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The loudest ``EVENT_S`` of the recording on its own: one hand-segmented
+    cough (or knock, or laugh), shorter than one YAMNet window."""
+    n = int(EVENT_S * SAMPLE_RATE)
+    if len(x) <= n:
+        return x
+    # Energy in every n // 4 samples, from a running sum (a convolution is
+    # quadratic on minute-long recordings).
+    k = n // 4
+    running = np.concatenate([[0.0], np.cumsum(x.astype(np.float64) ** 2)])
+    peak = int((running[k:] - running[:-k]).argmax()) + k // 2
+    start = int(np.clip(peak - n // 3, 0, len(x) - n))
+    return x[start : start + n].copy()
 
 
 def noise_10db(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -79,6 +103,8 @@ CONDITIONS: dict[str, Condition] = {
     "phone_band": phone_band,
     "quieter_20db": quieter_20db,
     "reverberant": reverberant,
+    "digital_silence": digital_silence,
+    "single_event": single_event,
 }
 
 

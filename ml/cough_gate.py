@@ -14,11 +14,12 @@ a cough, not which. Its positive windows are the two loudest-ranked by YAMNet's
 own ``Cough`` score among windows within 15 dB of the recording's loudest; every
 window of a non-cough recording is negative, and so is the room tone around a
 cough padded with silence. Coughs are augmented with every condition of
-``ml.conditions``; negatives with the phone line, noise and a quieter level, so
-that none of those conditions alone means "cough".
+``ml.conditions``; negatives with ``NEGATIVE_CONDITIONS`` (all but the padding
+and the room), so that none of those conditions alone means "cough".
 
 Recordings are split into train, validation and test by recording (by
-participant where the file names say who recorded them). The threshold keeps
+participant where the file names say who recorded them); recordings of an
+evaluation-only source (``ml.gate_data``) always go to test. The threshold keeps
 97 % of validation coughs in every condition; every figure in the card is
 measured on the test split, which nothing was chosen on.
 """
@@ -43,6 +44,7 @@ from ml import conditions, yamnet
 from ml.backbones import CONTEXT_FEATURES, YamnetBackbone, window_features, with_context
 from ml.bundle import SPLIT_FILE, Head, Manifest, write_bundle
 from ml.datasets import file_sha256, load_dataset
+from ml.gate_data import EVAL_ONLY_PREFIX, RECORD
 from ml.spectrogram import SpectrogramParams
 from ml.training import DISCLAIMER, TrainOptions
 from shared.audio import AudioError, check_usable, decode
@@ -56,7 +58,14 @@ POSITIVE_WINDOWS = 2  # per cough recording and condition
 LOUD_DB = 15.0  # a positive window is within this of the recording's loudest
 PAD_QUIET_DB = 35.0  # a padded cough's windows this far below its loudest are room tone
 HEAD_C = 0.003  # inverse L2 strength; chosen on the validation split only
-NEGATIVE_CONDITIONS = ("original", "phone_band", "noise_10db", "quieter_20db")
+NEGATIVE_CONDITIONS = (
+    "original",
+    "phone_band",
+    "noise_10db",
+    "quieter_20db",
+    "digital_silence",
+    "single_event",
+)
 SPLIT_FRACTIONS = (0.6, 0.2)  # train, validation; the rest is test
 
 
@@ -119,6 +128,8 @@ def read_synthetic(folder: Path) -> list[Clip]:
 
 
 def split_of(clip: Clip, seed: int) -> str:
+    if clip.source.startswith(EVAL_ONLY_PREFIX):
+        return "test"  # never trained on, nothing chosen on it (ml.gate_data)
     bucket = int(hashlib.sha256(f"{seed}:{clip.group}".encode()).hexdigest(), 16) % 1000 / 1000
     train, validation = SPLIT_FRACTIONS
     if bucket < train:
@@ -240,7 +251,8 @@ def choose_threshold(head: Head, validation: Sequence[Windows]) -> float:
 
 
 def rates(head: Head, items: Sequence[Windows], threshold: float) -> dict[str, Any]:
-    """Coughs refused per source and condition; non-coughs accepted per category."""
+    """Coughs refused per source and condition; non-coughs accepted per category
+    and source."""
     refused: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     accepted: dict[str, list[bool]] = defaultdict(list)
     for item in items:
@@ -248,7 +260,7 @@ def rates(head: Head, items: Sequence[Windows], threshold: float) -> dict[str, A
         if item.clip.label:
             refused[item.clip.source][item.condition].append(not passed)
         elif item.condition == "original":
-            accepted[item.clip.category].append(passed)
+            accepted[f"{item.clip.category} ({item.clip.source})"].append(passed)
     return {
         "coughs_refused": {
             source: {c: {"n": len(v), "rate": round(float(np.mean(v)), 4)} for c, v in by.items()}
@@ -317,7 +329,11 @@ def train_cough_gate(
     manifest = Manifest(
         name=name,
         version=version or datetime.now(UTC).strftime("%Y.%m.%d"),
-        backbone={"name": "yamnet", "features": CONTEXT_FEATURES, "pooling": "max"},
+        backbone={
+            "name": "yamnet",
+            "features": CONTEXT_FEATURES,
+            "pooling": "max",
+        },
         spectrogram=SpectrogramParams(),
         labels=LABELS,
         threshold=threshold,
@@ -331,6 +347,15 @@ def train_cough_gate(
             "data": {
                 "coughs": Path(coughs_dir).name,
                 "labelled": [Path(d).name for d in labelled_dirs],
+                "gathered_from": [
+                    source
+                    for d in labelled_dirs
+                    if (Path(d) / RECORD).is_file()
+                    for source in json.loads((Path(d) / RECORD).read_text())["sources"]
+                ],
+                "evaluation_only": sorted(
+                    {c.source for c in clips if c.source.startswith(EVAL_ONLY_PREFIX)}
+                ),
                 "synthetic_negatives": "tussis make-negatives",
                 "sources": sorted({c.source for c in clips}),
             },

@@ -139,6 +139,59 @@ def speech_in_noise(rng: np.random.Generator, seconds: float) -> np.ndarray:
     return _normalise(s + n[: len(s)], float(rng.uniform(0.3, 0.9)))
 
 
+def _events(
+    rng: np.random.Generator,
+    seconds: float,
+    event: Callable[[], np.ndarray],
+    gaps: tuple[float, float],
+) -> np.ndarray:
+    """Short events one after another (a few knocks, a round of claps) in faint room tone."""
+    n = int(seconds * RATE)
+    x = coloured_noise(rng, seconds)[:n] * float(10 ** (rng.uniform(-60, -45) / 20))
+    t = float(rng.uniform(0.05, 0.5))
+    while t < seconds - 0.1:
+        e = event() * float(rng.uniform(0.5, 1.0))
+        i = int(t * RATE)
+        x[i : i + len(e)] += e[: max(0, n - i)]
+        t += float(rng.uniform(*gaps))
+    return _normalise(x, float(rng.uniform(0.2, 0.9)))
+
+
+def knocks(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Knuckles on a door or a table: a click and a few damped low resonances."""
+    modes = rng.uniform(70, 700, size=int(rng.integers(2, 5)))
+    decay = float(rng.uniform(0.01, 0.05))
+
+    def knock() -> np.ndarray:
+        t = np.arange(int(0.25 * RATE)) / RATE
+        body = sum(
+            np.sin(2 * np.pi * f * (1 + rng.uniform(-0.03, 0.03)) * t) * rng.uniform(0.3, 1.0)
+            for f in modes
+        )
+        click = rng.standard_normal(len(t)) * np.exp(-t / 0.0015) * float(rng.uniform(0.2, 1.0))
+        return ((body + click) * np.exp(-t / decay)).astype(np.float32)
+
+    return _events(rng, seconds, knock, (0.12, 0.45))
+
+
+def claps(rng: np.random.Generator, seconds: float) -> np.ndarray:
+    """Hand claps: sharp broadband bursts with a hollow resonance around 1-2 kHz."""
+    import scipy.signal as sps
+
+    centre = float(rng.uniform(800, 2200))
+    sos = sps.butter(
+        2, [centre / 2.5, min(centre * 2.5, 7900)], btype="band", fs=RATE, output="sos"
+    )
+    decay = float(rng.uniform(0.004, 0.02))
+
+    def clap() -> np.ndarray:
+        t = np.arange(int(0.12 * RATE)) / RATE
+        burst = rng.standard_normal(len(t)) * np.exp(-t / decay)
+        return sps.sosfilt(sos, burst).astype(np.float32)
+
+    return _events(rng, seconds, clap, (0.15, 0.6))
+
+
 KINDS: dict[str, Callable[[np.random.Generator, float], np.ndarray]] = {
     "speech": speech,
     "speech_in_noise": speech_in_noise,
@@ -147,6 +200,9 @@ KINDS: dict[str, Callable[[np.random.Generator, float], np.ndarray]] = {
     "hum": hum,
     "tones": tones,
     "room_tone": room_tone,
+    # Added later: kinds keep their index, so older kinds' clips stay the same.
+    "knocks": knocks,
+    "claps": claps,
 }
 
 

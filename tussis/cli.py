@@ -242,6 +242,32 @@ def make_negatives(out: Path, per_kind: int, seed: int) -> None:
     click.echo(f"wrote {len(paths)} clips to {out}")
 
 
+@main.command("gate-data")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--mirror",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of OWNER+NAME/repo git directories to read instead of fetching.",
+)
+@_model_errors
+def gate_data(out: Path, mirror: Path | None) -> None:
+    """Gather the cough gate's real recordings from public git repositories (server install).
+
+    Each source is pinned to a commit and listed with its licence in
+    ml/gate_data.py; sources whose licence does not allow training are written
+    under eval-* folders and only ever measured on."""
+    _settings()
+    from ml.gate_data import SOURCES, gather
+
+    counts = gather(out, mirror)
+    for source in SOURCES:
+        click.echo(f"{source.repo}@{source.commit[:12] or 'HEAD'}: {source.licence}")
+    for name, by_category in sorted(counts.items()):
+        total = sum(by_category.values())
+        click.echo(f"  {name}: {total} recordings in {len(by_category)} categories")
+
+
 @main.command("train-cough-gate")
 @click.option(
     "--coughs",

@@ -1,0 +1,277 @@
+"""``tussis gate-data``: the real recordings the cough gate learns from and is
+measured on, gathered from public git repositories into ``SOURCE/CATEGORY/FILE``
+(``make models`` reads ``var/gate-data``). Nothing here is ever committed.
+
+Each source is pinned to a commit and carries its licence. A source whose
+licence does not allow the shipped weights to be derived from it (ESC-50's
+non-commercial part) is *evaluation only*: its directory name starts with
+``eval-``, and ``ml.cough_gate`` puts every such recording in the test split,
+so it is never trained on, and no threshold or setting is chosen on it.
+
+Where the repositories are already on disk (``--mirror DIR`` holding
+``OWNER+NAME/repo`` git directories), nothing is downloaded; otherwise each is
+fetched at its commit with ``git`` (about 200 MB in all).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EVAL_ONLY_PREFIX = "eval-"
+RECORD = "SOURCES.json"  # what was gathered, from where, under which licence
+
+# ESC-10, the part of ESC-50 released under CC BY 3.0; the rest is CC BY-NC 3.0.
+ESC10 = {
+    "dog", "rooster", "rain", "sea_waves", "crackling_fire",
+    "crying_baby", "sneezing", "clock_tick", "helicopter", "chainsaw",
+}  # fmt: skip
+# ESC-50 categories -> the gate's categories (those not listed keep their name).
+ESC_CATEGORY = {
+    "coughing": "cough",
+    "clapping": "clapping",
+    "door_wood_knock": "door knocks",
+    "laughing": "laughter",
+    "snoring": "snoring",
+    "sneezing": "sneezing",
+    "breathing": "breathing",
+}
+
+
+Reader = Callable[[str], bytes]
+Picks = Iterator[tuple[str, str, str]]  # (path in the repository, source, category)
+
+
+@dataclass(frozen=True)
+class Source:
+    repo: str  # owner/name on GitHub
+    commit: str
+    licence: str
+    select: Callable[[list[str], Reader], Picks]  # the files present -> what to take
+
+
+def _esc50(paths: list[str], read: Reader) -> Picks:
+    present = set(paths)
+    rows = csv.DictReader(io.StringIO(read("meta/esc50.csv").decode()))
+    for row in rows:
+        path = f"audio/{row['filename']}"
+        if path not in present:
+            continue  # this copy holds about 400 of the 2,000 clips
+        category = ESC_CATEGORY.get(row["category"], row["category"].replace("_", " "))
+        source = "esc10" if row["category"] in ESC10 else EVAL_ONLY_PREFIX + "esc50-nc"
+        yield path, source, category
+
+
+def _librosa_data(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        # The low-quality copies only: the .hq.ogg files are the same recordings.
+        if path.startswith("audio/") and path.endswith(".ogg") and not path.endswith(".hq.ogg"):
+            yield path, "librosa-data", "music"
+
+
+IBM_CATEGORY = {
+    "applause": "clapping",
+    "snoring": "snoring",
+    "typing": "household sounds",
+    "arcade_music": "music",
+    "guitar": "music",
+    "jazz_guitar": "music",
+    "piano": "music",
+    "cinematic": "music",
+}
+
+
+def _ibm_samples(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        if path.startswith("samples/") and path.endswith(".wav"):
+            stem = Path(path).stem
+            yield path, "ibm-max-samples", IBM_CATEGORY.get(stem, "street and nature")
+
+
+def _speech_commands(paths: list[str], read: Reader) -> Picks:
+    """Speech Commands v0.02 (one-second words, many speakers): the first
+    ``SPEECH_PER_WORD`` files of each word, and as many of its room-noise cuts."""
+    taken: dict[str, int] = {}
+    for path in sorted(paths):
+        parts = path.split("/")
+        if len(parts) != 4 or parts[:2] != ["MLTK_keyworkSpotting", "dataset"]:
+            continue
+        if not path.endswith(".wav"):
+            continue
+        word = parts[2]
+        if taken.get(word, 0) >= SPEECH_PER_WORD:
+            continue
+        taken[word] = taken.get(word, 0) + 1
+        yield path, "speechcommands", "room noise" if word == "_silence_" else "speech"
+
+
+def _speech_commands_noise(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        if path.startswith("data/_background_noise_/") and path.endswith(".wav"):
+            yield path, "speechcommands-noise", "room noise"
+
+
+SNEEZE_DETECTOR = {
+    "sneeze_template": "sneezing",
+    "sneeze_template_full_2": "sneezing",
+    "sneezing_real_1": "sneezing",
+    "knocks": "door knocks",
+    "breath_noise": "breathing",
+}
+
+
+def _sneeze_detector(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder != "train_sounds/16000" or not name.endswith(".wav") or name == ".wav":
+            continue
+        stem = name[: -len(".wav")]
+        if stem in SNEEZE_DETECTOR:
+            yield path, "sneeze-detector", SNEEZE_DETECTOR[stem]
+        elif stem.startswith("noise"):
+            yield path, "sneeze-detector", "room noise"
+        elif stem.endswith("_all") and stem != "silence_all":
+            yield path, "sneeze-detector", "vowels"
+
+
+DCASE_CATEGORY = {
+    "clearthroat": "throat clearing",
+    "cough": "cough",
+    "doorslam": "door slams",
+    "drawer": "household sounds",
+    "keyboard": "household sounds",
+    "keysDrop": "household sounds",
+    "knock": "door knocks",
+    "laughter": "laughter",
+    "pageturn": "household sounds",
+    "phone": "alarms and phones",
+    "speech": "speech",
+}
+
+
+def _dcase2016(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder == "data/train/sound" and name.endswith(".wav"):
+            kind = name[: -len(".wav")].rstrip("0123456789")
+            if kind in DCASE_CATEGORY:
+                yield path, EVAL_ONLY_PREFIX + "dcase2016", DCASE_CATEGORY[kind]
+
+
+SPEECH_PER_WORD = 25
+
+SOURCES = (
+    Source(
+        "caitlinnguyen0/ESC-50",  # a partial copy of karolpiczak/ESC-50
+        "7085beb71d02eb515b8bad56ad2a29e8fa0dcd08",
+        "ESC-10 part CC BY 3.0 (trained on); the rest CC BY-NC 3.0 (evaluation only)",
+        _esc50,
+    ),
+    Source(
+        "librosa/librosa-data",
+        "ec42e6072eb39d06e05f49ced6fcd19dd99e3e39",
+        "Creative Commons per recording (the audio folder's attribution files)",
+        _librosa_data,
+    ),
+    Source(
+        "IBM/MAX-Audio-Classifier",
+        "3c308abcb04e1523e668ebaf76ca55898cd97d28",
+        "freesound CC BY / CC0 per recording (samples/README.md)",
+        _ibm_samples,
+    ),
+    Source(
+        "thegtagamer/PICO-tinyML-benchmark",  # the Speech Commands v0.02 test set
+        "c66f6b0d78fe9218f6de9d07189691cfae077bee",
+        "CC BY 4.0 (MLTK_keyworkSpotting/dataset/LICENSE)",
+        _speech_commands,
+    ),
+    Source(
+        "chaeyoung-lee/wids_tutorial",  # Speech Commands' background-noise recordings
+        "7d028e7211c846244903eb59664087f1fb3e4c07",
+        "CC BY 4.0 (Speech Commands)",
+        _speech_commands_noise,
+    ),
+    Source(
+        "vadimostanin2/sneeze-detector",
+        "2bac0d08cb4960b7dc16492b8c69ff1459dd9334",
+        "MIT (LICENSE)",
+        _sneeze_detector,
+    ),
+    Source(
+        "Stevens05/SASED",  # DCASE2016 task 2's isolated office sounds (IRCCYN)
+        "66b1f3d1e2457689367a843b5f2566ecfb58ada8",
+        "no licence stated: evaluation only",
+        _dcase2016,
+    ),
+)
+
+
+def _git(git_dir: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", f"--git-dir={git_dir}", *args], check=True, capture_output=True
+    ).stdout
+
+
+def _git_dir(root: Path) -> Path:
+    return root / ".git" if (root / ".git").is_dir() else root
+
+
+def _checkout(source: Source, mirror: Path | None, scratch: Path) -> tuple[Path, str]:
+    """A git directory holding the source's commit (a local mirror or a fresh fetch)."""
+    if mirror is not None:
+        local = mirror / source.repo.replace("/", "+") / "repo"
+        if local.is_dir():
+            return _git_dir(local), source.commit or "HEAD"
+    target = scratch / source.repo.replace("/", "+")
+    subprocess.run(["git", "init", "-q", "--bare", str(target)], check=True)
+    ref = source.commit or "HEAD"
+    url = f"https://github.com/{source.repo}.git"
+    subprocess.run(
+        ["git", f"--git-dir={target}", "fetch", "-q", "--depth", "1", url, ref], check=True
+    )
+    return target, "FETCH_HEAD"
+
+
+def gather(out: Path, mirror: Path | None = None) -> dict[str, dict[str, int]]:
+    """Write every source's recordings under ``out``; counts per source and category."""
+    counts: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for source in SOURCES:
+            git_dir, ref = _checkout(source, mirror, Path(scratch))
+            listing = _git(git_dir, "ls-tree", "-r", "-z", ref).decode().split("\0")
+            blobs = {}
+            for line in filter(None, listing):
+                meta, path = line.split("\t", 1)
+                blobs[path] = meta.split()[2]
+            present = [
+                p
+                for p, blob in blobs.items()
+                if subprocess.run(
+                    ["git", f"--git-dir={git_dir}", "cat-file", "-e", blob], capture_output=True
+                ).returncode
+                == 0
+            ]
+
+            def read(path: str, _d: Path = git_dir, _r: str = ref) -> bytes:
+                return _git(_d, "show", f"{_r}:{path}")
+
+            for path, name, category in source.select(present, read):
+                target = out / name / category / Path(path).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    target.write_bytes(read(path))
+                counts.setdefault(name, {}).setdefault(category, 0)
+                counts[name][category] += 1
+            log.info("%s: %s", source.repo, counts)
+    record = [{"repo": s.repo, "commit": s.commit, "licence": s.licence} for s in SOURCES]
+    (out / RECORD).write_text(json.dumps({"sources": record, "counts": counts}, indent=1) + "\n")
+    return counts
