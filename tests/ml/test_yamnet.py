@@ -51,3 +51,32 @@ def test_framing_covers_the_clip_in_975_ms_windows() -> None:
     windows = frame(np.arange(WINDOW + 3 * HOP, dtype=np.float32))
     assert windows.shape == (4, WINDOW)
     assert windows[1, 0] == HOP
+
+
+def test_the_gate_and_a_yamnet_model_share_one_pass_per_clip() -> None:
+    """Two bundles on the same YAMNet file: one network pass per clip, the same
+    answers as separate passes, and a changed clip is never served from memory."""
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    from ml.model import load_model
+    from shared.config import PROJECT_ROOT
+
+    gate = load_model(PROJECT_ROOT / "models" / "cough-gate", yamnet_model=YAMNET_MODEL)
+    model = load_model(PROJECT_ROOT / "models" / "default", yamnet_model=YAMNET_MODEL)
+    yamnet = gate.backbone.yamnet  # type: ignore[attr-defined]
+    assert model.backbone.yamnet is yamnet  # type: ignore[attr-defined]
+    rng = np.random.default_rng(7)
+    clips = [(rng.standard_normal(16000 * (i + 1)) * 0.1).astype(np.float32) for i in range(3)]
+    before = yamnet.passes
+    verdicts = gate.predict(clips)
+    predictions = model.predict([c.copy() for c in clips])  # equal content, other arrays
+    assert yamnet.passes - before == len(clips)
+    yamnet._recent.clear()
+    assert [p.score for p in model.predict(clips)] == [p.score for p in predictions]
+    assert [v.score for v in gate.predict(clips)] == [v.score for v in verdicts]
+    changed = clips[0].copy()
+    changed[100] += 0.5
+    before = yamnet.passes
+    gate.predict([changed])
+    assert yamnet.passes - before == 1
+    with pytest.raises(ValueError):
+        yamnet.run(clips[1]).scores[0, 0] = 1.0  # shared outputs are read-only
