@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -111,11 +112,11 @@ def bench_components(n_files: int) -> None:
         if yamnet is not None and getattr(model.backbone, "yamnet", None) is yamnet:
             # What the worker does per clip: the gate, then the diagnosis model.
             # Forgetting the shared YAMNet output in between is the old way.
-            def gate_then_model(w: np.ndarray, share: bool) -> None:
-                yamnet._recent.clear()
+            def gate_then_model(w: np.ndarray, share: bool, shared: Any = yamnet) -> None:
+                shared.forget()
                 gate.predict([w])
                 if not share:
-                    yamnet._recent.clear()
+                    shared.forget()
                 model.predict([w])
 
             two = [timed(partial(gate_then_model, w, False), 1)[0] for w in waves]

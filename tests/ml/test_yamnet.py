@@ -70,7 +70,7 @@ def test_the_gate_and_a_yamnet_model_share_one_pass_per_clip() -> None:
     verdicts = gate.predict(clips)
     predictions = model.predict([c.copy() for c in clips])  # equal content, other arrays
     assert yamnet.passes - before == len(clips)
-    yamnet._recent.clear()
+    yamnet.forget()
     assert [p.score for p in model.predict(clips)] == [p.score for p in predictions]
     assert [v.score for v in gate.predict(clips)] == [v.score for v in verdicts]
     changed = clips[0].copy()
