@@ -18,12 +18,12 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
