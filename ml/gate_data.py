@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -48,7 +49,8 @@ ESC_CATEGORY = {
 
 
 Reader = Callable[[str], bytes]
-Picks = Iterator[tuple[str, str, str]]  # (path in the repository, source, category)
+# (path in the repository, source, category, file name to write)
+Picks = Iterator[tuple[str, str, str, str]]
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,14 @@ def _esc50(paths: list[str], read: Reader) -> Picks:
             continue  # this copy holds about 400 of the 2,000 clips
         category = ESC_CATEGORY.get(row["category"], row["category"].replace("_", " "))
         source = "esc10" if row["category"] in ESC10 else EVAL_ONLY_PREFIX + "esc50-nc"
-        yield path, source, category
+        yield path, source, category, Path(path).name
 
 
 def _librosa_data(paths: list[str], read: Reader) -> Picks:
     for path in paths:
         # The low-quality copies only: the .hq.ogg files are the same recordings.
         if path.startswith("audio/") and path.endswith(".ogg") and not path.endswith(".hq.ogg"):
-            yield path, "librosa-data", "music"
+            yield path, "librosa-data", "music", Path(path).name
 
 
 IBM_CATEGORY = {
@@ -94,7 +96,12 @@ def _ibm_samples(paths: list[str], read: Reader) -> Picks:
     for path in paths:
         if path.startswith("samples/") and path.endswith(".wav"):
             stem = Path(path).stem
-            yield path, "ibm-max-samples", IBM_CATEGORY.get(stem, "street and nature")
+            yield (
+                path,
+                "ibm-max-samples",
+                IBM_CATEGORY.get(stem, "street and nature"),
+                Path(path).name,
+            )
 
 
 def _speech_commands(paths: list[str], read: Reader) -> Picks:
@@ -111,13 +118,14 @@ def _speech_commands(paths: list[str], read: Reader) -> Picks:
         if taken.get(word, 0) >= SPEECH_PER_WORD:
             continue
         taken[word] = taken.get(word, 0) + 1
-        yield path, "speechcommands", "room noise" if word == "_silence_" else "speech"
+        category = "room noise" if word == "_silence_" else "speech"
+        yield path, "speechcommands", category, f"{word}-{parts[3]}"
 
 
 def _speech_commands_noise(paths: list[str], read: Reader) -> Picks:
     for path in paths:
         if path.startswith("data/_background_noise_/") and path.endswith(".wav"):
-            yield path, "speechcommands-noise", "room noise"
+            yield path, "speechcommands-noise", "room noise", Path(path).name
 
 
 SNEEZE_DETECTOR = {
@@ -136,11 +144,11 @@ def _sneeze_detector(paths: list[str], read: Reader) -> Picks:
             continue
         stem = name[: -len(".wav")]
         if stem in SNEEZE_DETECTOR:
-            yield path, "sneeze-detector", SNEEZE_DETECTOR[stem]
+            yield path, "sneeze-detector", SNEEZE_DETECTOR[stem], name
         elif stem.startswith("noise"):
-            yield path, "sneeze-detector", "room noise"
+            yield path, "sneeze-detector", "room noise", name
         elif stem.endswith("_all") and stem != "silence_all":
-            yield path, "sneeze-detector", "vowels"
+            yield path, "sneeze-detector", "vowels", name
 
 
 DCASE_CATEGORY = {
@@ -164,7 +172,50 @@ def _dcase2016(paths: list[str], read: Reader) -> Picks:
         if folder == "data/train/sound" and name.endswith(".wav"):
             kind = name[: -len(".wav")].rstrip("0123456789")
             if kind in DCASE_CATEGORY:
-                yield path, EVAL_ONLY_PREFIX + "dcase2016", DCASE_CATEGORY[kind]
+                yield path, EVAL_ONLY_PREFIX + "dcase2016", DCASE_CATEGORY[kind], name
+
+
+COSWARA_CATEGORY = {
+    "cough-heavy": "cough",
+    "cough-shallow": "cough",
+    "breathing-deep": "breathing",
+    "breathing-shallow": "breathing",
+    "counting-fast": "speech",
+    "counting-normal": "speech",
+    "vowel-a": "vowels",
+    "vowel-e": "vowels",
+    "vowel-o": "vowels",
+}
+
+
+def _coswara(paths: list[str], read: Reader) -> Picks:
+    """Coswara participants' own phones: ``<participant>/<kind>.wav``, written as
+    ``<participant>_<kind>.wav`` so that one person's recordings share a split."""
+    for path in paths:
+        parts = path.split("/")
+        kind = parts[-1].removesuffix(".wav")
+        if parts[0] == "Extracted_data" and kind in COSWARA_CATEGORY and len(parts) >= 4:
+            yield path, "coswara", COSWARA_CATEGORY[kind], f"{parts[-2]}_{kind}.wav"
+
+
+# AntumDeluge's "sounds" game mod (freesound and OpenGameArt recordings): only the
+# files whose own licence (mods/sounds/sources.md) is CC0 or CC BY.
+GAME_SOUNDS = {
+    "sounds_door_knock_01.ogg": "door knocks",  # CC BY 3.0, LPHypeR, freesound 500994
+    "sounds_door_knock_02.ogg": "door knocks",  # CC0, Patrick Hunt, freesound 256513
+    "sounds_door_close_01.ogg": "door slams",  # CC0, freesound 402465
+    "sounds_door_close_02.ogg": "door slams",  # CC BY 3.0, InspectorJ
+    "sounds_door_close_03.ogg": "door slams",  # CC BY 3.0, bennstir
+    "sounds_laugh_evil_01.ogg": "laughter",  # CC0, AntumDeluge, OpenGameArt 81237
+    "sounds_laugh_evil_02.ogg": "laughter",  # CC0, AntumDeluge, OpenGameArt 129475
+}
+
+
+def _game_sounds(paths: list[str], read: Reader) -> Picks:
+    for path in paths:
+        folder, _, name = path.rpartition("/")
+        if folder == "mods/sounds/sounds" and name in GAME_SOUNDS:
+            yield path, "antum-sounds", GAME_SOUNDS[name], name
 
 
 SPEECH_PER_WORD = 25
@@ -207,6 +258,18 @@ SOURCES = (
         _sneeze_detector,
     ),
     Source(
+        "therealmanraj/coswara",  # extracted Coswara recordings (iiscleap/Coswara-Data)
+        "c06e422ae89d2c382c220c281ed04238c6bf0870",
+        "CC BY 4.0 (iiscleap/Coswara-Data LICENSE.md)",
+        _coswara,
+    ),
+    Source(
+        "RedundantC/wis_part1",  # carries AntumDeluge's "sounds" mod
+        "9c9adecf2f77b899e7929a3f4a82700d416cb4e4",
+        "CC0 or CC BY 3.0 per recording (mods/sounds/sources.md)",
+        _game_sounds,
+    ),
+    Source(
         "Stevens05/SASED",  # DCASE2016 task 2's isolated office sounds (IRCCYN)
         "66b1f3d1e2457689367a843b5f2566ecfb58ada8",
         "no licence stated: evaluation only",
@@ -242,7 +305,9 @@ def _checkout(source: Source, mirror: Path | None, scratch: Path) -> tuple[Path,
 
 
 def gather(out: Path, mirror: Path | None = None) -> dict[str, dict[str, int]]:
-    """Write every source's recordings under ``out``; counts per source and category."""
+    """Write every source's recordings under ``out`` (emptied first: it is a cache
+    of exactly what ``SOURCES`` names); counts per source and category."""
+    shutil.rmtree(out, ignore_errors=True)
     counts: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for source in SOURCES:
@@ -264,8 +329,8 @@ def gather(out: Path, mirror: Path | None = None) -> dict[str, dict[str, int]]:
             def read(path: str, _d: Path = git_dir, _r: str = ref) -> bytes:
                 return _git(_d, "show", f"{_r}:{path}")
 
-            for path, name, category in source.select(present, read):
-                target = out / name / category / Path(path).name
+            for path, name, category, filename in source.select(present, read):
+                target = out / name / category / filename
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
                     target.write_bytes(read(path))

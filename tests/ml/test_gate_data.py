@@ -24,7 +24,7 @@ ESC_CSV = b"""filename,fold,target,category,esc10,src_file,take
 """
 
 
-def _picks(source: Source, files: dict[str, bytes]) -> list[tuple[str, str, str]]:
+def _picks(source: Source, files: dict[str, bytes]) -> list[tuple[str, str, str, str]]:
     return list(source.select(sorted(files), lambda path: files[path]))
 
 
@@ -36,7 +36,7 @@ def test_only_esc10_of_esc50_is_trained_on() -> None:
     files = {"meta/esc50.csv": ESC_CSV} | {f"audio/1-{i}-A-0.wav": b"" for i in range(9)}
     files |= {f"audio/{line.split(b',')[0].decode()}": b"" for line in ESC_CSV.splitlines()[1:]}
     esc = _source("caitlinnguyen0/ESC-50")
-    picks = {path: (source, category) for path, source, category in _picks(esc, files)}
+    picks = {path: (source, category) for path, source, category, _ in _picks(esc, files)}
     assert picks == {
         "audio/1-1-A-21.wav": ("esc10", "sneezing"),
         "audio/1-2-A-26.wav": ("eval-esc50-nc", "laughter"),
@@ -57,7 +57,22 @@ def test_sources_without_a_training_licence_are_evaluation_only() -> None:
             }
             picks = _picks(source, files)
             assert picks, source.repo
-            assert all(name.startswith(EVAL_ONLY_PREFIX) for _, name, _ in picks)
+            assert all(name.startswith(EVAL_ONLY_PREFIX) for _, name, _, _ in picks)
+
+
+def test_coswara_recordings_keep_their_participant_for_the_split() -> None:
+    files = {
+        "Extracted_data/20200413/abcdefghijklmnop/cough-heavy.wav": b"",
+        "Extracted_data/20200413/New Folder/abcdefghijklmnop/breathing-deep.wav": b"",
+        "Extracted_data/20200413/qrstuvwxyzabcdef/counting-fast.wav": b"",
+        "Extracted_data/20200413/qrstuvwxyzabcdef/metadata.json": b"",
+    }
+    picks = sorted(p[1:] for p in _picks(_source("therealmanraj/coswara"), files))
+    assert picks == [
+        ("coswara", "breathing", "abcdefghijklmnop_breathing-deep.wav"),
+        ("coswara", "cough", "abcdefghijklmnop_cough-heavy.wav"),
+        ("coswara", "speech", "qrstuvwxyzabcdef_counting-fast.wav"),
+    ]
 
 
 def test_evaluation_only_recordings_always_land_in_the_test_split() -> None:
