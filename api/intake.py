@@ -16,6 +16,7 @@ from shared.audio import check_usable, decode
 from shared.config import Settings
 from shared.db import session_scope
 from shared.queue import publish_analysis, publish_chunk
+from shared.queue import publish_spectrogram as publish_spectrogram_task
 from shared.storage import AudioStorage
 from shared.tables import Job
 
@@ -159,6 +160,14 @@ def publish_single(job_id: str) -> None:
             "job %s accepted but not yet published (%s); the sweeper will retry", job_id, exc
         )
         _leave_to_the_sweeper([job_id])
+
+
+def publish_spectrogram(job_id: str) -> None:
+    try:
+        publish_spectrogram_task(current_app.extensions["celery"], settings(), job_id)
+    except Exception as exc:
+        # The caller asks again after Retry-After, and that request publishes again.
+        log.warning("job %s: spectrogram not queued (%s)", job_id, exc)
 
 
 def _leave_to_the_sweeper(job_ids: list[str]) -> None:

@@ -162,20 +162,37 @@ def delete_job(path: JobPath) -> tuple[str, int]:
     return "", 204
 
 
+# Jobs whose recording decoded: the only ones a picture can be drawn of.
+DRAWABLE = (JobStatus.SUCCEEDED,)
+DRAWABLE_FAILURES = ("no_cough_detected",)
+DRAWING_RETRY_S = 1
+
+
 @bp.get(
     "/jobs/<job_id>/spectrogram.png",
     responses=contract.answers(
-        {200: contract.file_answer("image/png", "The mel spectrogram.")}, 404
+        {
+            200: contract.file_answer("image/png", "The mel spectrogram."),
+            202: contract.json_answer(
+                schemas.PictureDrawing,
+                "A worker is drawing it now; ask again after `Retry-After` seconds.",
+                {"Retry-After": contract.RETRY_AFTER},
+            ),
+        },
+        404,
     ),
 )
 def get_spectrogram(path: JobPath) -> Response:
-    """A job's spectrogram (PNG)"""
+    """A job's spectrogram (PNG), drawn on the first request"""
     job_id = path.job_id
     settings = intake.settings()
     owner = current_owner()
     with session_scope(settings.database_url) as session:
         job = _owned(session, job_id, owner)
         key, ready, deleted = job.audio_key, job.has_spectrogram, job.audio_deleted_at
+        drawable = job.status in DRAWABLE or (
+            job.status == JobStatus.FAILED and job.error_code in DRAWABLE_FAILURES
+        )
     if deleted is not None:
         raise ApiError(
             404,
@@ -186,12 +203,24 @@ def get_spectrogram(path: JobPath) -> Response:
     missing = ApiError(
         404, "spectrogram_not_found", "The spectrogram is not available (yet) for this job."
     )
-    if not ready:
+    if ready:
+        try:
+            png = intake.storage().get(spectrogram_key(key))
+        except AudioNotFound as exc:
+            raise missing from exc
+        response = Response(png, mimetype="image/png")
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        return response
+    if not drawable:
         raise missing
-    try:
-        png = intake.storage().get(spectrogram_key(key))
-    except AudioNotFound as exc:
-        raise missing from exc
-    response = Response(png, mimetype="image/png")
-    response.headers["Cache-Control"] = "private, max-age=3600"
+    # Drawn only for those who look at it: the analysis never spends time on it.
+    # A repeated request while it is drawn queues another task that finds it done.
+    intake.publish_spectrogram(job_id)
+    response = jsonify(
+        status="drawing",
+        message="The spectrogram is being drawn; ask again in a moment.",
+    )
+    response.status_code = 202
+    response.headers["Retry-After"] = str(DRAWING_RETRY_S)
+    response.headers["Cache-Control"] = "no-store"
     return response

@@ -113,6 +113,14 @@ class Job(Body):
     links: JobLinks
 
 
+class PictureDrawing(Body):
+    """``202`` from a spectrogram that a worker is drawing now: ask again after
+    ``Retry-After`` seconds."""
+
+    status: Literal["drawing"]
+    message: str
+
+
 class JobPage(Body):
     jobs: list[Job]
     next_cursor: NextCursor

@@ -21,6 +21,7 @@ TASK_SWEEP = "tussis.sweep"
 TASK_ANALYSE_CHUNK = "tussis.analyse_chunk"
 TASK_BATCH_CALLBACK = "tussis.batch_callback"
 TASK_RETENTION = "tussis.retention"
+TASK_SPECTROGRAM = "tussis.spectrogram"
 
 
 def check_time_limits(settings: Settings) -> None:
@@ -145,6 +146,11 @@ def publish_analysis(app: Celery, settings: Settings, job_id: str) -> None:
 
 def publish_chunk(app: Celery, settings: Settings, job_ids: list[str]) -> None:
     app.send_task(TASK_ANALYSE_CHUNK, args=[job_ids], queue=settings.batch_queue_name)
+
+
+def publish_spectrogram(app: Celery, settings: Settings, job_id: str) -> None:
+    """Draw a job's picture: asked for by whoever fetches it, never on the analysis path."""
+    app.send_task(TASK_SPECTROGRAM, args=[job_id], queue=settings.queue_name)
 
 
 def publish_callback(app: Celery, settings: Settings, batch_id: str) -> None:

@@ -16,11 +16,12 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ml import yamnet
-from ml.spectrogram import SpectrogramParams, picture
+from ml.spectrogram import picture
 from shared import batches, jobs
 from shared.audio import AudioError, DecodedAudio, check_usable, decode
 from shared.db import is_unavailable
 from shared.storage import AudioNotFound, spectrogram_key
+from shared.tables import Job
 from worker.runtime import Runtime
 
 log = logging.getLogger("tussis.worker")
@@ -150,20 +151,6 @@ class Pipeline:
             ready.append(item)
         return ready
 
-    def keep_spectrogram(
-        self, item: Claimed, params: SpectrogramParams, segments: list[list[float]] | None
-    ) -> None:
-        """Store the image the spectrogram renderer makes of this clip, with the cough
-        gate's segments marked along its top edge (best effort)."""
-        try:
-            assert item.audio is not None
-            png = picture(item.audio.samples, params, segments or ())
-            self.runtime.storage.put(spectrogram_key(item.audio_key), png)
-            with self.runtime.session() as session:
-                jobs.mark_spectrogram(session, item.job_id)
-        except Exception:
-            log.exception("job %s: could not store its spectrogram", item.job_id)
-
     def run(self, job_ids: list[str]) -> None:
         try:
             self._run(job_ids)
@@ -237,10 +224,6 @@ class Pipeline:
                 if detected:
                     passed.append(item)
             ready = passed
-        # The picture is stored before any terminal state, so a client that sees
-        # the job finished can fetch it.
-        for item in decoded:
-            self.keep_spectrogram(item, model.manifest.spectrogram, cough[item.job_id].segments)
         for item in decoded:
             verdict_of = cough[item.job_id]
             if verdict_of.detected is False:
@@ -282,3 +265,28 @@ class Pipeline:
                 log.warning(
                     "job %s: claim lost (deleted or taken over); result dropped", item.job_id
                 )
+
+
+def draw_spectrogram(rt: Runtime, job_id: str) -> bool:
+    """Render and store a job's picture if it has none yet (``tussis.spectrogram``).
+
+    Only people look at it (and Inception V3 bundles, which render their own input
+    from the same code), so it is drawn when someone asks for it, off the analysis
+    path. Idempotent: a second request finds it stored."""
+    with rt.session() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.has_spectrogram or job.audio_deleted_at is not None:
+            return False
+        key, segments = job.audio_key, job.cough_segments
+    params = rt.load_models().diagnosis.manifest.spectrogram
+    try:
+        audio = decode(
+            rt.storage.get(key), params.sample_rate, max_seconds=rt.settings.max_duration_s + 1
+        )
+    except (AudioNotFound, AudioError) as exc:
+        log.info("job %s: no spectrogram (%s)", job_id, exc)
+        return False
+    rt.storage.put(spectrogram_key(key), picture(audio.samples, params, segments or ()))
+    with rt.session() as session:
+        jobs.mark_spectrogram(session, job_id)
+    return True

@@ -23,6 +23,7 @@ from shared.queue import (
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
     TASK_RETENTION,
+    TASK_SPECTROGRAM,
     TASK_SWEEP,
     broker_epoch,
     publish_analysis,
@@ -32,7 +33,7 @@ from shared.queue import (
 from shared.retention import purge
 from shared.tables import utcnow
 from worker import callbacks, runtime
-from worker.pipeline import Pipeline
+from worker.pipeline import Pipeline, draw_spectrogram
 
 log = logging.getLogger("tussis.worker")
 
@@ -95,6 +96,12 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
                 publish_chunk(self.app, rt.settings, [job_id])
             return
     Pipeline(rt, _callback_publisher(self)).run(job_ids)
+
+
+@shared_task(name=TASK_SPECTROGRAM, bind=True, max_retries=None)
+def spectrogram(self: Task, job_id: str) -> bool:
+    with _retry_while_database_is_down(self):
+        return draw_spectrogram(runtime.current(), job_id)
 
 
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)

@@ -421,7 +421,10 @@
       }
       showError({ code: err.code, message: message });
     }
-    if (job.links && job.links.spectrogram) loadSpectrogram(run, job.links.spectrogram, 0);
+    if (job.links && job.links.spectrogram) {
+      if (job.result) captionFor(job.result);
+      loadSpectrogram(run, job.links.spectrogram, 0);
+    }
     setBusy(false);
   }
 
@@ -440,15 +443,34 @@
     return score != null ? answer + " — cough gate score " + pct(score) : answer;
   }
 
-  /** The bundle's positive label, from GET /api/v1/models (needs no key). */
-  function positiveLabel(result) {
-    var lookup = state.models
+  /** Says whether the model looked at this picture: an Inception V3 bundle does,
+   * a YAMNet bundle listens to the audio itself. */
+  function captionFor(result) {
+    servedModels().then(function (models) {
+      for (var i = 0; i < models.length; i++) {
+        var m = models[i];
+        if (m.id === result.model_id && m.version === result.model_version) {
+          $("spectrogram-seen").textContent =
+            m.backbone === "inception_v3"
+              ? "This is the picture the model (" + m.id + ") looked at."
+              : "Drawn for you to look at: the model (" + m.id + ") listens to the audio itself, not to this picture.";
+        }
+      }
+    });
+  }
+
+  function servedModels() {
+    return state.models
       ? Promise.resolve(state.models)
       : getJson(API + "/models").then(function (response) {
           state.models = response.status === 200 && response.body ? response.body.models || [] : [];
           return state.models;
         });
-    return lookup.then(function (models) {
+  }
+
+  /** The bundle's positive label, from GET /api/v1/models (needs no key). */
+  function positiveLabel(result) {
+    return servedModels().then(function (models) {
       for (var i = 0; i < models.length; i++) {
         var m = models[i];
         if (m.id === result.model_id && m.version === result.model_version && m.labels && m.labels.length) {
@@ -459,10 +481,18 @@
     });
   }
 
-  /** Fetched (with the API key, if any) and shown through a blob: URL; hidden if absent. */
+  /** Fetched (with the API key, if any) and shown through a blob: URL; hidden if absent.
+   * The first request asks a worker to draw it (202 + Retry-After): ask again until it is. */
   function loadSpectrogram(run, url, attempt) {
     fetch(url, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" })
       .then(function (response) {
+        if (response.status === 202) {
+          var wait = parseFloat(response.headers.get("Retry-After") || "1");
+          if (attempt < 30) later(run, Math.max(0.2, wait) * 1000, function () {
+            loadSpectrogram(run, url, attempt + 1);
+          });
+          return null;
+        }
         var type = response.headers.get("Content-Type") || "";
         if (!response.ok || type.indexOf("image/") !== 0) {
           throw new Error(String(response.status));
@@ -470,7 +500,7 @@
         return response.blob();
       })
       .then(function (blob) {
-        if (run !== state.run) return;
+        if (!blob || run !== state.run) return;
         var img = $("spectrogram-img");
         img.onload = function () {
           if (run === state.run) show("spectrogram", true);
@@ -482,10 +512,6 @@
       })
       .catch(function () {
         show("spectrogram", false);
-        // Rendered by the worker; it may appear a moment after the result.
-        if (attempt < 2) later(run, 1500, function () {
-          loadSpectrogram(run, url, attempt + 1);
-        });
       });
   }
 

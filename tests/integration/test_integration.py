@@ -101,6 +101,27 @@ def test_recording_goes_through_postgres_and_redis(
     engine.dispose()
     assert row.status == "succeeded" and row.score == pytest.approx(job["result"]["score"])
 
+    # The picture is drawn for whoever asks, never on the analysis path: none
+    # exists when the job finishes; the first request queues it (202 +
+    # Retry-After), a later one gets the PNG.
+    with engine.connect() as conn:
+        drawn = conn.execute(
+            sa.text("SELECT has_spectrogram FROM jobs WHERE id = :id"), {"id": body["id"]}
+        ).scalar_one()
+    engine.dispose()
+    assert drawn is False
+    url = f"{stack.url}{job['links']['spectrogram']}"
+    first = requests.get(url, timeout=10)
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "drawing" and int(first.headers["Retry-After"]) >= 1
+    picture = wait_until(
+        lambda: (r := requests.get(url, timeout=10)).status_code == 200 and r,
+        timeout=60,
+        what="the drawn spectrogram",
+    )
+    assert picture.headers["Content-Type"] == "image/png"
+    assert picture.content.startswith(b"\x89PNG")
+
     # Bad input through the real server: a clear error, nothing queued.
     bad = stack.submit(damaged_file.read_bytes(), damaged_file.name)
     assert bad.status_code == 422

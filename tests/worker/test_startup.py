@@ -15,6 +15,7 @@ from shared.queue import (
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
     TASK_RETENTION,
+    TASK_SPECTROGRAM,
     TASK_SWEEP,
 )
 
@@ -69,7 +70,14 @@ def test_the_entry_module_registers_every_task(tmp_path: Path) -> None:
         tmp_path,
     )
     assert run.returncode == 0, run.stderr
-    names = [TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, TASK_RETENTION, TASK_SWEEP]
+    names = [
+        TASK_ANALYSE,
+        TASK_ANALYSE_CHUNK,
+        TASK_BATCH_CALLBACK,
+        TASK_RETENTION,
+        TASK_SPECTROGRAM,
+        TASK_SWEEP,
+    ]
     assert run.stdout.strip() == str(sorted(names))
 
 
