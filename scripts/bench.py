@@ -3,6 +3,9 @@
 Parts:
   components  decode, spectrogram, YAMNet, cough gate and Inception V3 timings in-process
   service     real gunicorn + celery worker: upload latency, end-to-end latency, throughput
+  bare        the machine's limit: decode + gate + diagnosis in a tight loop, --children processes
+  batch       the bare loop, then one zip of --batch-files recordings through the real stack;
+              prints pipeline efficiency = end to end / bare, measured in the same run
 
     python scripts/bench.py components
     python scripts/bench.py service --jobs 100 --concurrency 1      # embedded defaults
@@ -212,6 +215,111 @@ def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
             stack.stop()
 
 
+def _bare_worker(args: tuple[list[str], int]) -> tuple[int, float]:
+    """One process of the bare loop: load the models once, then decode + gate +
+    diagnosis for each clip, nothing else (no database, broker, picture)."""
+    paths, warm = args
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ml.model import load_model
+
+    settings = load_settings()
+    model = load_model(settings.model_bundle, yamnet_model=settings.yamnet_model)
+    gate = (
+        load_model(settings.cough_gate_bundle, yamnet_model=settings.yamnet_model)
+        if settings.cough_gate_bundle
+        else None
+    )
+    blobs = [Path(p).read_bytes() for p in paths]
+    for b in blobs[:warm]:
+        model.predict([decode(b, 16000).samples])
+    t = time.perf_counter()
+    for b in blobs:
+        samples = decode(b, model.sample_rate).samples
+        if gate is None or gate.predict([samples])[0].diagnosis == "cough":
+            model.predict([samples])
+    return len(blobs), time.perf_counter() - t
+
+
+def bench_bare(n_files: int, processes: int) -> float:
+    """The machine's limit for this work: ``processes`` processes each running the
+    bare loop over its share of the clips; clips/s over the slowest process."""
+    import multiprocessing
+
+    files = [str(f) for f in real_files(n_files)]
+    shares = [(files[i::processes], 3) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.map(_bare_worker, shares)
+    clips = sum(n for n, _ in results)
+    rate = clips / max(seconds for _, seconds in results)
+    print(f"bare loop: decode + cough gate + diagnosis, {processes} process(es), {clips} clips")
+    print(f"  {'clips/s (the limit)':<44} {rate:8.1f}")
+    return rate
+
+
+def bench_batch(n_files: int, worker_children: int) -> float:
+    """One zip through ``POST /api/v1/batches``, timed from the start of the upload
+    until the batch reports ``completed``: how a study uses the service."""
+    import io
+    import zipfile
+
+    import requests
+
+    from tests.conftest import migrate
+    from tests.stack import Stack
+
+    settings = load_settings()
+    files = real_files(n_files)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            z.write(f, f.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        env_db = os.environ.get("DATABASE_URL")
+        if env_db:
+            database_url = normalise_database_url(env_db)
+            broker = os.environ.get("REDIS_URL") or settings.broker_url
+        else:
+            database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
+            broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+        migrate(database_url)
+        run_settings = settings.changed(
+            data_dir=tmp_path,
+            database_url=database_url,
+            broker_url=broker,
+            queue_name=f"bench-{os.getpid()}",
+        )
+        stack = Stack(run_settings, tmp_path)
+        kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
+        print(f"batch on {kind}: one zip of {len(files)} recordings, {worker_children} child(ren)")
+        try:
+            stack.start_api()
+            stack.start_worker(worker_children)
+            t = time.perf_counter()
+            r = requests.post(
+                f"{stack.url}/api/v1/batches",
+                files={"archive": ("study.zip", archive.getvalue())},
+                timeout=600,
+            )
+            r.raise_for_status()
+            batch_id = r.json()["id"]
+            t_uploaded = time.perf_counter()
+            while True:
+                batch = requests.get(f"{stack.url}/api/v1/batches/{batch_id}", timeout=30).json()
+                if batch["status"] == "completed":
+                    break
+                time.sleep(0.1)
+            seconds = time.perf_counter() - t
+            print(f"  {'upload (zip -> 202)':<44} {t_uploaded - t:8.2f} s")
+            print(f"  {'upload start -> completed':<44} {seconds:8.2f} s")
+            print(f"  {'counts':<44} {batch['counts']}")
+            rate = len(files) / seconds
+            print(f"  {'clips/s end to end':<44} {rate:8.1f}")
+            return rate
+        finally:
+            stack.stop()
+
+
 def statistics_str(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
@@ -220,11 +328,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("part", choices=["components", "service", "all"], nargs="?", default="all")
+    parser.add_argument(
+        "part",
+        choices=["components", "service", "bare", "batch", "all"],
+        nargs="?",
+        default="all",
+    )
     parser.add_argument("--files", type=int, default=50, help="recordings for component timings")
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4, help="uploading clients")
     parser.add_argument("--children", type=int, default=1, help="worker child processes")
+    parser.add_argument("--batch-files", type=int, default=400, help="recordings in the zip")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
@@ -232,6 +346,13 @@ def main() -> None:
         bench_components(args.files)
     if args.part in ("service", "all"):
         bench_service(args.jobs, args.concurrency, args.children)
+    bare = batch = None
+    if args.part in ("bare", "batch", "all"):
+        bare = bench_bare(args.batch_files, args.children)
+    if args.part in ("batch", "all"):
+        batch = bench_batch(args.batch_files, args.children)
+    if bare and batch:
+        print(f"pipeline efficiency (batch end to end / bare loop, same run): {batch / bare:.2f}")
 
 
 if __name__ == "__main__":
