@@ -1,0 +1,47 @@
+"""`make bench` cannot rot: its bare loop and one small zip through the real stack
+(PostgreSQL + Redis + gunicorn + a Celery worker) run on every CI pass. Figures are
+printed, never asserted: a benchmark is not a timed test."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import PROJECT_ROOT
+from tests.conftest import YAMNET_MODEL, require
+
+
+@pytest.mark.integration
+def test_the_benchmark_runs_its_batch_part_end_to_end(postgres_url: str, redis_url: str) -> None:
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    env = {
+        **os.environ,
+        "DATABASE_URL": postgres_url,
+        "REDIS_URL": redis_url,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "scripts/bench.py",
+            "batch",
+            "--children",
+            "1",
+            "--batch-files",
+            "6",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert re.search(r"clips/s \(the limit\)\s+\d+\.\d", out), out
+    assert "'queued': 0, 'running': 0" in out, out
+    assert re.search(r"pipeline efficiency .*: \d\.\d\d", out), out
