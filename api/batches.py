@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response, current_app, jsonify, request, stream_with_context
@@ -147,16 +147,30 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         seen = batches.existing_items(session, batch_id)
         seq = batches.next_seq(session, batch_id)
     accepted: list[str] = []
+    published = 0
+    chunk = max(1, s.batch_chunk_size)
+
+    def publish_full_chunks() -> None:
+        # Workers start on the first chunks while the rest of a large upload is still
+        # being checked and stored: the batch stays open, so it cannot complete early.
+        nonlocal published
+        while len(accepted) - published >= chunk:
+            intake.publish_chunks(accepted[published : published + chunk])
+            published += chunk
+
     try:
-        report = _store_members(members, labels, batch_id, owner, seen, seq, accepted)
+        report = _store_members(
+            members, labels, batch_id, owner, seen, seq, accepted, publish_full_chunks
+        )
         with session_scope(s.database_url) as session:
             batches.add_to_total(session, batch_id, len(accepted))
     except BaseException:
         # Refused part-way (the archive turned out too large, the database failed): the
-        # request answers an error, so none of its items may stay behind, unqueued.
+        # request answers an error, so none of its items may stay behind; a chunk a
+        # worker already took finds its rows gone and does nothing.
         intake.discard_jobs(accepted)
         raise
-    intake.publish_chunks(accepted)
+    intake.publish_chunks(accepted[published:])
     return report
 
 
@@ -168,6 +182,7 @@ def _store_members(
     seen: set[tuple[str | None, str]],
     seq: int,
     accepted: list[str],
+    on_accept: Callable[[], None],
 ) -> dict[str, Any]:
     """Store each usable member as a job, appending its id to ``accepted`` at once (so a
     failure part-way knows what to remove); report the others."""
@@ -202,6 +217,7 @@ def _store_members(
         job = intake.store(owner, item, batch_id=batch_id, seq=seq)
         seq += 1
         accepted.append(job.id)
+        on_accept()
     return {"accepted": len(accepted), "duplicates": duplicates, "rejected": rejected}
 
 
