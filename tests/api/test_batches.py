@@ -306,8 +306,15 @@ def test_a_batch_of_210_real_recordings_through_the_whole_system(
         assert cb["state"] == "delivered" and cb["attempts"] == 2
 
         item = requests.get(f"{stack.url}{batch['links']['items']}?limit=1", timeout=10).json()
-        png = requests.get(f"{stack.url}{item['items'][0]['links']['spectrogram']}", timeout=10)
-        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        # Drawn on the first request for it (202), then served.
+        url = f"{stack.url}{item['items'][0]['links']['spectrogram']}"
+        assert requests.get(url, timeout=10).status_code == 202
+        png = wait_until(
+            lambda: (r := requests.get(url, timeout=10)).status_code == 200 and r,
+            60,
+            "the drawn spectrogram",
+        )
+        assert png.content[:4] == b"\x89PNG"
     finally:
         stack.stop()
         receiver.close()

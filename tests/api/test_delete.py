@@ -17,6 +17,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from api import create_app
+from ml.spectrogram import SpectrogramParams
 from shared import jobs, retention
 from shared.config import Settings, normalise_database_url
 from shared.db import session_scope
@@ -215,7 +216,7 @@ class FakeModel:
 
     def __init__(self, hook: Callable[[], None]) -> None:
         self.hook = hook
-        self.manifest = SimpleNamespace(threshold=0.5, spectrogram=None)
+        self.manifest = SimpleNamespace(threshold=0.5, spectrogram=SpectrogramParams())
 
     def predict(self, clips: list[np.ndarray]) -> list[SimpleNamespace]:
         self.hook()
@@ -252,6 +253,8 @@ def test_a_job_deleted_while_a_worker_runs_it_stays_deleted(
     monkeypatch.setattr(rt, "load_models", load_models)
     monkeypatch.setattr(pipeline, "picture", picture)
     pipeline.Pipeline(rt, lambda _batch_id: None).run([job_id])  # must not raise
+    # The picture is drawn when someone asks for it (tussis.spectrogram), after the result.
+    pipeline.draw_spectrogram(rt, job_id)  # must not raise either
 
     assert job_row(settings, job_id) is None  # no result, no failure brought it back
     assert_error(alice.get(f"/api/v1/jobs/{job_id}"), 404, "job_not_found")
