@@ -145,34 +145,38 @@ def bench_components(n_files: int) -> None:
     print(f"  {'Inception V3 throughput, batch 16':<44} {clips_per_s:8.1f} clips/s")
 
 
-def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
-    import requests
-
+def _stack(tmp_path: Path) -> tuple[Any, str]:
+    """A stack (not started) on DATABASE_URL + REDIS_URL when set, else on the
+    embedded defaults in ``tmp_path``, with its own queue; and what it runs on."""
+    from tests.conftest import migrate
     from tests.stack import Stack
 
     settings = load_settings()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        env_db = os.environ.get("DATABASE_URL")
-        if env_db:
-            database_url = normalise_database_url(env_db)
-            broker = os.environ.get("REDIS_URL") or settings.broker_url
-        else:
-            database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
-            broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
-        from tests.conftest import migrate
+    env_db = os.environ.get("DATABASE_URL")
+    if env_db:
+        database_url = normalise_database_url(env_db)
+        broker = os.environ.get("REDIS_URL") or settings.broker_url
+    else:
+        database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
+        broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+    migrate(database_url)
+    run_settings = settings.changed(
+        data_dir=tmp_path,
+        database_url=database_url,
+        broker_url=broker,
+        queue_name=f"bench-{os.getpid()}",
+    )
+    kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
+    return Stack(run_settings, tmp_path), kind
 
-        run_settings = settings.changed(
-            data_dir=tmp_path,
-            database_url=database_url,
-            broker_url=broker,
-            queue_name=f"bench-{os.getpid()}",
-        )
-        migrate(database_url)
-        stack = Stack(run_settings, tmp_path)
+
+def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
+    import requests
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, kind = _stack(Path(tmp))
         files = real_files(n_jobs)
         blobs = [(f.name, f.read_bytes()) for f in files]
-        kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
         print(
             f"service on {kind}: {len(blobs)} jobs, {concurrency} uploading clients, "
             f"{worker_children} worker child(ren)"
@@ -264,33 +268,13 @@ def bench_batch(n_files: int, worker_children: int) -> float:
 
     import requests
 
-    from tests.conftest import migrate
-    from tests.stack import Stack
-
-    settings = load_settings()
     files = real_files(n_files)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
         for f in files:
             z.write(f, f.name)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        env_db = os.environ.get("DATABASE_URL")
-        if env_db:
-            database_url = normalise_database_url(env_db)
-            broker = os.environ.get("REDIS_URL") or settings.broker_url
-        else:
-            database_url = f"sqlite:///{tmp_path / 'tussis.sqlite3'}"
-            broker = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
-        migrate(database_url)
-        run_settings = settings.changed(
-            data_dir=tmp_path,
-            database_url=database_url,
-            broker_url=broker,
-            queue_name=f"bench-{os.getpid()}",
-        )
-        stack = Stack(run_settings, tmp_path)
-        kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
+        stack, kind = _stack(Path(tmp))
         print(f"batch on {kind}: one zip of {len(files)} recordings, {worker_children} child(ren)")
         try:
             stack.start_api()
