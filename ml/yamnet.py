@@ -97,6 +97,27 @@ class YamnetOutput:
     embeddings: np.ndarray  # (windows, 1024)
 
 
+def with_embedding_output(model_path: Path) -> bytes:
+    """The model with its embedding tensor declared as a third output.
+
+    The published file outputs only the class scores and the log-mel patch. Reading
+    an intermediate tensor needs ``experimental_preserve_all_tensors``, which keeps
+    every activation alive and cost about 10 % of each pass; a declared output is
+    computed by the same graph (identical values, tested) and costs nothing extra.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(model_path))
+    graph = model.subgraphs[0]
+    names = [t.name.decode() if isinstance(t.name, bytes) else t.name for t in graph.tensors]
+    if EMBEDDING_TENSOR not in names:
+        raise YamnetUnavailable(f"{model_path} has no tensor {EMBEDDING_TENSOR!r}")
+    index = names.index(EMBEDDING_TENSOR)
+    if index not in list(graph.outputs):
+        graph.outputs = np.append(np.asarray(graph.outputs, np.int32), np.int32(index))
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 class Yamnet:
     """One interpreter per process (TFLite interpreters are not thread-safe).
 
@@ -117,16 +138,13 @@ class Yamnet:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # deprecation and "debugging only" notices
             self._interpreter = tf.lite.Interpreter(
-                model_path=str(model_path), experimental_preserve_all_tensors=True, num_threads=1
+                model_content=with_embedding_output(Path(model_path)), num_threads=1
             )
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = self._interpreter.get_output_details()
         self._scores = next(o["index"] for o in outputs if tuple(o["shape"]) == (1, 521))
-        by_name = {d["name"]: d["index"] for d in self._interpreter.get_tensor_details()}
-        if EMBEDDING_TENSOR not in by_name:
-            raise YamnetUnavailable(f"{model_path} has no tensor {EMBEDDING_TENSOR!r}")
-        self._embedding = by_name[EMBEDDING_TENSOR]
+        self._embedding = next(o["index"] for o in outputs if o["name"] == EMBEDDING_TENSOR)
 
     def run(self, samples: np.ndarray) -> YamnetOutput:
         samples = np.ascontiguousarray(samples, dtype=np.float32)
