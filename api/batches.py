@@ -184,10 +184,24 @@ def _store_members(
     accepted: list[str],
     on_accept: Callable[[], None],
 ) -> dict[str, Any]:
-    """Store each usable member as a job, appending its id to ``accepted`` at once (so a
-    failure part-way knows what to remove); report the others."""
+    """Store the usable members as jobs, a chunk (``batch_chunk_size``) at a time: one
+    storage call and one transaction per chunk, not per recording. Each stored chunk's ids
+    go into ``accepted`` at once (so a failure part-way knows what to remove) and
+    ``on_accept`` publishes them while the rest is still being read; report the others."""
     rejected: list[dict[str, Any]] = []
     duplicates = 0
+    size = max(1, intake.settings().batch_chunk_size)
+    pending: list[intake.NewJob] = []
+
+    def flush() -> None:
+        nonlocal seq
+        # Nothing of a chunk that fails is left (store_many removes its own audio), and
+        # the caller discards the chunks stored before it.
+        accepted.extend(intake.store_many(owner, pending, batch_id, seq))
+        seq += len(pending)
+        pending.clear()
+        on_accept()
+
     for member in members:
         if member.data is None:
             rejected.append(
@@ -214,10 +228,11 @@ def _store_members(
             duplicates += 1
             continue
         seen.add((item.path, item.sha256))
-        job = intake.store(owner, item, batch_id=batch_id, seq=seq)
-        seq += 1
-        accepted.append(job.id)
-        on_accept()
+        pending.append(item)
+        if len(pending) >= size:
+            flush()
+    if pending:
+        flush()
     return {"accepted": len(accepted), "duplicates": duplicates, "rejected": rejected}
 
 

@@ -12,7 +12,7 @@ from flask import current_app
 from api.errors import ApiError
 from api.guards import has_control
 from shared import jobs
-from shared.audio import check_usable, decode
+from shared.audio import check_usable, probe
 from shared.config import Settings
 from shared.db import session_scope
 from shared.queue import publish_analysis, publish_chunk
@@ -32,9 +32,12 @@ def storage() -> AudioStorage:
 
 
 def usable_duration(data: bytes) -> float:
-    """Decode and check like the worker will; raises ``AudioError`` with a code."""
+    """Check like the worker will; raises ``AudioError`` with a code.
+
+    A probe, not a decode: the same figures and refusals as the worker's decode (see
+    ``shared.audio.probe``) without resampling samples the API never uses."""
     s = settings()
-    audio = decode(data, max_seconds=s.max_duration_s + 1)
+    audio = probe(data, max_seconds=s.max_duration_s + 1)
     check_usable(audio, s.min_duration_s, s.max_duration_s, s.silence_dbfs)
     return audio.duration_s
 
@@ -125,6 +128,38 @@ def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None
         _forget_audio([job_id])
         raise
     return job
+
+
+def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: int) -> list[str]:
+    """:func:`store` for a batch chunk: all the audio in one storage call, then all the
+    rows in one transaction (``first_seq``, ``first_seq + 1``, ... in order). Either
+    every item is stored, or none is (and this raises). Returns the new job ids."""
+    if not items:
+        return []
+    job_ids = [jobs.new_job_id() for _ in items]
+    storage().put_many({job_id: item.data for job_id, item in zip(job_ids, items, strict=True)})
+    try:
+        with session_scope(settings().database_url) as session:
+            for offset, (job_id, item) in enumerate(zip(job_ids, items, strict=True)):
+                jobs.create(
+                    session,
+                    job_id=job_id,
+                    owner=owner,
+                    filename=item.filename,
+                    content_type=item.content_type,
+                    size_bytes=len(item.data),
+                    sha256=item.sha256,
+                    duration_s=item.duration_s,
+                    batch_id=batch_id,
+                    batch_seq=first_seq + offset,
+                    path=item.path,
+                    label=item.label,
+                )
+    except BaseException:
+        # As in store: no row will point at this audio.
+        _forget_audio(job_ids)
+        raise
+    return job_ids
 
 
 def _forget_audio(keys: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +33,15 @@ class AudioNotFound(StorageError):
 class AudioStorage(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """Store every ``key: data`` of ``items`` at once: all of them, or (raising) none."""
+        ...
+
     def get(self, key: str) -> bytes: ...
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The stored bytes of each of ``keys``; a key not stored is absent."""
+        ...
 
     def delete(self, key: str) -> None: ...
 
@@ -56,12 +64,40 @@ class DatabaseStorage:
         with session_scope(self.database_url) as session:
             session.merge(AudioBlob(key=key, data=data))
 
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        # One transaction for a batch chunk's audio instead of one per recording. Like
+        # put, a key already stored is replaced: its row is deleted first (one
+        # statement), then every row goes in as one batched INSERT, not a merge (a
+        # SELECT) per key.
+        keys = list(items)
+        with session_scope(self.database_url) as session:
+            for start in range(0, len(keys), _LIST_PAGE):
+                session.execute(
+                    delete(AudioBlob).where(AudioBlob.key.in_(keys[start : start + _LIST_PAGE]))
+                )
+            session.add_all(AudioBlob(key=key, data=data) for key, data in items.items())
+
     def get(self, key: str) -> bytes:
         with session_scope(self.database_url) as session:
             data = session.scalar(select(AudioBlob.data).where(AudioBlob.key == key))
         if data is None:
             raise AudioNotFound(key)
         return bytes(data)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        # One SELECT ... WHERE key IN (...) per slice (a worker's chunk is one slice),
+        # all in one transaction: a chunk's audio in one round trip, not one per job.
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, bytes] = {}
+        with session_scope(self.database_url) as session:
+            for start in range(0, len(wanted), _LIST_PAGE):
+                rows = session.execute(
+                    select(AudioBlob.key, AudioBlob.data).where(
+                        AudioBlob.key.in_(wanted[start : start + _LIST_PAGE])
+                    )
+                )
+                found.update((key, bytes(data)) for key, data in rows)
+        return found
 
     def delete(self, key: str) -> None:
         with session_scope(self.database_url) as session:
@@ -113,11 +149,33 @@ class FileStorage:
             fh.write(data)
         os.replace(tmp, self._path(key))
 
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        # Files have no transaction: write them one by one, and remove those written
+        # if one fails, so a failure leaves none of them (as the database store does).
+        written: list[str] = []
+        try:
+            for key, data in items.items():
+                self.put(key, data)
+                written.append(key)
+        except BaseException:
+            self.delete_many(written)
+            raise
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
             raise AudioNotFound(key) from exc
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        # A file read is no network round trip: one at a time is all there is to it.
+        found: dict[str, bytes] = {}
+        for key in dict.fromkeys(keys):
+            try:
+                found[key] = self.get(key)
+            except AudioNotFound:
+                continue
+        return found
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

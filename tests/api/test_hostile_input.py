@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from api import create_app, intake
+from api import create_app
 from shared import jobs
 from shared.audio import AudioError, decode
 from shared.config import Settings
@@ -329,60 +329,3 @@ def test_audio_is_deleted_when_the_job_row_cannot_be_stored(
     before = blobs(settings)
     assert_error(upload(client, pcm16_wav(noise(SECONDS))), 500, "internal_error")
     assert blobs(settings) == before
-
-
-def test_a_failed_batch_request_leaves_no_batch_and_no_audio(
-    client: FlaskClient, settings: Settings, owner: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real_store = intake.store
-    calls = {"n": 0}
-
-    def store_then_fail(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("the database went away")
-        return real_store(*args, **kwargs)
-
-    monkeypatch.setattr(intake, "store", store_then_fail)
-    before = blobs(settings)
-    files = [(io.BytesIO(pcm16_wav(noise(SECONDS, seed=i))), f"{i}.wav") for i in range(4)]
-    for keep_open in ("false", "true"):
-        calls["n"] = 0
-        response = client.post(
-            "/api/v1/batches",
-            data={"files": [(io.BytesIO(f.getvalue()), n) for f, n in files], "open": keep_open},
-            content_type="multipart/form-data",
-        )
-        assert_error(response, 500, "internal_error")
-    assert count(settings, "SELECT count(*) FROM batches WHERE owner = :o", o=owner) == 0
-    assert count(settings, "SELECT count(*) FROM jobs WHERE owner = :o", o=owner) == 0
-    assert blobs(settings) == before
-
-
-def test_a_failed_part_leaves_an_open_batch_as_it_was(
-    client: FlaskClient, settings: Settings, owner: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    created = client.post(
-        "/api/v1/batches",
-        data={"files": [(io.BytesIO(pcm16_wav(noise(SECONDS))), "first.wav")], "open": "true"},
-        content_type="multipart/form-data",
-    ).get_json()
-    real_store = intake.store
-    calls = {"n": 0}
-
-    def store_then_fail(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("the database went away")
-        return real_store(*args, **kwargs)
-
-    monkeypatch.setattr(intake, "store", store_then_fail)
-    before = blobs(settings)
-    part = make_zip({f"{i}.wav": pcm16_wav(noise(SECONDS, seed=10 + i)) for i in range(3)})
-    assert_error(
-        post_zip(client, part, f"/api/v1/batches/{created['id']}/items"), 500, "internal_error"
-    )
-    assert blobs(settings) == before
-    batch = client.get(f"/api/v1/batches/{created['id']}").get_json()
-    assert batch["status"] == "open" and batch["total"] == 1
-    assert count(settings, "SELECT count(*) FROM jobs WHERE owner = :o", o=owner) == 1
