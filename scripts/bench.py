@@ -1,14 +1,25 @@
 """Benchmarks: prints figures, asserts nothing. ``make bench`` (BENCH_ARGS=...).
 
-Parts:
-  components  decode, spectrogram, YAMNet, cough gate and Inception V3 timings in-process
-  service     real gunicorn + celery worker: upload latency, end-to-end latency, throughput
-  bare        the machine's limit: decode + gate + diagnosis in a tight loop, --children processes
-  batch       the bare loop, then one zip of --batch-files recordings through the real stack;
-              prints pipeline efficiency = end to end / bare, measured in the same run
+Parts (one or more; ``all``, the default, runs every one):
+  components   decode, spectrogram, YAMNet, cough gate and Inception V3 timings in-process
+  service      real gunicorn + celery worker: upload latency, end-to-end latency, throughput
+  bare         decode + gate + diagnosis in a tight loop, --children processes
+  bare-yamnet  the issue's bare limit: decode + one YAMNet pass per window, no heads,
+               --children processes, on the same clips as bare (ratio to bare printed)
+  batch        the bare loop, then one zip of --batch-files recordings through the real stack;
+               prints pipeline efficiency = end to end / bare, measured in the same run
+  latency      idle warm service, one job at a time, 50 ms polls: upload start -> terminal
+  polls        wrk on one finished job's URL and on /healthz: req/s, p99, their ratio
+  rss          peak RSS (VmHWM) of each gunicorn worker and celery child after the batch run
+  coldstart    worker start -> first result, and API + worker started together -> first result
+  poc          the proof of concept's way (model per clip, figure -> PNG) against the bare loop
+  scale        1, 2, 4 celery worker processes (--concurrency 1 each) on the same zip
+
+batch, latency, polls and rss share one running stack (API + worker with --children).
 
     python scripts/bench.py components
     python scripts/bench.py service --jobs 100 --concurrency 1      # embedded defaults
+    python scripts/bench.py batch latency polls rss --batch-files 100
     DATABASE_URL=postgresql://... REDIS_URL=redis://... python scripts/bench.py service
 """
 
@@ -21,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -145,6 +157,13 @@ def bench_components(n_files: int) -> None:
     print(f"  {'Inception V3 throughput, batch 16':<44} {clips_per_s:8.1f} clips/s")
 
 
+# A limit far above anything these runs send: the benchmark measures the pipeline, not
+# the limiter's refusals (the default, 20/second per client, would answer 429 to a
+# 50 ms poller and to wrk). The limiter still counts every request, as in production.
+BENCH_RATE_LIMIT = "1000000/second"
+POLL_S = 0.05  # the issue's polling interval for single-job latency
+
+
 def _stack(tmp_path: Path) -> tuple[Any, str]:
     """A stack (not started) on DATABASE_URL + REDIS_URL when set, else on the
     embedded defaults in ``tmp_path``, with its own queue; and what it runs on."""
@@ -164,10 +183,145 @@ def _stack(tmp_path: Path) -> tuple[Any, str]:
         data_dir=tmp_path,
         database_url=database_url,
         broker_url=broker,
-        queue_name=f"bench-{os.getpid()}",
+        # One queue per stack: several stacks of one run share the database and broker,
+        # and a stopped stack's leftover message must not reach the next one's workers.
+        queue_name=f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        rate_limit=BENCH_RATE_LIMIT,
     )
     kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
     return Stack(run_settings, tmp_path), kind
+
+
+class LiveStack:
+    """One started stack (API + a worker with ``children`` children), shared by the
+    parts that measure a running service (batch, latency, polls, rss), so one run
+    pays the start once and rss reads the processes that did all that work."""
+
+    def __init__(self, children: int) -> None:
+        self.children = children
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._stack: Any = None
+        self.kind = ""
+
+    def get(self) -> Any:
+        if self._stack is None:
+            self._tmp = tempfile.TemporaryDirectory()
+            stack, self.kind = _stack(Path(self._tmp.name))
+            self._stack = stack  # set before starting, so close() stops a half-started one
+            stack.start_api()
+            stack.start_worker(self.children)
+        return self._stack
+
+    def close(self) -> None:
+        try:
+            if self._stack is not None:
+                self._stack.stop()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+
+def _job_url(stack: Any, job_id: str) -> str:
+    return f"{stack.url}/api/v1/jobs/{job_id}"
+
+
+def _poll_job(stack: Any, job_id: str, interval: float = POLL_S, timeout: float = 600) -> dict:
+    """Poll the job every ``interval`` s, as a client would, until it is terminal."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = requests.get(_job_url(stack, job_id), timeout=30)
+        r.raise_for_status()  # a 429 or 5xx here is a broken run, not a slow job
+        job = r.json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:.0f} s")
+        time.sleep(interval)
+
+
+def _submit(stack: Any, name: str, data: bytes) -> str:
+    import requests
+
+    r = requests.post(f"{stack.url}/api/v1/jobs", files={"audio": (name, data)}, timeout=60)
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def _when(stamp: str) -> float:
+    """An API timestamp (ISO 8601, UTC) as seconds since the epoch."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+# --- process memory (/proc, no psutil) ----------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from each process's /proc/<pid>/stat."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # Field 4 is the parent; the command name (field 2) may contain spaces and ")".
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return sorted(kids)
+
+
+def _status_kb(pid: int, field: str) -> int | None:
+    try:
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if row.startswith(field + ":"):
+                return int(row.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _loads_tensorflow(pid: int) -> bool:
+    """Whether the process has TensorFlow mapped: the worker's pool children load the
+    models; the worker parent and the embedded beat process never do."""
+    try:
+        return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def print_rss(stack: Any, when: str) -> None:
+    """Peak (VmHWM) and current RSS of every gunicorn and celery process of ``stack``."""
+    if not Path("/proc/self/status").is_file():
+        print(f"rss {when}: skipped (no /proc on this system)")
+        return
+    print(f"rss {when}: peak RSS (VmHWM) per process, current RSS in brackets")
+
+    def show(label: str, pid: int) -> None:
+        hwm, rss = _status_kb(pid, "VmHWM"), _status_kb(pid, "VmRSS")
+        if hwm is None or rss is None:
+            print(f"  {label:<44} (exited)")
+        else:
+            print(f"  {label:<44} {hwm / 1024:8.1f} MiB   ({rss / 1024:.1f} MiB)  pid {pid}")
+
+    if stack.api is not None:
+        show("gunicorn master", stack.api.pid)
+        for i, pid in enumerate(_children(stack.api.pid), 1):
+            show(f"gunicorn worker {i}", pid)
+    if stack.worker is not None:
+        show("celery worker parent", stack.worker.pid)
+        pool = 0
+        for pid in _children(stack.worker.pid):
+            if _loads_tensorflow(pid):
+                pool += 1
+                show(f"celery child {pool} (models loaded)", pid)
+            else:
+                show("celery other child (embedded beat)", pid)
+
+
+# --- parts --------------------------------------------------------------------------
 
 
 def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
@@ -215,6 +369,7 @@ def bench_service(n_jobs: int, concurrency: int, worker_children: int) -> None:
             print(f"  {'uploads/s':<44} {len(ids) / (t_uploaded - t_start):8.1f}")
             print(f"  {'jobs finished/s (whole run)':<44} {len(ids) / (t_end - t_start):8.1f}")
             print(f"  {'outcomes':<44} {statistics_str(statuses)}")
+            print_rss(stack, "after the service run")
         finally:
             stack.stop()
 
@@ -260,7 +415,55 @@ def bench_bare(n_files: int, processes: int) -> float:
     return rate
 
 
-def bench_batch(n_files: int, worker_children: int) -> float:
+def _bare_yamnet_worker(args: tuple[list[str], int]) -> tuple[int, float, float, int]:
+    """One process of the issue's bare limit: PyAV decode to 16 kHz and one YAMNet
+    TFLite pass over every window of the clip; no heads, no gate, nothing else."""
+    paths, warm = args
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ml.yamnet import SAMPLE_RATE, Yamnet, ensure_model_file
+
+    settings = load_settings()
+    yamnet = Yamnet(ensure_model_file(settings.yamnet_model, settings.yamnet_url))
+    blobs = [Path(p).read_bytes() for p in paths]
+    for b in blobs[:warm]:
+        yamnet.run(decode(b, SAMPLE_RATE).samples)
+    seconds_of_audio, windows = 0.0, 0
+    t = time.perf_counter()
+    for b in blobs:
+        samples = decode(b, SAMPLE_RATE).samples
+        # The data set holds identical files, and the warm-up clips come round again:
+        # every clip must cost its pass, not a hit in YAMNet's memo of recent clips.
+        yamnet.forget()
+        windows += len(yamnet.run(samples).scores)
+        seconds_of_audio += len(samples) / SAMPLE_RATE
+    return len(blobs), time.perf_counter() - t, seconds_of_audio, windows
+
+
+def bench_bare_yamnet(n_files: int, processes: int) -> float:
+    """The issue's bare limit on the same clips as ``bare``: ``processes`` processes,
+    clips/s over the slowest one."""
+    import multiprocessing
+
+    files = [str(f) for f in real_files(n_files)]
+    shares = [(files[i::processes], 3) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        results = pool.map(_bare_yamnet_worker, shares)
+    clips = sum(r[0] for r in results)
+    rate = clips / max(r[1] for r in results)
+    audio = sum(r[2] for r in results)
+    windows = sum(r[3] for r in results)
+    print(
+        f"bare-yamnet: PyAV decode to 16 kHz + one YAMNet pass over every window, no heads, "
+        f"{processes} process(es), {clips} clips"
+    )
+    print(f"  {'mean clip duration':<44} {audio / clips:8.2f} s")
+    print(f"  {'YAMNet windows per clip (0.975 s, hop 0.48)':<44} {windows / clips:8.2f}")
+    print(f"  {'clips/s (the issue bare limit)':<44} {rate:8.1f}")
+    print(f"  {'windows/s':<44} {windows / max(r[1] for r in results):8.1f}")
+    return rate
+
+
+def bench_batch(live: LiveStack, n_files: int) -> float:
     """One zip through ``POST /api/v1/batches``, timed from the start of the upload
     until the batch reports ``completed``: how a study uses the service."""
     import io
@@ -273,39 +476,359 @@ def bench_batch(n_files: int, worker_children: int) -> float:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
         for f in files:
             z.write(f, f.name)
+    stack = live.get()
+    print(f"batch on {live.kind}: one zip of {len(files)} recordings, {live.children} child(ren)")
+    t = time.perf_counter()
+    r = requests.post(
+        f"{stack.url}/api/v1/batches",
+        files={"archive": ("study.zip", archive.getvalue())},
+        timeout=600,
+    )
+    r.raise_for_status()
+    batch_id = r.json()["id"]
+    t_uploaded = time.perf_counter()
+    batch = _wait_batch(stack, batch_id)
+    seconds = time.perf_counter() - t
+    print(f"  {'upload (zip -> 202)':<44} {t_uploaded - t:8.2f} s")
+    print(f"  {'upload start -> completed':<44} {seconds:8.2f} s")
+    print(f"  {'counts':<44} {batch['counts']}")
+    rate = len(files) / seconds
+    print(f"  {'clips/s end to end':<44} {rate:8.1f}")
+    return rate
+
+
+def _wait_batch(stack: Any, batch_id: str, timeout: float = 1800) -> dict:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = requests.get(f"{stack.url}/api/v1/batches/{batch_id}", timeout=30).json()
+        if batch["status"] == "completed":
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} not completed after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def bench_latency(live: LiveStack, n_jobs: int, warmup: int) -> None:
+    """An idle warm service, one job at a time: upload start -> terminal status as a
+    client sees it, polling every 50 ms."""
+    stack = live.get()
+    files = real_files(warmup + n_jobs)
+    print(
+        f"latency on {live.kind}: {len(files) - warmup} jobs one at a time after {warmup} "
+        f"warm-up, polled every {POLL_S * 1000:.0f} ms, {live.children} child(ren)"
+    )
+    upload_ms: list[float] = []
+    total_ms: list[float] = []
+    outcomes: dict[str, int] = {}
+    t_run = time.perf_counter()
+    for i, f in enumerate(files):
+        if i == warmup:
+            t_run = time.perf_counter()
+        t = time.perf_counter()
+        job_id = _submit(stack, f.name, f.read_bytes())
+        t_accepted = time.perf_counter()
+        job = _poll_job(stack, job_id)
+        if i >= warmup:
+            upload_ms.append((t_accepted - t) * 1000)
+            total_ms.append((time.perf_counter() - t) * 1000)
+            outcomes[job["status"]] = outcomes.get(job["status"], 0) + 1
+    if not total_ms:
+        print("  no jobs measured (--latency-jobs 0)")
+        return
+    line("upload -> 202", upload_ms)
+    line("upload start -> terminal status", total_ms)
+    print(f"  {'mean upload start -> terminal status':<44} {statistics.mean(total_ms):8.2f} ms")
+    rate = len(total_ms) / (time.perf_counter() - t_run)
+    print(f"  {'jobs/s, one at a time':<44} {rate:8.2f}")
+    print(f"  {'outcomes':<44} {statistics_str(outcomes)}")
+
+
+def _wrk(url: str, seconds: int, threads: int, connections: int) -> dict[str, float] | None:
+    """``wrk --latency`` against ``url``: requests/s, p50/p99 latency (ms), and the
+    count of non-2xx/3xx answers and socket errors, parsed from its report."""
+    import re
+    import shutil
+    import subprocess
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    out = subprocess.run(
+        [exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+    unit_ms = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+    def latency(q: str) -> float:
+        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        return float(m.group(1)) * unit_ms[m.group(2)] if m else float("nan")
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {
+        "rps": float(rps.group(1)) if rps else float("nan"),
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "requests": float(total.group(1)) if total else float("nan"),
+        "non_2xx": float(bad.group(1)) if bad else 0.0,
+        "socket_errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
+    }
+
+
+def bench_polls(live: LiveStack, seconds: int, threads: int, connections: int) -> None:
+    """Status polls of one finished job against ``/healthz`` (no database), same run."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        print("polls: skipped: wrk is not installed (apt-get install wrk)")
+        return
+    stack = live.get()
+    f = real_files(1)[0]
+    job_id = _submit(stack, f.name, f.read_bytes())
+    _poll_job(stack, job_id)
+    workers = len(_children(stack.api.pid)) if stack.api is not None else 0
+    print(
+        f"polls on {live.kind}: wrk -t{threads} -c{connections} -d{seconds}s, "
+        f"{workers} gunicorn worker(s) (sync)"
+    )
+    results = {}
+    urls = {"GET job (finished)": _job_url(stack, job_id), "GET /healthz": f"{stack.url}/healthz"}
+    for name, url in urls.items():
+        r = _wrk(url, seconds, threads, connections)
+        if r is None:  # wrk was found above; only a race with its removal gets here
+            return
+        results[name] = r
+        extra = ""
+        if r["non_2xx"] or r["socket_errors"]:
+            extra = f"   non-2xx {r['non_2xx']:.0f}, socket errors {r['socket_errors']:.0f}"
+        print(
+            f"  {name:<44} {r['rps']:8.1f} req/s   p50 {r['p50']:7.2f} ms   "
+            f"p99 {r['p99']:7.2f} ms{extra}"
+        )
+    poll, health = results["GET job (finished)"], results["GET /healthz"]
+    print(f"  {'job polls / healthz, req/s (same run)':<44} {poll['rps'] / health['rps']:8.2f}")
+    print(f"  {'job polls / healthz, p99 latency':<44} {poll['p99'] / health['p99']:8.2f}")
+
+
+def bench_coldstart(children: int) -> None:
+    """Worker cold start: process start -> first result. (1) The API is up and one job
+    is waiting; the worker starts. (2) As ``make run`` does: API and worker start
+    together, and the job is sent as soon as the API answers."""
+    f = real_files(1)[0]
+    data = f.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         stack, kind = _stack(Path(tmp))
-        print(f"batch on {kind}: one zip of {len(files)} recordings, {worker_children} child(ren)")
+        print(f"coldstart on {kind}: {children} worker child(ren), one job")
         try:
             stack.start_api()
-            stack.start_worker(worker_children)
-            t = time.perf_counter()
-            r = requests.post(
-                f"{stack.url}/api/v1/batches",
-                files={"archive": ("study.zip", archive.getvalue())},
-                timeout=600,
+            job_id = _submit(stack, f.name, data)
+            t_wall, t = time.time(), time.perf_counter()
+            stack.start_worker(children)
+            t_ready = time.perf_counter() - t
+            job = _poll_job(stack, job_id)
+            t_seen = time.perf_counter() - t
+            print(f"  {'worker start -> children ready (its log)':<44} {t_ready:8.2f} s")
+            print(
+                f"  {'worker start -> first result (finished_at)':<44} "
+                f"{_when(job['finished_at']) - t_wall:8.2f} s   ({job['status']})"
             )
-            r.raise_for_status()
-            batch_id = r.json()["id"]
-            t_uploaded = time.perf_counter()
-            while True:
-                batch = requests.get(f"{stack.url}/api/v1/batches/{batch_id}", timeout=30).json()
-                if batch["status"] == "completed":
-                    break
-                time.sleep(0.1)
-            seconds = time.perf_counter() - t
-            print(f"  {'upload (zip -> 202)':<44} {t_uploaded - t:8.2f} s")
-            print(f"  {'upload start -> completed':<44} {seconds:8.2f} s")
-            print(f"  {'counts':<44} {batch['counts']}")
-            rate = len(files) / seconds
-            print(f"  {'clips/s end to end':<44} {rate:8.1f}")
-            return rate
+            print(f"  {'worker start -> client sees it (50 ms polls)':<44} {t_seen:8.2f} s")
+        finally:
+            stack.stop()
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, kind = _stack(Path(tmp))
+        try:
+            t_wall, t = time.time(), time.perf_counter()
+            with ThreadPoolExecutor(1) as pool:
+                worker = pool.submit(stack.start_worker, children)
+                stack.start_api()
+                t_api = time.perf_counter() - t
+                job_id = _submit(stack, f.name, data)
+                job = _poll_job(stack, job_id)
+                t_seen = time.perf_counter() - t
+                worker.result()
+            print(f"  {'make-run start -> API answers /healthz':<44} {t_api:8.2f} s")
+            print(
+                f"  {'make-run start -> first result (finished_at)':<44} "
+                f"{_when(job['finished_at']) - t_wall:8.2f} s   ({job['status']})"
+            )
+            print(f"  {'make-run start -> client sees it':<44} {t_seen:8.2f} s")
         finally:
             stack.stop()
 
 
+def bench_poc(n_files: int) -> float | None:
+    """The proof of concept's way on ``n_files`` clips, one process: per clip, load the
+    diagnosis bundle afresh, draw the mel spectrogram as a matplotlib figure, save it
+    as a PNG, decode the PNG again, then predict with a batch of one."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display; what a server process uses
+        import librosa
+        import librosa.display
+        import matplotlib.pyplot as plt
+        from PIL import Image
+    except ImportError as exc:
+        print(f"poc: skipped: {exc.name} is not installed in this environment")
+        return None
+    import io
+
+    from ml import backbones
+    from ml.model import load_model
+
+    settings = load_settings()
+    files = real_files(n_files)
+    blobs = [f.read_bytes() for f in files]
+
+    def one_clip(blob: bytes) -> tuple[float, float, float]:
+        t0 = time.perf_counter()
+        # The per-process YAMNet interpreter cache would turn every load after the
+        # first into a dictionary lookup; the proof of concept built its model anew.
+        backbones._yamnet_instances.clear()
+        model = load_model(settings.model_bundle, yamnet_model=settings.yamnet_model)
+        t1 = time.perf_counter()
+        samples = decode(blob, model.sample_rate).samples
+        sr = model.sample_rate
+        power = librosa.feature.melspectrogram(y=samples, sr=sr, n_fft=1024, hop_length=256)
+        db = librosa.amplitude_to_db(power, ref=np.max)  # as the proof of concept did
+        fig, ax = plt.subplots(figsize=(2.99, 2.99), dpi=100)  # a 299x299 picture
+        librosa.display.specshow(db, sr=sr, hop_length=256, x_axis="time", y_axis="mel", ax=ax)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        # The decoded picture is what its Inception V3 was fed; the shipped bundle reads
+        # the waveform, so here the picture only costs what it cost then.
+        np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        t2 = time.perf_counter()
+        model.predict([samples])  # a batch of one
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    # What a long-running proof-of-concept server paid once, not per clip: imports,
+    # TensorFlow's start, numba's compilation of librosa, matplotlib's font cache.
+    one_clip(blobs[0])
+    t = time.perf_counter()
+    parts = [one_clip(b) for b in blobs]
+    rate = len(blobs) / (time.perf_counter() - t)
+    print(
+        f"poc: the proof of concept's way, 1 process, {len(blobs)} clips "
+        "(model loaded per clip, matplotlib figure -> PNG -> decode, batch of one)"
+    )
+    line("load the bundle", [p[0] * 1000 for p in parts])
+    line("decode + figure -> PNG -> decoded picture", [p[1] * 1000 for p in parts])
+    line("predict, batch of one", [p[2] * 1000 for p in parts])
+    print(f"  {'clips/s':<44} {rate:8.2f}")
+    return rate
+
+
+def _start_named_worker(stack: Any, name: str, beat: bool) -> tuple[Any, Path]:
+    """A ``celery worker --concurrency 1 -n NAME@%h`` on ``stack``'s settings and queue,
+    as ``Stack.start_worker`` starts one; only one of them runs beat (the sweeper), as a
+    deployment of several workers would."""
+    from tests.stack import BIN
+
+    log = stack.log_dir / f"worker-{name}.log"
+    schedule = ["--beat", "--schedule", str(stack.settings.data_dir / f"beat-{name}")]
+    args = [str(BIN / "celery"), "-A", "worker.celery_app", "worker"]
+    args += [*(schedule if beat else []), "--concurrency", "1", "--loglevel", "INFO"]
+    return stack._spawn([*args, "-n", f"{name}@%h"], log), log
+
+
+def bench_scale(counts: list[int], n_files: int) -> dict[int, float]:
+    """Scale-out: N celery worker processes, each ``--concurrency 1`` with its own node
+    name, on the same database, broker and queue, the same zip for each N. Workers are
+    added between runs (1, then 1 more, then 2 more) rather than all restarted: each
+    start loads the models, the longest part of the run on a small machine."""
+    import io
+    import signal
+    import zipfile
+
+    import requests
+
+    from tests.stack import wait_until
+
+    files = real_files(n_files)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            z.write(f, f.name)
+    rates: dict[int, float] = {}
+    run = uuid.uuid4().hex[:4]  # node names unique to this run: others may share Redis
+    workers: list[tuple[Any, Path]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, kind = _stack(Path(tmp))
+        print(
+            f"scale on {kind}: one zip of {len(files)} recordings; worker processes "
+            f"{', '.join(map(str, counts))}, each --concurrency 1 (-n w<i>-{run}@%h)"
+        )
+
+        def ready() -> bool:
+            for proc, log in workers:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"celery worker exited: {stack.tail(log)}")
+            texts = [log.read_text(errors="replace") for _, log in workers]
+            return all(" ready in " in t and " ready." in t for t in texts)
+
+        try:
+            stack.start_api()
+            for n in sorted(set(counts)):
+                t = time.perf_counter()
+                while len(workers) < n:
+                    i = len(workers) + 1
+                    workers.append(_start_named_worker(stack, f"w{i}-{run}", beat=i == 1))
+                wait_until(ready, 600, f"{n} worker(s) to load their models")
+                started = time.perf_counter() - t
+                t = time.perf_counter()
+                r = requests.post(
+                    f"{stack.url}/api/v1/batches",
+                    files={"archive": ("study.zip", archive.getvalue())},
+                    timeout=600,
+                )
+                r.raise_for_status()
+                batch = _wait_batch(stack, r.json()["id"])
+                seconds = time.perf_counter() - t
+                rates[n] = len(files) / seconds
+                print(
+                    f"  {f'{n} worker process(es) x 1 child':<44} {rates[n]:8.1f} clips/s   "
+                    f"({seconds:.2f} s; succeeded {batch['counts']['succeeded']}, "
+                    f"failed {batch['counts']['failed']}; workers started in {started:.1f} s)"
+                )
+        finally:
+            stack.stop()
+            for proc, _ in workers:
+                stack._stop(proc, signal.SIGTERM)
+    ordered = sorted(rates)
+    if len(ordered) > 1:
+        base = rates[ordered[0]]
+        speedups = ", ".join(f"{n}: {rates[n] / base:.2f}" for n in ordered[1:])
+        print(f"  {f'clips/s relative to {ordered[0]} worker(s)':<44} {speedups}")
+    return rates
+
+
 def statistics_str(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+PARTS = [
+    "components",
+    "service",
+    "bare",
+    "bare-yamnet",
+    "batch",
+    "latency",
+    "polls",
+    "rss",
+    "coldstart",
+    "poc",
+    "scale",
+]
 
 
 def main() -> None:
@@ -313,30 +836,75 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "part",
-        choices=["components", "service", "bare", "batch", "all"],
-        nargs="?",
-        default="all",
+        "parts",
+        metavar="part",
+        choices=[*PARTS, "all"],
+        nargs="*",
+        default="all",  # a string: argparse checks a list default against choices as one value
+        help=f"one or more of: {', '.join(PARTS)}, all (default)",
     )
     parser.add_argument("--files", type=int, default=50, help="recordings for component timings")
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=4, help="uploading clients")
     parser.add_argument("--children", type=int, default=1, help="worker child processes")
     parser.add_argument("--batch-files", type=int, default=400, help="recordings in the zip")
+    parser.add_argument("--latency-jobs", type=int, default=50, help="jobs timed one at a time")
+    parser.add_argument("--warmup", type=int, default=3, help="latency: untimed jobs first")
+    parser.add_argument("--poll-seconds", type=int, default=10, help="polls: wrk -d per URL")
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--wrk-connections", type=int, default=16)
+    parser.add_argument("--poc-files", type=int, default=10, help="clips for the poc part")
+    parser.add_argument(
+        "--scale", default="1,2,4", help="scale: worker processes per run, comma-separated"
+    )
+    parser.add_argument("--scale-files", type=int, default=200, help="scale: recordings in the zip")
     args = parser.parse_args()
+    chosen = [args.parts] if isinstance(args.parts, str) else args.parts
+    parts = set(PARTS) if "all" in chosen else set(chosen)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     print(f"machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
-    if args.part in ("components", "all"):
+    if "components" in parts:
         bench_components(args.files)
-    if args.part in ("service", "all"):
+    if "service" in parts:
         bench_service(args.jobs, args.concurrency, args.children)
-    bare = batch = None
-    if args.part in ("bare", "batch", "all"):
+    bare = bare_yamnet = batch = None
+    if parts & {"bare", "batch", "bare-yamnet"}:
         bare = bench_bare(args.batch_files, args.children)
-    if args.part in ("batch", "all"):
-        batch = bench_batch(args.batch_files, args.children)
+    if "bare-yamnet" in parts:
+        bare_yamnet = bench_bare_yamnet(args.batch_files, args.children)
+        if bare:
+            ratio = bare / bare_yamnet
+            print(f"bare loop (gate + diagnosis) / bare-yamnet, clips/s, same run: {ratio:.2f}")
+    live = LiveStack(args.children)
+    try:
+        if parts & {"batch", "rss"}:
+            batch = bench_batch(live, args.batch_files)
+        if "latency" in parts:
+            bench_latency(live, args.latency_jobs, args.warmup)
+        if "polls" in parts:
+            bench_polls(live, args.poll_seconds, args.wrk_threads, args.wrk_connections)
+        if "rss" in parts:
+            ran = [p for p in ("batch", "latency", "polls") if p in parts] or ["batch"]
+            print_rss(live.get(), f"after the {' + '.join(ran)} run")
+    finally:
+        live.close()
     if bare and batch:
         print(f"pipeline efficiency (batch end to end / bare loop, same run): {batch / bare:.2f}")
+    if bare_yamnet and batch:
+        print(
+            f"pipeline efficiency (batch end to end / bare-yamnet, same run): "
+            f"{batch / bare_yamnet:.2f}"
+        )
+    if "coldstart" in parts:
+        bench_coldstart(args.children)
+    if "poc" in parts:
+        poc = bench_poc(args.poc_files)
+        if poc:
+            loop = bench_bare(args.poc_files, 1)
+            ratio = loop / poc
+            print(f"bare loop / the proof of concept's way, same clips, same run: {ratio:.1f}x")
+    if "scale" in parts:
+        bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
 
 
 if __name__ == "__main__":

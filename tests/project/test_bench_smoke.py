@@ -1,11 +1,15 @@
-"""`make bench` cannot rot: its bare loop and one small zip through the real stack
-(PostgreSQL + Redis + gunicorn + a Celery worker) run on every CI pass. Figures are
-printed, never asserted: a benchmark is not a timed test."""
+"""`make bench` cannot rot: its bare loops (gate + diagnosis, and YAMNet alone), one
+small zip through the real stack (PostgreSQL + Redis + gunicorn + a Celery worker),
+then the cheap parts that reuse that running stack (single-job latency, status
+polls, RSS) run on every CI pass. coldstart, poc and scale start models several
+times over and are left to `make bench`.
+Figures are printed, never asserted: a benchmark is not a timed test."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -28,15 +32,29 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
         "REDIS_URL": redis_url,
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    # One invocation, one stack: latency, polls and rss reuse the batch part's API and
+    # worker, so they add seconds, not another start of the models.
     run = subprocess.run(
         [
             sys.executable,
             "scripts/bench.py",
+            "bare-yamnet",
             "batch",
+            "latency",
+            "polls",
+            "rss",
             "--children",
             "1",
             "--batch-files",
             "6",
+            "--latency-jobs",
+            "3",
+            "--warmup",
+            "1",
+            "--poll-seconds",
+            "1",
+            "--wrk-connections",
+            "4",
         ],
         cwd=PROJECT_ROOT,
         env=env,
@@ -49,3 +67,13 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
     assert re.search(r"clips/s \(the limit\)\s+\d+\.\d", out), out
     assert "'queued': 0, 'running': 0" in out, out
     assert re.search(r"pipeline efficiency .*: \d\.\d\d", out), out
+    assert re.search(r"clips/s \(the issue bare limit\)\s+\d+\.\d", out), out
+    assert re.search(r"YAMNet windows per clip .*\s\d+\.\d\d", out), out
+    assert re.search(r"upload start -> terminal status\s+median\s+\d+\.\d+ ms .* n=3", out), out
+    if shutil.which("wrk"):
+        assert re.search(r"GET /healthz\s+\d+\.\d req/s", out), out
+        assert re.search(r"job polls / healthz, req/s \(same run\)\s+\d+\.\d\d", out), out
+    else:
+        assert "polls: skipped: wrk is not installed" in out, out
+    assert re.search(r"gunicorn worker 1\s+\d+\.\d MiB", out), out
+    assert re.search(r"celery child 1 \(models loaded\)\s+\d+\.\d MiB", out), out
