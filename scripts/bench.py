@@ -492,9 +492,34 @@ def bench_batch(live: LiveStack, n_files: int) -> float:
     print(f"  {'upload (zip -> 202)':<44} {t_uploaded - t:8.2f} s")
     print(f"  {'upload start -> completed':<44} {seconds:8.2f} s")
     print(f"  {'counts':<44} {batch['counts']}")
+    if batch["counts"].get("failed"):
+        print(f"  {'why the failed ones failed':<44} {_failure_codes(stack, batch_id)}")
     rate = len(files) / seconds
     print(f"  {'clips/s end to end':<44} {rate:8.1f}")
     return rate
+
+
+def _failure_codes(stack: Any, batch_id: str) -> dict[str, int]:
+    """Error codes of a batch's failed items (a recording the gate refuses is a
+    normal outcome; anything else is worth a look)."""
+    import requests
+
+    codes: dict[str, int] = {}
+    cursor = ""
+    while True:
+        page = requests.get(
+            f"{stack.url}/api/v1/batches/{batch_id}/items",
+            params={"limit": 100, **({"cursor": cursor} if cursor else {})},
+            timeout=30,
+        ).json()
+        for job in page["items"]:
+            if job["status"] == "failed":
+                code = job["error"]["code"]
+                codes[code] = codes.get(code, 0) + 1
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    return codes
 
 
 def _wait_batch(stack: Any, batch_id: str, timeout: float = 1800) -> dict:
