@@ -83,8 +83,8 @@ def test_the_gate_and_a_yamnet_model_share_one_pass_per_clip() -> None:
 
 
 def test_the_declared_embedding_output_equals_the_intermediate_tensor() -> None:
-    """The embedding read as a declared output (no preserve-all-tensors) is the very
-    tensor the published graph computes."""
+    """The embedding read as a declared output (no preserve-all-tensors), on LiteRT, is
+    the very tensor the published graph computes on TensorFlow's own TFLite."""
     require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
     import tensorflow as tf
 
@@ -104,6 +104,6 @@ def test_the_declared_embedding_output_equals_the_intermediate_tensor() -> None:
         np.testing.assert_allclose(
             out.embeddings[i],
             reference.get_tensor(tensors[EMBEDDING_TENSOR]).reshape(-1),
-            atol=1e-6,
+            atol=1e-5,
         )
-        np.testing.assert_allclose(out.scores[i], reference.get_tensor(scores)[0], atol=1e-6)
+        np.testing.assert_allclose(out.scores[i], reference.get_tensor(scores)[0], atol=1e-5)
