@@ -78,7 +78,11 @@ def init_child(**_: Any) -> None:
         models = runtime.current().load_models()
     except Exception:
         return  # logged by load_models; jobs fail with model_unavailable
-    warm_up(models.diagnosis.manifest.spectrogram)
+    if models.diagnosis.manifest.backbone_name == "inception_v3":
+        # Its model sees the spectrogram: compile the renderer (numba, about 5 s) before
+        # the first job. A YAMNet bundle listens to the waveform; its child is ready
+        # without it, and the first picture someone asks for pays the compile once.
+        warm_up(models.diagnosis.manifest.spectrogram)
     for model in filter(None, (models.diagnosis, models.cough_gate)):
         model.warm_up()
     log.info(
