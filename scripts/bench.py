@@ -284,12 +284,14 @@ def _status_kb(pid: int, field: str) -> int | None:
 
 
 def _loads_tensorflow(pid: int) -> bool:
-    """Whether the process has TensorFlow mapped: the worker's pool children load the
-    models; the worker parent and the embedded beat process never do."""
+    """Whether the process has a model runtime mapped (LiteRT for YAMNet bundles,
+    TensorFlow for Inception): the worker's pool children load the models; the worker
+    parent and the embedded beat process never do."""
     try:
-        return "tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+        maps = Path(f"/proc/{pid}/maps").read_text()
     except OSError:
         return False
+    return "ai_edge_litert" in maps or "tensorflow" in maps
 
 
 def print_rss(stack: Any, when: str) -> None:
