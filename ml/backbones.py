@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ml.bundle import BundleError, Manifest
+from ml.bundle import FP32, INT8_DYNAMIC, BundleError, Manifest
 from ml.spectrogram import SpectrogramParams, render
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,30 @@ class Backbone(Protocol):
         ...
 
 
+def limit_blas_threads() -> None:
+    """numpy's BLAS (OpenBLAS) to one thread in this process.
+
+    The spectrogram's mel projection (a 128x513 by 513x251 product per clip) goes
+    through BLAS, whose threads spin on the same cores as TensorFlow's or TFLite's:
+    beside a loaded network, rendering took 18-33 ms a clip with OpenBLAS's default
+    threads and 5 ms with one (2-core machine), a third of each clip's time. A matrix
+    that small gains nothing from more threads, and the worker runs one child per
+    core anyway. threadpoolctl comes with scikit-learn; without it, nothing changes.
+    """
+    try:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - installed with scikit-learn
+        return
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def configure_tensorflow(threads: int | None = None) -> Any:
-    """Import TensorFlow quietly and bound its thread pools (one per worker child)."""
+    """Import TensorFlow quietly and bound its thread pools (one per worker child),
+    and numpy's BLAS pool (:func:`limit_blas_threads`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
+    limit_blas_threads()
 
     if threads:
         try:
@@ -59,14 +79,36 @@ def spectrogram_batch(waveforms: Sequence[np.ndarray], params: SpectrogramParams
     return np.repeat(images[..., np.newaxis], 3, axis=-1).astype(np.float32)
 
 
+# Where the Inception backbone may be cut. ``None`` (no "layer" in the manifest):
+# the whole network, 2,048 pooled features. ``mixed8``: up to the mixed8 block,
+# 1,280 pooled features; the only cut whose ImageNet weights exist on these
+# machines (shared/models/INCEPTION.md: mixed9 and mixed10 are not recoverable).
+MIXED8 = "mixed8"
+INCEPTION_LAYERS: tuple[str | None, ...] = (None, MIXED8)
+INCEPTION_INT8_FILE = "backbone.int8-dynamic.tflite"
+
+
+def _is_truncated_weights_file(weights: str | None) -> bool:
+    """A Keras 3 weights file of the *truncated* network (``*.weights.h5``, as
+    ``shared/models/inception_v3_imagenet_to_mixed8.weights.h5``), rather than
+    ``imagenet`` or the full network's legacy ``..._notop.h5``."""
+    return (
+        weights is not None
+        and weights not in ("imagenet", "none")
+        and (str(weights).endswith(".weights.h5"))
+    )
+
+
 class InceptionV3Backbone:
-    """Keras Inception V3 without its top, global-average pooled (2,048 features).
+    """Keras Inception V3 without its top, global-average pooled: the whole
+    network (2,048 features) or, with ``layer="mixed8"``, up to mixed8 (1,280).
 
     The spectrogram is fed at its native size (n_mels x frames, at least 75x75);
     Inception's global pooling makes any such size valid.
     """
 
     name = "inception_v3"
+    precision = FP32
 
     def __init__(
         self,
@@ -74,22 +116,41 @@ class InceptionV3Backbone:
         weights: str | None = "imagenet",
         threads: int | None = None,
         seed: int = 0,
+        layer: str | None = None,
     ) -> None:
         tf = configure_tensorflow(threads)
         import keras
 
+        if layer not in INCEPTION_LAYERS:
+            raise BundleError(f"unknown Inception V3 layer {layer!r}: use mixed8 or none")
         height, width = params.shape
         if height < 75 or width < 75:
             raise BundleError(f"Inception V3 needs at least 75x75 inputs, got {height}x{width}")
         self.params = params
+        self.layer = layer
         keras.utils.set_random_seed(seed)
         self.weights_source = weights
-        self.network = keras.applications.InceptionV3(
+        truncated_file = _is_truncated_weights_file(weights)
+        full = keras.applications.InceptionV3(
             include_top=False,
-            weights=weights,
+            # A truncated weights file fits only the truncated model: load it below.
+            weights=None if truncated_file else weights,
             input_shape=(height, width, 3),
-            pooling="avg",
+            pooling="avg" if layer is None else None,
         )
+        if layer is None:
+            if truncated_file:
+                raise BundleError(
+                    f"{weights} holds a truncated Inception V3; use it with layer 'mixed8'"
+                )
+            # What the weights files hold and what is called: the same network.
+            self.trunk = self.network = full
+        else:
+            self.trunk = keras.Model(full.input, full.get_layer(layer).output)
+            if truncated_file:
+                self.trunk.load_weights(str(weights))
+            pooled = keras.layers.GlobalAveragePooling2D()(self.trunk.output)
+            self.network = keras.Model(self.trunk.input, pooled)
         self._call = tf.function(
             lambda x: self.network(x, training=False),
             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
@@ -98,14 +159,32 @@ class InceptionV3Backbone:
 
     @classmethod
     def build_for_training(
-        cls, params: SpectrogramParams, weights: str, threads: int | None = None, seed: int = 0
+        cls,
+        params: SpectrogramParams,
+        weights: str,
+        threads: int | None = None,
+        seed: int = 0,
+        layer: str | None = None,
     ) -> InceptionV3Backbone:
-        """ImageNet weights when obtainable; otherwise say so and use random weights."""
+        """ImageNet weights when obtainable; otherwise say so and use random weights
+        (the whole network only: a head on a cut network is asked for on purpose,
+        and random features there would only hide a wrong path)."""
         if weights in (None, "none"):
-            return cls(params, weights=None, threads=threads, seed=seed)
+            return cls(params, weights=None, threads=threads, seed=seed, layer=layer)
+        if layer is None and _is_truncated_weights_file(weights):
+            raise ValueError(
+                f"{weights} holds Inception V3 cut at a layer, not the whole network: "
+                "add --inception-layer mixed8"
+            )
         try:
-            return cls(params, weights=weights, threads=threads, seed=seed)
+            return cls(params, weights=weights, threads=threads, seed=seed, layer=layer)
         except Exception as exc:  # keras raises plain Exception subclasses for fetch errors
+            if layer is not None:
+                raise ModelUnavailable(
+                    f"cannot load Inception V3 weights to {layer} from {weights!r} "
+                    f"({type(exc).__name__}: {exc}). Point --inception-weights at "
+                    "shared/models/inception_v3_imagenet_to_mixed8.weights.h5."
+                ) from exc
             log.warning(
                 "ImageNet weights for Inception V3 are not obtainable (%s: %s). "
                 "Falling back to weights=None: features come from a randomly initialised "
@@ -114,32 +193,142 @@ class InceptionV3Backbone:
                 type(exc).__name__,
                 exc,
             )
-            return cls(params, weights=None, threads=threads, seed=seed)
+            return cls(params, weights=None, threads=threads, seed=seed, layer=layer)
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        images = spectrogram_batch(waveforms, self.params)
+        return self.forward(spectrogram_batch(waveforms, self.params))
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Rendered spectrograms (:func:`spectrogram_batch`) -> pooled features."""
         return np.asarray(self._call(images), dtype=np.float32)
 
+    def load_weights(self, weights_file: Path) -> None:
+        self.trunk.load_weights(str(weights_file))
+
     def save_weights(self, bundle_dir: Path) -> str:
-        self.network.save_weights(str(Path(bundle_dir) / INCEPTION_BACKBONE_WEIGHTS))
+        self.trunk.save_weights(str(Path(bundle_dir) / INCEPTION_BACKBONE_WEIGHTS))
         return INCEPTION_BACKBONE_WEIGHTS
+
+
+def convert_int8_dynamic(backbone: InceptionV3Backbone) -> bytes:
+    """The Keras backbone (pooled features) as TFLite with dynamic-range int8 quantisation.
+
+    ``Optimize.DEFAULT`` without a representative data set: weights are stored as
+    int8 (per output channel), and each layer's input is quantised per call from
+    its own range, so no calibration data is needed and nothing depends on which
+    clips were seen. The input keeps the bundle's spectrogram size (n_mels x
+    frames is fixed by the manifest: 128 x 251 for 4 s clips), so the converter
+    can plan every layer's shape; only the batch dimension stays free.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    tf = configure_tensorflow()
+    height, width = backbone.params.shape
+    function = tf.function(lambda x: backbone.network(x, training=False))
+    spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+    # Variables frozen into constants first: the same file, byte for byte in its
+    # outputs, as ``from_keras_model`` gives, in a third of the time (that one
+    # writes and reloads a SavedModel of the whole network).
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function(spec))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return bytes(converter.convert())
+
+
+class InceptionTFLiteBackbone:
+    """The Inception backbone converted by :func:`convert_int8_dynamic`, run by the
+    LiteRT interpreter with its default XNNPACK delegate (which runs the
+    dynamically quantised convolutions; without it they take ~3x longer).
+
+    LiteRT (``ai_edge_litert``), not ``tf.lite``: the same kernels (identical
+    features, measured) without importing TensorFlow, so a worker child serving an
+    int8 bundle starts without it, as a YAMNet child does (``ml.yamnet``).
+
+    One clip per ``invoke``: the measured throughput of batch 8 was no better, and
+    a fixed input shape avoids re-planning the interpreter for each batch size.
+    The interpreter is not thread-safe: one instance per worker child, as for YAMNet.
+    """
+
+    name = "inception_v3"
+    precision = INT8_DYNAMIC
+
+    def __init__(
+        self, params: SpectrogramParams, model_content: bytes, threads: int | None = None
+    ) -> None:
+        import importlib
+
+        # Imported by name: the package ships no type information (typed as Any).
+        interpreter_class = importlib.import_module("ai_edge_litert.interpreter").Interpreter
+        limit_blas_threads()
+        self.params = params
+        self.model_content = model_content
+        height, width = params.shape
+        self.interpreter = interpreter_class(
+            model_content=model_content, num_threads=threads or os.cpu_count() or 1
+        )
+        (inp,) = self.interpreter.get_input_details()
+        if tuple(inp["shape"][1:]) != (height, width, 3):
+            raise BundleError(
+                f"the converted Inception V3 takes {tuple(inp['shape'][1:])} inputs, but the "
+                f"manifest's spectrogram is {height}x{width}x3: convert it again"
+            )
+        self.interpreter.resize_tensor_input(inp["index"], [1, height, width, 3])
+        self.interpreter.allocate_tensors()
+        self._input = inp["index"]
+        self._output = self.interpreter.get_output_details()[0]["index"]
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        return self.forward(spectrogram_batch(waveforms, self.params))
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """Rendered spectrograms (:func:`spectrogram_batch`) -> pooled features."""
+        rows = []
+        for image in images:
+            self.interpreter.set_tensor(self._input, image[np.newaxis])
+            self.interpreter.invoke()
+            rows.append(self.interpreter.get_tensor(self._output)[0].copy())
+        return np.stack(rows).astype(np.float32)
+
+    def save_weights(self, bundle_dir: Path) -> str:
+        (Path(bundle_dir) / INCEPTION_INT8_FILE).write_bytes(self.model_content)
+        return INCEPTION_INT8_FILE
 
 
 def inception_from_bundle(
     path: Path, manifest: Manifest, inception_weights: str, threads: int | None
-) -> InceptionV3Backbone:
+) -> InceptionV3Backbone | InceptionTFLiteBackbone:
+    layer = manifest.backbone.get("layer")
+    if layer not in INCEPTION_LAYERS:
+        raise BundleError(f"unknown Inception V3 layer {layer!r} in {path}: use mixed8 or none")
     source = manifest.backbone.get("weights", "imagenet")
+    if manifest.precision == INT8_DYNAMIC:
+        # The converted file is shipped, not made at load: conversion takes ~20 s and
+        # a few GB in every worker child, and the shipped file is exactly the one
+        # whose AUC the bundle's card reports.
+        if source != "bundle":
+            raise BundleError(
+                f"bundle {path} is {INT8_DYNAMIC} but its weights are {source!r}: an "
+                f"{INT8_DYNAMIC} bundle ships its converted backbone (weights 'bundle')"
+            )
+        model_file = Path(path) / manifest.backbone.get("file", INCEPTION_INT8_FILE)
+        if not model_file.is_file():
+            raise BundleError(f"bundle {path} lacks its backbone weights {model_file.name}")
+        return InceptionTFLiteBackbone(manifest.spectrogram, model_file.read_bytes(), threads)
     if source == "bundle":
         weights_file = Path(path) / manifest.backbone.get("file", INCEPTION_BACKBONE_WEIGHTS)
         if not weights_file.is_file():
             raise BundleError(f"bundle {path} lacks its backbone weights {weights_file.name}")
-        backbone = InceptionV3Backbone(manifest.spectrogram, weights=None, threads=threads)
-        backbone.network.load_weights(str(weights_file))
+        backbone = InceptionV3Backbone(
+            manifest.spectrogram, weights=None, threads=threads, layer=layer
+        )
+        backbone.load_weights(weights_file)
         return backbone
     if source == "imagenet":
         try:
             return InceptionV3Backbone(
-                manifest.spectrogram, weights=inception_weights, threads=threads
+                manifest.spectrogram, weights=inception_weights, threads=threads, layer=layer
             )
         except Exception as exc:
             # A head trained on ImageNet features is meaningless on random ones: refuse.

@@ -25,6 +25,16 @@ FORMAT_VERSION = 1
 # evaluation can leave them out.
 SPLIT_FILE = "split.json"
 
+# How a backbone runs, as ``backbone["precision"]`` in the manifest: ``fp32`` is
+# the Keras network (the default when the field is absent, as in every bundle
+# written before the field existed); ``int8-dynamic`` is a TFLite file in the
+# bundle with int8 weights and dynamically quantised activations, run with
+# XNNPACK. Checked here, without TensorFlow, so a worker parent refuses an
+# unknown value before any child loads the bundle.
+FP32 = "fp32"
+INT8_DYNAMIC = "int8-dynamic"
+PRECISIONS = (FP32, INT8_DYNAMIC)
+
 
 class BundleError(Exception):
     """A bundle is missing, incomplete or inconsistent."""
@@ -44,6 +54,10 @@ class Manifest:
     @property
     def backbone_name(self) -> str:
         return str(self.backbone["name"])
+
+    @property
+    def precision(self) -> str:
+        return str(self.backbone.get("precision", FP32))
 
     @property
     def negative_label(self) -> str:
@@ -76,6 +90,12 @@ class Manifest:
         threshold = float(data["threshold"])
         if not 0.0 <= threshold <= 1.0:
             raise BundleError(f"threshold must be within [0, 1], got {threshold}")
+        precision = dict(data["backbone"]).get("precision", FP32)
+        if precision not in PRECISIONS:
+            raise BundleError(
+                f"unknown backbone precision {precision!r}: this version runs "
+                + " or ".join(repr(p) for p in PRECISIONS)
+            )
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),

@@ -15,8 +15,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ml.backbones import Backbone, InceptionV3Backbone, YamnetBackbone
-from ml.bundle import SPLIT_FILE, Head, Manifest, write_bundle
+from ml.backbones import (
+    Backbone,
+    InceptionTFLiteBackbone,
+    InceptionV3Backbone,
+    YamnetBackbone,
+    convert_int8_dynamic,
+)
+from ml.bundle import FP32, INT8_DYNAMIC, PRECISIONS, SPLIT_FILE, Head, Manifest, write_bundle
 from ml.datasets import load_dataset
 from ml.evaluation import choose_threshold, evaluate, source_prevalence, write_outputs
 from ml.features import FeatureSet, extract
@@ -45,6 +51,11 @@ class TrainOptions:
     l2: float = 1.0
     learning_rate: float = 3e-4
     inception_weights: str = "imagenet"
+    # None: the whole network; "mixed8": cut there (ml.backbones.INCEPTION_LAYERS).
+    inception_layer: str | None = None
+    # How the Inception backbone runs in the bundle, and so also during feature
+    # extraction: the head is fitted on the features serving will compute.
+    precision: str = FP32
     yamnet_model: Path | None = None
     yamnet_url: str | None = None
     cache_dir: Path | None = None
@@ -57,14 +68,37 @@ def make_backbone(
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone and its manifest entry (which also keys the feature cache)."""
     if options.backbone == "inception_v3":
+        if options.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {options.precision!r}: use one of {PRECISIONS}")
+        layer = options.inception_layer
         inception = InceptionV3Backbone.build_for_training(
-            params, weights=options.inception_weights, seed=options.seed
+            params, weights=options.inception_weights, seed=options.seed, layer=layer
         )
         source = "imagenet" if inception.weights_source is not None else "bundle"
         spec: dict[str, Any] = {"name": "inception_v3", "weights": source}
-        cache_spec = {**spec, "spectrogram": params.to_dict(), "seed": options.seed}
-        return inception, {"manifest": spec, "cache": cache_spec}
+        provenance: dict[str, Any] = {}
+        if layer is not None or options.precision != FP32:
+            # The bundle carries its backbone (the cut network's weights or the
+            # converted file): TUSSIS_INCEPTION_WEIGHTS names the *whole* network's
+            # weights at serving time, so it cannot also name a cut one.
+            spec = {"name": "inception_v3", "weights": "bundle", "precision": options.precision}
+            if layer is not None:
+                spec["layer"] = layer
+            provenance = {"pretrained": weights_provenance(inception.weights_source)}
+        cache_spec = {
+            **spec,
+            **provenance,
+            "spectrogram": params.to_dict(),
+            "seed": options.seed,
+        }
+        backbone: Backbone = inception
+        if options.precision == INT8_DYNAMIC:
+            backbone = InceptionTFLiteBackbone(params, convert_int8_dynamic(inception))
+        return backbone, {"manifest": {**spec, **provenance}, "cache": cache_spec}
     if options.backbone == "yamnet":
+        if options.precision != FP32 or options.inception_layer is not None:
+            # YAMNet is already a TFLite model: there is nothing here to cut or convert.
+            raise ValueError("--precision and --inception-layer apply to inception_v3 only")
         if options.yamnet_model is None:
             raise ValueError("the yamnet backbone needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
         from ml.yamnet import sha256_of
@@ -74,6 +108,16 @@ def make_backbone(
         cache_spec = {**spec, "model_sha256": sha256_of(options.yamnet_model), "rate": 16000}
         return yamnet, {"manifest": spec, "cache": cache_spec}
     raise ValueError(f"unknown backbone {options.backbone!r}: use inception_v3 or yamnet")
+
+
+def weights_provenance(weights: str | None) -> dict[str, Any]:
+    """Where a bundle's pretrained backbone weights came from: a local file by name and
+    content hash (which also keys the feature cache), else the Keras source or none."""
+    if weights is None or weights in ("imagenet", "none"):
+        return {"source": weights or "none"}
+    from ml.yamnet import sha256_of
+
+    return {"source": Path(weights).name, "sha256": sha256_of(Path(weights))}
 
 
 def data_quality(examples: list) -> dict[str, int]:
@@ -214,7 +258,10 @@ def train_bundle(
 
     out.mkdir(parents=True, exist_ok=True)
     manifest_backbone = dict(spec["manifest"])
-    if isinstance(backbone, InceptionV3Backbone) and manifest_backbone["weights"] == "bundle":
+    if (
+        isinstance(backbone, InceptionV3Backbone | InceptionTFLiteBackbone)
+        and manifest_backbone["weights"] == "bundle"
+    ):
         manifest_backbone["file"] = backbone.save_weights(out)
     card = {
         "intended_use": DISCLAIMER,

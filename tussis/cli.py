@@ -120,6 +120,23 @@ def _common_model_options(func: F) -> F:
 @click.option("--validation-fraction", default=0.2, show_default=True)
 @click.option("--max-epochs", default=300, show_default=True)
 @click.option("--patience", default=30, show_default=True)
+@click.option(
+    "--inception-layer",
+    type=click.Choice(["mixed10", "mixed8"]),
+    default="mixed10",
+    show_default=True,
+    help="inception_v3 only: mixed10 is the whole network (2,048 features); mixed8 cuts it "
+    "there (1,280 features; --inception-weights may name a cut network's .weights.h5, "
+    "e.g. shared/models/inception_v3_imagenet_to_mixed8.weights.h5).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "int8-dynamic"]),
+    default="fp32",
+    show_default=True,
+    help="inception_v3 only: fp32 (Keras) or int8-dynamic (TFLite, int8 weights, XNNPACK); "
+    "the bundle ships the converted backbone and the head is fitted on its features.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @_common_model_options
 @_model_errors
@@ -135,6 +152,8 @@ def train(
     validation_fraction: float,
     max_epochs: int,
     patience: int,
+    inception_layer: str,
+    precision: str,
     no_progress: bool,
     yamnet_model: Path | None,
     inception_weights: str | None,
@@ -153,6 +172,8 @@ def train(
         max_epochs=max_epochs,
         patience=patience,
         inception_weights=inception_weights or settings.inception_weights,
+        inception_layer=None if inception_layer == "mixed10" else inception_layer,
+        precision=precision,
         yamnet_model=yamnet_model or settings.yamnet_model,
         yamnet_url=settings.yamnet_url,
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
