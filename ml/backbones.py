@@ -47,7 +47,7 @@ def limit_blas_threads() -> None:
     core anyway. threadpoolctl comes with scikit-learn; without it, nothing changes.
     """
     try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+        from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - installed with scikit-learn
         return
     threadpool_limits(limits=1, user_api="blas")
