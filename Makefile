@@ -11,7 +11,7 @@ UV := $(TOOLS)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: install lock lock-upgrade migrate run test test-faults lint format docs bench clean models
+.PHONY: install lock lock-upgrade migrate run test test-faults lint format docs bench bench-inception clean models
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -62,6 +62,17 @@ docs: install
 
 bench: migrate
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# Inception V3 to mixed8, fp32 against dynamic-range int8: trains both bundles into
+# var/models once (about 5 min on 2 cores), then compares AUC and clips/s in one run.
+INCEPTION_WEIGHTS ?= $(SHARED_DIR)/models/inception_v3_imagenet_to_mixed8.weights.h5
+var/models/inception-mixed8-%: | install
+	$(BIN)/tussis train --backbone inception_v3 --inception-layer mixed8 --precision $* \
+		--inception-weights $(INCEPTION_WEIGHTS) --data $(SHARED_DIR)/data/covid19-cough \
+		--out $@ --version 0.1.0 --cache var/feature-cache --no-progress
+
+bench-inception: var/models/inception-mixed8-fp32 var/models/inception-mixed8-int8-dynamic
+	$(BIN)/python scripts/bench_inception.py
 
 clean:
 	rm -rf var site .pytest_cache .ruff_cache .mypy_cache
