@@ -548,6 +548,8 @@ def bench_latency(live: LiveStack, n_jobs: int, warmup: int) -> None:
     )
     upload_ms: list[float] = []
     total_ms: list[float] = []
+    queued_ms: list[float] = []  # row created -> a worker claimed it (broker + claim)
+    work_ms: list[float] = []  # claimed -> terminal state written (decode, models, write)
     outcomes: dict[str, int] = {}
     t_run = time.perf_counter()
     for i, f in enumerate(files):
@@ -561,11 +563,18 @@ def bench_latency(live: LiveStack, n_jobs: int, warmup: int) -> None:
             upload_ms.append((t_accepted - t) * 1000)
             total_ms.append((time.perf_counter() - t) * 1000)
             outcomes[job["status"]] = outcomes.get(job["status"], 0) + 1
+            if job.get("started_at") and job.get("finished_at"):
+                started = _when(job["started_at"])
+                queued_ms.append((started - _when(job["created_at"])) * 1000)
+                work_ms.append((_when(job["finished_at"]) - started) * 1000)
     if not total_ms:
         print("  no jobs measured (--latency-jobs 0)")
         return
     line("upload -> 202", upload_ms)
     line("upload start -> terminal status", total_ms)
+    if queued_ms:
+        line("  of which: row created -> claimed", queued_ms)
+        line("  of which: claimed -> result written", work_ms)
     print(f"  {'mean upload start -> terminal status':<44} {statistics.mean(total_ms):8.2f} ms")
     rate = len(total_ms) / (time.perf_counter() - t_run)
     print(f"  {'jobs/s, one at a time':<44} {rate:8.2f}")
