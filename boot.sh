@@ -17,10 +17,7 @@ case "${1:-}" in
             'api:create_app()'
         ;;
     worker)
-        # Without mingle and gossip: Tussis uses neither revokes nor worker-to-worker
-        # events, and mingle holds every start for a second waiting for neighbours.
-        exec celery -A worker.celery_app worker --without-mingle --without-gossip \
-            --loglevel "${TUSSIS_LOG_LEVEL:-INFO}"
+        exec celery -A worker.celery_app worker --loglevel "${TUSSIS_LOG_LEVEL:-INFO}"
         ;;
     beat)
         exec celery -A worker.celery_app beat --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" \

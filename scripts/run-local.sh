@@ -24,9 +24,8 @@ trap stop INT TERM EXIT
 gunicorn --bind "$HOST:$PORT" --workers "${TUSSIS_API_WORKERS:-2}" --timeout "${TUSSIS_API_TIMEOUT:-300}" \
     'api:create_app()' &
 pids+=($!)
-# Without mingle and gossip, as boot.sh starts a deployed worker.
-celery -A worker.celery_app worker --without-mingle --without-gossip \
-    --beat --schedule "$DATA_DIR/celerybeat-schedule" --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" &
+celery -A worker.celery_app worker --beat --schedule "$DATA_DIR/celerybeat-schedule" \
+    --loglevel "${TUSSIS_LOG_LEVEL:-INFO}" &
 pids+=($!)
 
 sleep 2

@@ -135,8 +135,6 @@ class Stack:
                 "-A",
                 "worker.celery_app",
                 "worker",
-                "--without-mingle",  # as boot.sh starts a deployed worker
-                "--without-gossip",
                 "--beat",
                 "--schedule",
                 str(self.settings.data_dir / f"beat-{uuid.uuid4().hex[:6]}"),
