@@ -131,9 +131,9 @@ class Yamnet:
     def __init__(self, model_path: Path) -> None:
         self._recent: OrderedDict[bytes, YamnetOutput] = OrderedDict()
         self.passes = 0  # clips actually run through the network
-        # LiteRT, TensorFlow Lite's own runtime package: the same kernels as
-        # tf.lite (outputs equal to 1e-6, tested) without importing TensorFlow, which
-        # took most of a worker child's start (about 9 s of a 10 s cold start).
+        # LiteRT, TensorFlow Lite's own runtime package: the same graph as tf.lite
+        # without importing TensorFlow, which took about 9 s of a 10 s cold start (its
+        # XNNPACK build rounds differently from tf.lite's: docs/performance.md).
         from ai_edge_litert.interpreter import Interpreter
 
         self._interpreter = Interpreter(
