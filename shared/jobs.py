@@ -13,7 +13,7 @@ import enum
 import os
 import socket
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,67 +134,28 @@ def claim(
     lease_s: float,
     is_dead: Callable[[str | None], bool] = worker_is_dead,
 ) -> Claim:
-    """Claim one job: :func:`claim_many` with one id."""
-    return claim_many(
-        session, [job_id], worker_id, max_attempts=max_attempts, lease_s=lease_s, is_dead=is_dead
-    )[job_id]
-
-
-def claim_many(
-    session: Session,
-    job_ids: Iterable[str],
-    worker_id: str,
-    *,
-    max_attempts: int,
-    lease_s: float,
-    is_dead: Callable[[str | None], bool] = worker_is_dead,
-) -> dict[str, Claim]:
-    """Claim a delivery's jobs: one SELECT for all their rows, then one UPDATE per group
-    of rows read in the same (status, attempts), so one in all for a fresh chunk.
-
-    Each UPDATE is still a compare-and-set on the status and attempt count it read: of
-    two workers racing for a job, the second one's UPDATE matches no row and finds it
-    BUSY. RETURNING tells which rows each UPDATE took, so a race lost for only some of
-    a group is known per job. Keyed by job id, in the order given (duplicates once)."""
-    wanted = list(dict.fromkeys(job_ids))
-    if not wanted:
-        return {}
-    # FOR UPDATE in id order (PostgreSQL; SQLite has one writer anyway): workers claiming
-    # overlapping chunks lock the shared rows in the same order, so they queue instead
-    # of deadlocking, and the later one reads the earlier one's claim (BUSY).
-    found = session.scalars(
-        select(Job).where(Job.id.in_(wanted)).order_by(Job.id).with_for_update()
-    )
-    rows = {job.id: job for job in found}
+    job = session.get(Job, job_id)
+    if job is None:
+        return Claim(ClaimOutcome.MISSING)
+    if job.is_terminal:
+        return Claim(ClaimOutcome.TERMINAL, job)
     now = utcnow()
-    claims: dict[str, Claim] = {}
-    to_take: dict[tuple[str, int], list[str]] = {}
-    to_give_up: dict[tuple[str, int], list[str]] = {}
-    for job_id in wanted:
-        job = rows.get(job_id)
-        if job is None:
-            claims[job_id] = Claim(ClaimOutcome.MISSING)
-        elif job.is_terminal:
-            claims[job_id] = Claim(ClaimOutcome.TERMINAL, job)
-        elif (
-            job.status == JobStatus.RUNNING
-            and job.lease_expires_at is not None
-            and job.lease_expires_at > now
-            # A claim of this very process is one it no longer works on (a prefork child
-            # runs one task at a time): a retry after a lost database connection takes it
-            # back at once instead of waiting for the lease to run out.
-            and job.worker != worker_id
-            and not is_dead(job.worker)
-        ):
-            claims[job_id] = Claim(ClaimOutcome.BUSY, job)
-        else:
-            groups = to_give_up if job.attempts >= max_attempts else to_take
-            groups.setdefault((job.status, job.attempts), []).append(job_id)
-
-    for (status, attempts), ids in to_give_up.items():
+    if (
+        job.status == JobStatus.RUNNING
+        and job.lease_expires_at is not None
+        and job.lease_expires_at > now
+        # A claim of this very process is one it no longer works on (a prefork child
+        # runs one task at a time): a retry after a lost database connection takes it
+        # back at once instead of waiting for the lease to run out.
+        and job.worker != worker_id
+        and not is_dead(job.worker)
+    ):
+        return Claim(ClaimOutcome.BUSY, job)
+    guard = and_(Job.id == job_id, Job.status == job.status, Job.attempts == job.attempts)
+    if job.attempts >= max_attempts:
         session.execute(
             update(Job)
-            .where(Job.id.in_(ids), Job.status == status, Job.attempts == attempts)
+            .where(guard)
             .values(
                 status=JobStatus.FAILED,
                 finished_at=now,
@@ -202,36 +163,29 @@ def claim_many(
                 lease_expires_at=None,
                 error_code="worker_lost",
                 error_message=(
-                    f"Processing stopped unexpectedly {attempts} times "
+                    f"Processing stopped unexpectedly {job.attempts} times "
                     "(the worker process died); giving up on this recording."
                 ),
             )
         )
-        claims.update((job_id, Claim(ClaimOutcome.GAVE_UP, rows[job_id])) for job_id in ids)
-    for (status, attempts), ids in to_take.items():
-        taken = session.scalars(
-            update(Job)
-            .where(Job.id.in_(ids), Job.status == status, Job.attempts == attempts)
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                worker=worker_id,
-                started_at=now,
-                updated_at=now,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-            )
-            .returning(Job),
-            # Refresh the rows already in the session from RETURNING, so the caller reads
-            # the claimed state (even after the session closes) without another SELECT.
-            execution_options={"populate_existing": True},
+        return Claim(ClaimOutcome.GAVE_UP, job)
+    result = session.execute(
+        update(Job)
+        .where(guard)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            worker=worker_id,
+            started_at=now,
+            updated_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
         )
-        won = {job.id: job for job in taken}
-        for job_id in ids:
-            if job_id in won:
-                claims[job_id] = Claim(ClaimOutcome.CLAIMED, won[job_id], won[job_id].attempts)
-            else:
-                claims[job_id] = Claim(ClaimOutcome.BUSY, rows[job_id])
-    return {job_id: claims[job_id] for job_id in wanted}
+    )
+    if affected(result) != 1:
+        return Claim(ClaimOutcome.BUSY, job)
+    session.expire(job)
+    job = session.get(Job, job_id)
+    return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
 
 
 def _finish(session: Session, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:

@@ -10,8 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
@@ -82,16 +81,6 @@ class Claimed:
     done: bool = False
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """A claimed job's terminal state, worked out but not yet written: a delivery writes
-    all of them in one transaction at its end (:meth:`Pipeline.record`)."""
-
-    item: Claimed
-    write: Callable[..., bool]  # jobs.succeed or jobs.fail
-    values: dict[str, Any] = field(default_factory=dict)
-
-
 class Pipeline:
     """One delivery's work: claim the jobs, decode, gate, predict, record.
 
@@ -104,81 +93,37 @@ class Pipeline:
         self.settings = rt.settings
         self.publish_callback = publish_callback
         self.worker_id = jobs.this_worker_id()
-        self.outcomes: list[Outcome] = []
 
     def fail(self, item: Claimed, code: str, message: str, **details: object) -> None:
         item.done = True
-        self.outcomes.append(Outcome(item, jobs.fail, dict(code=code, message=message, **details)))
-
-    def succeed(self, item: Claimed, **values: object) -> None:
-        item.done = True
-        self.outcomes.append(Outcome(item, jobs.succeed, values))
-
-    def record(self) -> None:
-        """Write every terminal state gathered so far, in one transaction.
-
-        One commit for a whole chunk instead of one per job. Each UPDATE keeps its own
-        guard (``jobs._finish``), so a claim lost to a takeover or a deletion is still
-        found job by job. Until the commit the rows stay ``running`` under this
-        worker's lease: should the worker die first, the job runs again (an attempt is
-        counted) and still ends in exactly one terminal state."""
-        outcomes, self.outcomes = self.outcomes, []
-        if not outcomes:
-            return
-        try:
-            self._write(outcomes)
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise  # the task retries the delivery (worker.tasks)
-            # One result the database refuses must not sink the chunk's others: write
-            # them one by one, and record the refused one as an internal error.
-            log.exception("could not record %d results together", len(outcomes))
-            for outcome in outcomes:
-                try:
-                    self._write([outcome])
-                except Exception as one_exc:
-                    if is_unavailable(one_exc):
-                        raise
-                    log.exception("job %s: result refused", outcome.item.job_id)
-                    refused = dict(
-                        code="internal_error",
-                        message="The analysis result could not be recorded "
-                        f"({type(one_exc).__name__}).",
-                    )
-                    self._write([Outcome(outcome.item, jobs.fail, refused)])
-
-    def _write(self, outcomes: list[Outcome]) -> None:
-        lost = []
         with self.runtime.session() as session:
-            # In id order, as jobs.claim_many locks them: two transactions holding some of
-            # the same rows (another delivery's claim) wait for each other, never deadlock.
-            for o in sorted(outcomes, key=lambda o: o.item.job_id):
-                if not o.write(session, o.item.job_id, self.worker_id, o.item.attempt, **o.values):
-                    lost.append(o)
-        for o in lost:
-            log.warning(
-                "job %s: claim lost (deleted or taken over); %s not recorded",
-                o.item.job_id,
-                o.values.get("code", "result"),
+            ok = jobs.fail(
+                session,
+                item.job_id,
+                self.worker_id,
+                item.attempt,
+                code=code,
+                message=message,
+                **details,
             )
+        if not ok:
+            log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
 
     def claim(self, job_ids: list[str]) -> list[Claimed]:
-        with self.runtime.session() as session:
-            claims = jobs.claim_many(
-                session,
-                job_ids,
-                self.worker_id,
-                max_attempts=self.settings.job_max_attempts,
-                lease_s=self.settings.lease_s,
-            )
-        taken = [job_id for job_id, c in claims.items() if c.outcome is jobs.ClaimOutcome.CLAIMED]
-        if taken:
-            # Renewed from now on, so a lease far shorter than the task time limit
-            # never runs out under a live worker.
-            self.runtime.heartbeat.hold(taken)
         claimed = []
-        for job_id, c in claims.items():
+        for job_id in job_ids:
+            with self.runtime.session() as session:
+                c = jobs.claim(
+                    session,
+                    job_id,
+                    self.worker_id,
+                    max_attempts=self.settings.job_max_attempts,
+                    lease_s=self.settings.lease_s,
+                )
             if c.outcome is jobs.ClaimOutcome.CLAIMED and c.job is not None:
+                # Renewed from now on, so a lease far shorter than the task time limit
+                # never runs out under a live worker.
+                self.runtime.heartbeat.hold([job_id])
                 log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
                 claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
             else:
@@ -188,12 +133,11 @@ class Pipeline:
         return claimed
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
-        # All of the delivery's audio in one read (one query with database storage).
-        stored = self.runtime.storage.get_many(item.audio_key for item in items)
         ready = []
         for item in items:
-            data = stored.get(item.audio_key)
-            if data is None:
+            try:
+                data = self.runtime.storage.get(item.audio_key)
+            except AudioNotFound:
                 self.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
                 continue
             try:
@@ -241,8 +185,6 @@ class Pipeline:
                         "internal_error",
                         f"An unexpected error stopped the analysis ({type(exc).__name__}).",
                     )
-        self.record()
-        # Once per batch per delivery (a chunk is one batch's), after its items' states.
         for batch_id in {i.batch_id for i in items if i.batch_id}:
             with self.runtime.session() as session:
                 batches.complete_and_notify(session, batch_id, self.publish_callback)
@@ -302,18 +244,27 @@ class Pipeline:
                 self.fail(item, *NOT_A_SCORE)
                 continue
             gate_verdict = cough[item.job_id]
-            self.succeed(
-                item,
-                diagnosis=prediction.diagnosis,
-                score=prediction.score,
-                threshold=model.manifest.threshold,
-                model_id=model.id,
-                model_version=model.version,
-                duration_s=item.audio.duration_s,  # type: ignore[union-attr]
-                cough_detected=gate_verdict.detected,
-                cough_score=gate_verdict.score,
-                cough_segments=gate_verdict.segments,
-            )
+            item.done = True
+            with self.runtime.session() as session:
+                ok = jobs.succeed(
+                    session,
+                    item.job_id,
+                    self.worker_id,
+                    item.attempt,
+                    diagnosis=prediction.diagnosis,
+                    score=prediction.score,
+                    threshold=model.manifest.threshold,
+                    model_id=model.id,
+                    model_version=model.version,
+                    duration_s=item.audio.duration_s,  # type: ignore[union-attr]
+                    cough_detected=gate_verdict.detected,
+                    cough_score=gate_verdict.score,
+                    cough_segments=gate_verdict.segments,
+                )
+            if not ok:
+                log.warning(
+                    "job %s: claim lost (deleted or taken over); result dropped", item.job_id
+                )
 
 
 def draw_spectrogram(rt: Runtime, job_id: str) -> bool:
