@@ -17,8 +17,11 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
 
+# Bytecode is compiled at install, as in the Docker image: where the environment
+# sets PYTHONDONTWRITEBYTECODE, every worker child would otherwise compile
+# TensorFlow's sources again (about 8 s of each child's start).
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --python $(PYTHON) --extra train
+	$(UV) sync --locked --compile-bytecode --python $(PYTHON) --extra train
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -340,6 +340,9 @@ def test_a_chunk_cut_off_by_a_dying_worker_is_retried_one_recording_at_a_time(
         broker_url=redis_url,
         model_bundle=tiny_bundle,
         drill_task_delay_s=4.0,
+        # The broker's re-delivery is under test, not the sweeper: the dead child's
+        # leases must outlive its replacement's start (an Inception child takes 10-25 s).
+        job_lease_s=300.0,
     )
     stack = Stack(settings, tmp_path)
     try:
