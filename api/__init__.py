@@ -18,6 +18,7 @@ from api import auth, contract, guards, limits
 from api.batches import bp as batches_bp
 from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
+from api.evaluation import bp as evaluation_bp
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
 from api.parameter_errors import raise_parameter_error
@@ -104,13 +105,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     guards.init_app(app)  # hostile URLs, headers and ids stop here, before anything else
     # Authentication runs before the limiter, so that limits count per key.
     auth.init_app(app)
-    limits.init_app(app, settings, [jobs_bp, batches_bp, models_bp])
+    limits.init_app(app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp])
     app.after_request(_api_security_headers)
     app.register_api(health_bp)
     app.register_api(jobs_bp, url_prefix="/api/v1")
     app.register_api(models_bp, url_prefix="/api/v1")
     app.register_blueprint(web_bp)
     app.register_api(batches_bp, url_prefix="/api/v1")
+    app.register_api(evaluation_bp, url_prefix="/api/v1")
     app.register_api(docs_bp)
     contract.register_components(app)
     if not logging.getLogger().handlers:

@@ -90,36 +90,76 @@ def _ignored(name: str) -> bool:
     return name.endswith("/") or name.startswith("__MACOSX/") or base in {".DS_Store", "Thumbs.db"}
 
 
-def _invalid_labels(detail: str) -> ApiError:
-    return ApiError(
-        422, "invalid_labels", f"The archive's labels.csv cannot be used: {detail}; fix it."
-    )
+# A labels file is read up to this size (in an archive, a larger member is not read
+# as labels; as a request's ``labels`` part, it is refused).
+MAX_LABELS_BYTES = 10**7
 
 
-def read_labels(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> dict[str, str]:
-    """``path -> label`` from the first ``labels.csv``/``manifest.csv``; 422 if malformed."""
+@dataclass(frozen=True)
+class ItemLabel:
+    """What a labels file says about one item: its label and its group (a site,
+    device or recording source), either of which may be absent."""
+
+    label: str | None
+    group: str | None = None
+
+
+def _invalid_labels(detail: str, source: str = "The archive's labels.csv") -> ApiError:
+    return ApiError(422, "invalid_labels", f"{source} cannot be used: {detail}; fix it.")
+
+
+def parse_labels(text: str, source: str) -> dict[str, ItemLabel]:
+    """``path -> ItemLabel`` from a CSV with the columns ``path`` and ``label`` and an
+    optional ``group`` (header names compared without case or surrounding spaces;
+    other columns are ignored). Rows without a path are skipped; a path, label or
+    group with a control character, or text the csv module cannot read, is a 422
+    ``invalid_labels`` naming ``source``."""
+    entries: dict[str, ItemLabel] = {}
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames:
+            reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+        for row in reader:
+            path = row.get("path")
+            # Extra or missing cells give lists or None, not text.
+            label = row.get("label") if isinstance(row.get("label"), str) else None
+            group = row.get("group") if isinstance(row.get("group"), str) else None
+            if not isinstance(path, str) or not path or (label is None and group is None):
+                continue
+            if any(has_control(value) for value in (path, label or "", group or "")):
+                raise _invalid_labels(
+                    "a path, label or group contains a control character (such as a NUL byte)",
+                    source,
+                )
+            entries[safe_path(path.strip()) or ""] = ItemLabel(
+                (label or "").strip() or None, (group or "").strip() or None
+            )
+    except csv.Error as exc:
+        raise _invalid_labels("it is not a readable CSV file", source) from exc
+    return entries
+
+
+def read_labels(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]) -> dict[str, ItemLabel]:
+    """``path -> ItemLabel`` from the first ``labels.csv``/``manifest.csv``; 422 if
+    malformed."""
     for info in infos:
-        if posixpath.basename(info.filename).lower() in MANIFEST_NAMES and info.file_size < 10**7:
+        name = posixpath.basename(info.filename).lower()
+        if name in MANIFEST_NAMES and info.file_size < MAX_LABELS_BYTES:
             try:
                 text = zf.read(info).decode("utf-8-sig", errors="replace")
             except READ_ERRORS as exc:
                 raise _invalid_labels("it is damaged or encrypted") from exc
-            labels: dict[str, str] = {}
-            try:
-                for row in csv.DictReader(io.StringIO(text)):
-                    path, label = row.get("path"), row.get("label")
-                    # Extra or missing cells give lists or None, not text.
-                    if not isinstance(path, str) or not isinstance(label, str) or not path:
-                        continue
-                    if has_control(path) or has_control(label):
-                        raise _invalid_labels(
-                            "a path or label contains a control character (such as a NUL byte)"
-                        )
-                    labels[safe_path(path.strip()) or ""] = label.strip()
-            except csv.Error as exc:
-                raise _invalid_labels("it is not a readable CSV file") from exc
-            return labels
+            return parse_labels(text, "The archive's labels.csv")
     return {}
+
+
+def read_labels_part(data: bytes) -> dict[str, ItemLabel]:
+    """The ``labels`` part of a ``files`` upload: the same CSV as an archive's
+    labels.csv, its paths the uploaded files' names; 422 if malformed or too large."""
+    source = "The request's labels file"
+    if len(data) > MAX_LABELS_BYTES:
+        raise _invalid_labels(f"it is larger than {MAX_LABELS_BYTES // 10**6} MB", source)
+    return parse_labels(data.decode("utf-8-sig", errors="replace"), source)
 
 
 def _check_expansion(uncompressed: int, archive_bytes: int, limits: Limits) -> None:

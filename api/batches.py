@@ -17,13 +17,22 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
 from api import contract, intake, schemas
-from api.archive import Limits, Member, iter_members, open_archive, safe_path
+from api.archive import (
+    MAX_LABELS_BYTES,
+    ItemLabel,
+    Limits,
+    Member,
+    iter_members,
+    open_archive,
+    read_labels_part,
+    safe_path,
+)
 from api.auth import current_owner
 from api.contract import BatchPath
 from api.errors import ApiError
 from api.idempotency import idempotent, replay_batch
 from api.paging import PageQuery, invalid_cursor, page_response
-from api.representation import batch_to_dict, batch_url, job_to_dict
+from api.representation import batch_to_dict, batch_url, job_to_dict, model_notes
 from shared import batches, netguard, retention
 from shared.audio import AudioError
 from shared.db import session_scope
@@ -37,6 +46,11 @@ bp = APIBlueprint("batches", __name__, abp_tags=[contract.TAGS["batches"]])
 _FILES = {
     "files": {"type": "array", "items": contract.FILE, "description": "The recordings."},
     "archive": {**contract.FILE, "description": "One .zip of recordings (instead of `files`)."},
+    "labels": {
+        **contract.FILE,
+        "description": "With `files` only: a CSV `path,label[,group]` whose paths are the "
+        "files' names (an archive carries its own labels.csv).",
+    },
 }
 _BATCH = contract.json_answer(schemas.Batch, "The batch.", {"Retry-After": contract.RETRY_AFTER})
 _UPLOADED = contract.json_answer(
@@ -47,7 +61,7 @@ _UPLOADED = contract.json_answer(
 
 CSV_COLUMNS = [
     "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
-    "model_id", "model_version", "label", "sha256", "job_id",
+    "model_id", "model_version", "label", "group", "sha256", "job_id",
 ]  # fmt: skip
 
 
@@ -113,12 +127,28 @@ def _file_members(files: list[FileStorage]) -> Iterator[Member]:
         yield Member(path, data=data)
 
 
-def _members() -> tuple[Iterator[Member], dict[str, str]]:
+def _labels_part() -> bytes | None:
+    """The request's ``labels`` part (a file, or a plain field as some clients send it)."""
+    upload = request.files.get("labels")
+    if upload is not None:
+        return upload.stream.read(MAX_LABELS_BYTES + 1)
+    text = request.form.get("labels")
+    return text.encode("utf-8") if text is not None else None
+
+
+def _members() -> tuple[Iterator[Member], dict[str, ItemLabel]]:
     s = intake.settings()
     archive = request.files.get("archive")
     files = request.files.getlist("files")
+    labels_part = _labels_part()
     if archive is not None and files:
         raise ApiError(400, "missing_files", "Send either 'files' or one 'archive', not both.")
+    if archive is not None and labels_part is not None:
+        raise ApiError(
+            422,
+            "invalid_labels",
+            "A 'labels' part goes with 'files' only; put labels.csv inside the archive.",
+        )
     if archive is not None:
         limits = Limits(
             max_members=s.archive_max_members,
@@ -136,7 +166,7 @@ def _members() -> tuple[Iterator[Member], dict[str, str]]:
             "Send the recordings as repeated multipart file fields named 'files', "
             "or one .zip as 'archive'.",
         )
-    return _file_members(files), {}
+    return _file_members(files), read_labels_part(labels_part) if labels_part is not None else {}
 
 
 def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
@@ -176,7 +206,7 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
 
 def _store_members(
     members: Iterator[Member],
-    labels: dict[str, str],
+    labels: dict[str, ItemLabel],
     batch_id: str,
     owner: str,
     seen: set[tuple[str | None, str]],
@@ -215,14 +245,15 @@ def _store_members(
                 {"path": member.path, "error": {"code": exc.code, "message": exc.message}}
             )
             continue
-        label = labels.get(member.path)
+        given = labels.get(member.path) or ItemLabel(None)
         item = intake.new_job(
             member.data,
             member.path.rsplit("/", 1)[-1],
             None,
             duration,
             path=member.path,
-            label=label[:255] if label else None,
+            label=given.label[:255] if given.label else None,
+            group=given.group[:255] if given.group else None,
         )
         if (item.path, item.sha256) in seen:
             duplicates += 1
@@ -427,7 +458,8 @@ def list_items(path: BatchPath, query: PageQuery) -> Response:
     with session_scope(s.database_url) as session:
         _load(session, batch_id, owner)
         rows = batches.items_page(session, batch_id, after, limit + 1)
-        items = [job_to_dict(j) for j in rows[:limit]]
+        notes = model_notes(session, rows[:limit])
+        items = [job_to_dict(j, notes) for j in rows[:limit]]
         next_cursor = batches.encode_item_cursor(rows[limit - 1]) if len(rows) > limit else None
     return page_response({"items": items, "next_cursor": next_cursor}, next_cursor, limit)
 
@@ -437,7 +469,7 @@ def _csv_row(job: Job) -> list[Any]:
         job.path, job.status, job.diagnosis, job.score,
         "" if job.cough_detected is None else str(job.cough_detected).lower(),
         job.cough_score, job.error_code, job.model_id, job.model_version, job.label,
-        job.audio_sha256, job.id,
+        job.group, job.audio_sha256, job.id,
     ]  # fmt: skip
 
 

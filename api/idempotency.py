@@ -31,7 +31,7 @@ from werkzeug.datastructures import FileStorage
 from api import intake
 from api.auth import current_owner
 from api.errors import ApiError
-from api.representation import batch_to_dict, batch_url, job_to_dict, job_url
+from api.representation import batch_to_dict, batch_url, job_to_dict, job_url, model_notes
 from shared import batches, jobs
 from shared import idempotency as keys
 from shared.db import session_scope
@@ -108,7 +108,7 @@ def replay_job(owner: str, job_id: str) -> Response:
             raise ApiError(
                 404, "job_not_found", f"The job {job_id} created with this key no longer exists."
             )
-        body = job_to_dict(job)
+        body = job_to_dict(job, model_notes(session, [job]))
     response = jsonify(body)
     response.headers["Location"] = job_url(job_id)
     if body["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):

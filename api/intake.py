@@ -51,6 +51,7 @@ class NewJob:
     sha256: str
     path: str | None = None
     label: str | None = None
+    group: str | None = None
 
 
 # The lengths of the jobs table's filename and content_type columns.
@@ -90,6 +91,7 @@ def new_job(
     duration_s: float,
     path: str | None = None,
     label: str | None = None,
+    group: str | None = None,
 ) -> NewJob:
     return NewJob(
         data,
@@ -99,6 +101,7 @@ def new_job(
         hashlib.sha256(data).hexdigest(),
         path,
         label,
+        group,
     )
 
 
@@ -121,6 +124,7 @@ def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None
                 batch_seq=seq,
                 path=item.path,
                 label=item.label,
+                group=item.group,
             )
     except BaseException:
         # No row will ever point at the audio: remove it now rather than leave an
@@ -154,6 +158,7 @@ def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: in
                     batch_seq=first_seq + offset,
                     path=item.path,
                     label=item.label,
+                    group=item.group,
                 )
     except BaseException:
         # As in store: no row will point at this audio.

@@ -14,7 +14,7 @@ from api.contract import JobPath
 from api.errors import ApiError, upload_too_large
 from api.idempotency import idempotent, replay_job
 from api.paging import PageQuery, invalid_cursor, page_response
-from api.representation import job_to_dict, job_url
+from api.representation import job_to_dict, job_url, model_notes
 from shared import jobs, retention
 from shared.audio import AudioError
 from shared.db import session_scope
@@ -93,7 +93,7 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     job = intake.store(owner, intake.new_job(data, filename, content_type, duration))
     intake.publish_single(job.id)
     headers = {"Location": job_url(job.id), "Retry-After": str(settings.retry_after_s)}
-    return jsonify(job_to_dict(job)), 202, headers
+    return jsonify(job_to_dict(job, {})), 202, headers
 
 
 @bp.get("/jobs/<job_id>", responses=contract.answers({200: _JOB}, 404))
@@ -104,7 +104,7 @@ def get_job(path: JobPath) -> Response:
     owner = current_owner()
     with session_scope(settings.database_url) as session:
         job = _owned(session, job_id, owner)
-        body = job_to_dict(job)
+        body = job_to_dict(job, model_notes(session, [job]))
     response = jsonify(body)
     if body["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
         response.headers["Retry-After"] = str(settings.retry_after_s)
@@ -127,7 +127,8 @@ def list_jobs(query: PageQuery) -> Response:
             rows, next_cursor = jobs.list_for_owner(session, owner, limit, query.cursor or None)
         except ValueError as exc:
             raise invalid_cursor() from exc
-        body = {"jobs": [job_to_dict(j) for j in rows], "next_cursor": next_cursor}
+        notes = model_notes(session, rows)
+        body = {"jobs": [job_to_dict(j, notes) for j in rows], "next_cursor": next_cursor}
     return page_response(body, next_cursor, limit)
 
 

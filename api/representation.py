@@ -3,13 +3,15 @@ rows, and checked against the declared bodies of api/schemas.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from api import schemas
-from shared import batches
+from shared import batches, jobs
 from shared.tables import Batch, BatchStatus, Job, JobStatus, ServedModel, utcnow
 
 
@@ -21,9 +23,42 @@ def job_url(job_id: str) -> str:
     return f"/api/v1/jobs/{job_id}"
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ModelNote:
+    """What a result repeats from its model's manifest (the one source of truth)."""
+
+    caveat: str | None = None
+    within_source_auc: float | None = None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> ModelNote:
+        # Older bundles carry neither field; a malformed one is shown as unknown.
+        caveat, auc = manifest.get("caveat"), manifest.get("within_source_auc")
+        return cls(
+            caveat if isinstance(caveat, str) and caveat.strip() else None,
+            float(auc) if isinstance(auc, int | float) and not isinstance(auc, bool) else None,
+        )
+
+
+ModelNotes = Mapping[tuple[str, str], ModelNote]
+
+
+def model_notes(session: Session, rows: Iterable[Job]) -> dict[tuple[str, str], ModelNote]:
+    """The notes of the models that scored these jobs, in one query."""
+    pairs = {
+        (j.model_id, j.model_version)
+        for j in rows
+        if j.status == JobStatus.SUCCEEDED and j.model_id and j.model_version
+    }
+    return {pair: ModelNote.of(m) for pair, m in jobs.scoring_manifests(session, pairs).items()}
+
+
+def job_to_dict(job: Job, notes: ModelNotes) -> dict[str, Any]:
+    """The job's body; ``notes`` (from :func:`model_notes`, or ``{}`` for a job that
+    cannot have a result yet) gives a result its model's caveat."""
     result = None
     if job.status == JobStatus.SUCCEEDED:
+        note = notes.get((job.model_id or "", job.model_version or ""), ModelNote())
         result = {
             "diagnosis": job.diagnosis,
             # The proof of concept's key, kept so its clients keep working.
@@ -35,6 +70,8 @@ def job_to_dict(job: Job) -> dict[str, Any]:
             "cough_detected": job.cough_detected,
             "cough_score": job.cough_score,
             "cough_segments": job.cough_segments,
+            "caveat": note.caveat,
+            "within_source_auc": note.within_source_auc,
         }
     error: dict[str, Any] | None = None
     if job.status == JobStatus.FAILED:
@@ -67,6 +104,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "batch_id": job.batch_id,
         "path": job.path,
         "label": job.label,
+        "group": job.group,
         "links": {"self": job_url(job.id), "spectrogram": f"{job_url(job.id)}/spectrogram.png"},
     }
     return schemas.dump(schemas.Job, body)

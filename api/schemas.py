@@ -79,6 +79,14 @@ class JobResult(Body):
     cough_detected: bool | None
     cough_score: float | None
     cough_segments: Segments | None
+    caveat: str | None = Field(
+        description="The model card's one-sentence warning about what this score is worth "
+        "(from the bundle's manifest); null when the bundle has none."
+    )
+    within_source_auc: float | None = Field(
+        description="The bundle's headline AUC within a recording source (from its "
+        "manifest): how well the score ranks recordings of one channel; null when unknown."
+    )
 
 
 class JobError(Body):
@@ -110,6 +118,9 @@ class Job(Body):
     batch_id: str | None
     path: str | None
     label: str | None
+    group: str | None = Field(
+        description="Batch items: the group (site, device, source) a labels file gave."
+    )
     links: JobLinks
 
 
@@ -191,6 +202,88 @@ class BatchPage(Body):
 class ItemPage(Body):
     items: list[Job]
     next_cursor: NextCursor
+
+
+# --- evaluation of a labelled batch -----------------------------------------------------
+
+Rate = Annotated[float | None, Field(ge=0, le=1)]
+
+
+class Confusion(Body):
+    tp: int
+    fn: int
+    tn: int
+    fp: int
+
+
+class EvaluationFigures(Body):
+    """The figures of one set of scored items (docs/batches.md, Evaluate a labelled batch)."""
+
+    n: int
+    positives: int
+    negatives: int
+    auc: Rate = Field(description="ROC AUC; null when one label is absent.")
+    auc_ci: list[float] | None = Field(
+        description="Bootstrap 95 % interval of the AUC, [low, high] (2,000 resamples).",
+        min_length=2,
+        max_length=2,
+    )
+    accuracy: Rate
+    sensitivity: Rate
+    specificity: Rate
+    confusion: Confusion
+    brier: Rate = Field(description="Mean squared difference of score and label.")
+    ece: Rate = Field(description="Expected calibration error over ten equal-width bins.")
+
+
+class LabelError(Body):
+    path: str | None
+    label: str
+
+
+class LabelErrors(Body):
+    count: int
+    examples: list[LabelError] = Field(description="The first few such items.")
+
+
+class EvaluationModel(Body):
+    id: str
+    version: str
+    labels: list[str] = Field(description="[negative, positive], as the bundle names them.")
+    caveat: str | None
+    within_source_auc: float | None
+
+
+class EvaluationLinks(Body):
+    roc: str
+    calibration: str
+
+
+class Evaluation(Body):
+    """A finished batch's labelled items against their scores."""
+
+    overall: EvaluationFigures
+    groups: dict[str, EvaluationFigures] = Field(
+        description="The same figures per `group`, for items that have one."
+    )
+    group_only_auc: Rate = Field(
+        description="The AUC of the group alone (each item scored by its group's share of "
+        "positives in this batch, which flatters it); null without groups."
+    )
+    rejected_by_gate: int = Field(
+        description="Labelled items the cough gate refused (`no_cough_detected`): not scored."
+    )
+    label_errors: LabelErrors = Field(
+        description="Items whose label is neither of the model's two labels: not scored."
+    )
+    failed: int = Field(description="Labelled items that failed for another reason.")
+    unlabelled: int = Field(description="Items without a label: left out.")
+    model: EvaluationModel
+    threshold: float = Field(
+        description="The bundle's threshold: sensitivity and "
+        "specificity count a score at or above it as the positive label."
+    )
+    links: EvaluationLinks
 
 
 # --- models and health -----------------------------------------------------------------

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -96,6 +97,28 @@ def items_page(session: Session, batch_id: str, after_seq: int, limit: int) -> l
             .order_by(Job.batch_seq)
             .limit(limit)
         )
+    )
+
+
+def evaluation_items(session: Session, batch_id: str) -> list[Any]:
+    """What evaluating a finished batch needs of each item, in upload order: path,
+    status, label, group, score, model id and version, error code. Scores and labels
+    only (no results' other columns), so that thousands of items are one light query."""
+    return list(
+        session.execute(
+            select(
+                Job.path,
+                Job.status,
+                Job.label,
+                Job.group,
+                Job.score,
+                Job.model_id,
+                Job.model_version,
+                Job.error_code,
+            )
+            .where(Job.batch_id == batch_id)
+            .order_by(Job.batch_seq)
+        ).all()
     )
 
 

@@ -13,7 +13,7 @@ import enum
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import cursors
+from shared import cursors, model_registry
 from shared.db import affected
-from shared.tables import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from shared.tables import TERMINAL_STATUSES, Job, JobStatus, ServedModel, utcnow
 
 _ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -42,6 +42,7 @@ def create(
     batch_seq: int | None = None,
     path: str | None = None,
     label: str | None = None,
+    group: str | None = None,
 ) -> Job:
     """A queued job whose audio is stored under its id (store the audio first)."""
     now = utcnow()
@@ -63,6 +64,7 @@ def create(
         batch_seq=batch_seq,
         path=path,
         label=label,
+        group=group,
     )
     session.add(job)
     return job
@@ -70,6 +72,32 @@ def create(
 
 def new_job_id() -> str:
     return str(uuid.uuid4())
+
+
+def scoring_manifests(
+    session: Session, models: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The bundle manifests of the diagnosis models that scored jobs, by the jobs'
+    ``(model_id, model_version)``, from the served-model registry (one query). Where
+    a name and version were registered under several fingerprints (a rebuilt bundle),
+    the one seen last wins; a model no worker ever registered is absent."""
+    wanted = set(models)
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(ServedModel)
+        .where(
+            ServedModel.role == model_registry.DIAGNOSIS,
+            ServedModel.name.in_({name for name, _ in wanted}),
+            ServedModel.version.in_({version for _, version in wanted}),
+        )
+        .order_by(ServedModel.last_seen_at)
+    )
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if (row.name, row.version) in wanted:
+            found[(row.name, row.version)] = row.manifest
+    return found
 
 
 def _proc_start_ticks(pid: int) -> str | None:

@@ -108,13 +108,15 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
 
-    # Batch items only: the batch, the upload order, the file's relative path and label.
+    # Batch items only: the batch, the upload order, the file's relative path, and the
+    # label and group (site, device, source) the submitter gave, for evaluation.
     batch_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("batches.id", ondelete="CASCADE")
     )
     batch_seq: Mapped[int | None] = mapped_column(Integer)
     path: Mapped[str | None] = mapped_column(String(1024))
     label: Mapped[str | None] = mapped_column(String(255))
+    group: Mapped[str | None] = mapped_column(String(255))
     has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Set when retention (or DELETE) removed the audio and spectrogram; the result stays.
     audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

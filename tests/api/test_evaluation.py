@@ -1,0 +1,499 @@
+"""Labels and groups on batch items, the evaluation of a labelled batch
+(``/batches/{id}/evaluation`` and its PNGs), and the model's caveat in each result.
+
+The arithmetic is checked against scikit-learn called here directly; one test runs
+the real stack (gunicorn, a Celery worker with a tiny bundle, PostgreSQL, Redis) on
+real recordings and checks the endpoint against ``tussis evaluate``'s code on the
+same clips."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from flask.testing import FlaskClient
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from sqlalchemy import select
+
+from api import create_app
+from shared import metrics, model_registry
+from shared.config import Settings, normalise_database_url
+from shared.db import session_scope
+from shared.tables import Job, JobStatus
+from tests.api.conftest import assert_error
+from tests.conftest import COUGH_DIR, YAMNET_MODEL, base_settings, configure
+from tests.stack import Stack, wait_until
+
+MODEL = ("tiny-eval", "1.2.3")
+CAVEAT = "Research screening tool: within a recording source its AUC is 0.52, near chance."
+
+
+def make_client(settings: Settings, owner: str) -> FlaskClient:
+    app = create_app(configure(settings, api_keys={"k-" + owner: owner, "k-other": "other"}))
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer k-{owner}"
+    return c
+
+
+@pytest.fixture
+def client(settings: Settings, request: pytest.FixtureRequest) -> FlaskClient:
+    return make_client(settings, f"eval-{abs(hash(request.node.nodeid)) % 10**8}")
+
+
+def post_batch(
+    client: FlaskClient,
+    files: list[tuple[str, bytes]],
+    labels: bytes | None = None,
+    **fields: str,
+) -> Any:
+    data: dict[str, Any] = {"files": [(io.BytesIO(b), name) for name, b in files], **fields}
+    if labels is not None:
+        data["labels"] = (io.BytesIO(labels), "labels.csv")
+    return client.post("/api/v1/batches", data=data, content_type="multipart/form-data")
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def register(settings: Settings, name: str, version: str, **extra: Any) -> None:
+    """What a worker does at start with its bundle's manifest (worker/lifecycle.py)."""
+    manifest = {
+        "format": 1,
+        "name": name,
+        "version": version,
+        "labels": ["not sick", "sick"],
+        "threshold": 0.5,
+        "card": {},
+        **extra,
+    }
+    with session_scope(settings.database_url) as session:
+        model_registry.register(session, model_registry.DIAGNOSIS, f"fp-{name}-{version}", manifest)
+
+
+def finish(settings: Settings, batch_id: str, outcomes: dict[str, tuple]) -> None:
+    """Give the batch's items the results a worker would record, by path:
+    ``("ok", score, model)`` or ``("failed", error_code)``."""
+    with session_scope(settings.database_url) as session:
+        for job in session.scalars(select(Job).where(Job.batch_id == batch_id)):
+            outcome = outcomes[job.path or ""]
+            if outcome[0] == "ok":
+                score, (model_id, version) = outcome[1], outcome[2]
+                job.status = JobStatus.SUCCEEDED
+                job.score, job.threshold = score, 0.5
+                job.diagnosis = "sick" if score >= 0.5 else "not sick"
+                job.model_id, job.model_version = model_id, version
+            else:
+                job.status = JobStatus.FAILED
+                job.error_code, job.error_message = outcome[1], "Refused."
+
+
+def close(client: FlaskClient, batch_id: str) -> None:
+    body = client.post(f"/api/v1/batches/{batch_id}/close").get_json()
+    assert body["status"] == "completed", body
+
+
+def items(client: FlaskClient, batch_id: str) -> list[dict]:
+    return client.get(f"/api/v1/batches/{batch_id}/items?limit=100").get_json()["items"]
+
+
+# --- labels and groups on items ----------------------------------------------------------
+
+
+def test_a_labels_part_gives_files_their_label_and_group(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    files = [(f"site-a/{f.name}", f.read_bytes()) for f in cough_files[:3]]
+    labels = (
+        "path,label,group\n"
+        f"{files[0][0]},sick,clinic 1\n"
+        f"{files[1][0]},Not Sick,\n"
+        "elsewhere.wav,sick,x\n"  # names no uploaded file: matches nothing
+    ).encode()
+    response = post_batch(client, files, labels)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch_id = response.get_json()["id"]
+    assert [(i["path"], i["label"], i["group"]) for i in items(client, batch_id)] == [
+        (files[0][0], "sick", "clinic 1"),
+        (files[1][0], "Not Sick", None),
+        (files[2][0], None, None),
+    ]
+    text = client.get(f"/api/v1/batches/{batch_id}/results.csv").get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["label"], r["group"]) for r in rows] == [
+        ("sick", "clinic 1"),
+        ("Not Sick", ""),
+        ("", ""),
+    ]
+
+    # An archive carries its own labels.csv, now with an optional group column.
+    archive = make_zip(
+        {
+            "c/a.mp3": cough_files[3].read_bytes(),
+            "labels.csv": b"Path,Label,Group\nc/a.mp3,sick,telegram\n",
+        }
+    )
+    response = client.post(
+        "/api/v1/batches",
+        data={"archive": (io.BytesIO(archive), "b.zip")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    got = items(client, response.get_json()["id"])
+    assert [(i["label"], i["group"]) for i in got] == [("sick", "telegram")]
+
+
+def test_a_bad_labels_part_is_refused_whole(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    files = [(cough_files[0].name, cough_files[0].read_bytes())]
+    nul = f"path,label,group\n{files[0][0]},sick,a\x00b\n".encode()
+    assert_error(post_batch(client, files, nul), 422, "invalid_labels")
+    huge = f"path,label\n{files[0][0]},".encode() + b"x" * 200_000 + b"\n"
+    assert_error(post_batch(client, files, huge), 422, "invalid_labels")
+    archive = make_zip({"a.mp3": files[0][1]})
+    response = client.post(
+        "/api/v1/batches",
+        data={
+            "archive": (io.BytesIO(archive), "b.zip"),
+            "labels": (io.BytesIO(b"path,label\na.mp3,sick\n"), "labels.csv"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert_error(response, 422, "invalid_labels")
+    assert client.get("/api/v1/batches").get_json()["batches"] == []
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+
+def test_the_evaluation_counts_what_it_cannot_score_and_matches_sklearn(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    register(settings, *MODEL, caveat=CAVEAT, within_source_auc=0.52)
+    names = [f"r{i:02d}.mp3" for i in range(15)]
+    files = [(n, f.read_bytes()) for n, f in zip(names, cough_files[:15], strict=True)]
+    # (label, group, outcome)
+    plan: dict[str, tuple[str | None, str | None, tuple]] = {
+        "r00.mp3": ("sick", "a", ("ok", 0.9, MODEL)),
+        "r01.mp3": (" Sick ", "a", ("ok", 0.4, MODEL)),  # stripped and case-folded
+        "r02.mp3": ("SICK", "b", ("ok", 0.7, MODEL)),
+        "r03.mp3": ("sick", "b", ("ok", 0.7, MODEL)),  # a tie across labels below
+        "r04.mp3": ("not sick", "a", ("ok", 0.7, MODEL)),
+        "r05.mp3": ("not sick", "a", ("ok", 0.2, MODEL)),
+        "r06.mp3": ("Not Sick", "b", ("ok", 0.5, MODEL)),  # at the threshold: positive
+        "r07.mp3": ("not sick", "b", ("ok", 0.1, MODEL)),
+        "r08.mp3": ("not sick", None, ("ok", 0.3, MODEL)),  # no group
+        "r09.mp3": ("sick", None, ("ok", 0.8, MODEL)),
+        "r10.mp3": ("covid", "a", ("ok", 0.9, MODEL)),  # not a label of the model
+        "r11.mp3": ("not-sick", "b", ("failed", "no_cough_detected")),  # error wins
+        "r12.mp3": ("sick", "a", ("failed", "no_cough_detected")),
+        "r13.mp3": ("not sick", "b", ("failed", "undecodable_audio")),
+        "r14.mp3": (None, None, ("ok", 0.6, MODEL)),  # unlabelled
+    }
+    lines = ["path,label,group"] + [
+        f"{p},{lab},{grp or ''}" for p, (lab, grp, _) in plan.items() if lab is not None
+    ]
+    response = post_batch(client, files, "\n".join(lines).encode(), open="true")
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch_id = response.get_json()["id"]
+    finish(settings, batch_id, {p: outcome for p, (_, _, outcome) in plan.items()})
+    assert_error(client.get(f"/api/v1/batches/{batch_id}/evaluation"), 409, "batch_not_finished")
+    close(client, batch_id)
+
+    response = client.get(f"/api/v1/batches/{batch_id}/evaluation")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    got = response.get_json()
+
+    scored = names[:10]
+    y = np.array([1 if str(plan[p][0]).strip().lower() == "sick" else 0 for p in scored])
+    s = np.array([plan[p][2][1] for p in scored])
+    overall = got["overall"]
+    assert (overall["n"], overall["positives"], overall["negatives"]) == (10, 5, 5)
+    assert overall["auc"] == pytest.approx(roc_auc_score(y, s))
+    # score >= 0.5 is "sick": positives 0.9 0.7 0.7 0.8 caught, 0.4 missed;
+    # negatives 0.7 and 0.5 called sick, 0.2 0.1 0.3 not.
+    assert overall["confusion"] == {"tp": 4, "fn": 1, "tn": 3, "fp": 2}
+    assert overall["sensitivity"] == pytest.approx(0.8)
+    assert overall["specificity"] == pytest.approx(0.6)
+    assert overall["brier"] == pytest.approx(brier_score_loss(y, s))
+    lo, hi = overall["auc_ci"]
+    assert 0 <= lo <= overall["auc"] <= hi <= 1
+    assert set(got["groups"]) == {"a", "b"}
+    for name in ("a", "b"):
+        mask = np.array([plan[p][1] == name for p in scored])
+        assert got["groups"][name]["n"] == int(mask.sum())
+        assert got["groups"][name]["auc"] == pytest.approx(roc_auc_score(y[mask], s[mask]))
+    # Group a: 2 of 4 positive, b: 2 of 4 -> the group says nothing.
+    assert got["group_only_auc"] == pytest.approx(0.5)
+    assert got["rejected_by_gate"] == 1  # r12; r11's label is an error first
+    assert got["failed"] == 1
+    assert got["unlabelled"] == 1
+    assert got["label_errors"] == {
+        "count": 2,
+        "examples": [
+            {"path": "r10.mp3", "label": "covid"},
+            {"path": "r11.mp3", "label": "not-sick"},
+        ],
+    }
+    assert got["model"] == {
+        "id": MODEL[0],
+        "version": MODEL[1],
+        "labels": ["not sick", "sick"],
+        "caveat": CAVEAT,
+        "within_source_auc": 0.52,
+    }
+    assert got["threshold"] == 0.5
+    # The same computation as shared.metrics gives from the listing's own values.
+    listed = {i["path"]: i for i in items(client, batch_id)}
+    assert [listed[p]["result"]["score"] for p in scored] == s.tolist()
+    assert overall == metrics.summarise(y, s, 0.5, seed=0)
+
+    for picture in ("roc", "calibration"):
+        response = client.get(got["links"][picture])
+        assert response.status_code == 200
+        assert response.mimetype == "image/png"
+        assert response.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_what_cannot_be_evaluated_says_why(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    files = [(f"r{i}.mp3", f.read_bytes()) for i, f in enumerate(cough_files[:2])]
+    labels = b"path,label\nr0.mp3,sick\nr1.mp3,not sick\n"
+    assert_error(client.get("/api/v1/batches/nope/evaluation"), 404, "batch_not_found")
+
+    def batch(labels: bytes | None, outcomes: dict[str, tuple]) -> str:
+        batch_id = post_batch(client, files, labels).get_json()["id"]
+        finish(settings, batch_id, outcomes)
+        close(client, batch_id)
+        return batch_id
+
+    # A model of this test's own: the PostgreSQL registry is shared by the tests.
+    model = (f"plain-{uuid.uuid4().hex[:8]}", "1.0")
+    ok = {"r0.mp3": ("ok", 0.9, model), "r1.mp3": ("ok", 0.1, model)}
+    unlabelled = batch(None, ok)
+    assert_error(client.get(f"/api/v1/batches/{unlabelled}/evaluation"), 409, "no_labels")
+    nothing = batch(labels, {p: ("failed", "no_cough_detected") for p in ok})
+    assert_error(client.get(f"/api/v1/batches/{nothing}/evaluation"), 409, "no_scored_items")
+    unknown = batch(labels, ok)
+    assert_error(client.get(f"/api/v1/batches/{unknown}/evaluation"), 409, "model_unknown")
+    register(settings, *model)
+    mixed = batch(labels, {"r0.mp3": ("ok", 0.9, model), "r1.mp3": ("ok", 0.1, MODEL)})
+    assert_error(client.get(f"/api/v1/batches/{mixed}/evaluation"), 409, "several_models")
+    one_class = batch(b"path,label\nr0.mp3,sick\nr1.mp3,sick\n", ok)
+    body = client.get(f"/api/v1/batches/{one_class}/evaluation").get_json()
+    assert body["overall"]["auc"] is None and body["overall"]["auc_ci"] is None
+    assert body["overall"]["sensitivity"] == 0.5 and body["overall"]["specificity"] is None
+    assert body["groups"] == {} and body["group_only_auc"] is None
+    assert body["model"]["caveat"] is None and body["model"]["within_source_auc"] is None
+    assert_error(
+        client.get(f"/api/v1/batches/{one_class}/evaluation/roc.png"), 409, "auc_undefined"
+    )
+    calibration = client.get(f"/api/v1/batches/{one_class}/evaluation/calibration.png")
+    assert calibration.status_code == 200 and calibration.mimetype == "image/png"
+    # Another owner's batch does not exist for them.
+    other = {"Authorization": "Bearer k-other"}
+    for url in ("evaluation", "evaluation/roc.png", "evaluation/calibration.png"):
+        response = client.get(f"/api/v1/batches/{one_class}/{url}", headers=other)
+        assert_error(response, 404, "batch_not_found")
+
+
+def test_a_result_carries_its_models_caveat(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    register(settings, *MODEL, caveat=CAVEAT, within_source_auc=0.52)
+    register(settings, "older", "0.1")  # a bundle from before the caveat
+    files = [(f"r{i}.mp3", f.read_bytes()) for i, f in enumerate(cough_files[:3])]
+    batch_id = post_batch(client, files).get_json()["id"]
+    finish(
+        settings,
+        batch_id,
+        {
+            "r0.mp3": ("ok", 0.9, MODEL),
+            "r1.mp3": ("ok", 0.2, ("older", "0.1")),
+            "r2.mp3": ("failed", "no_cough_detected"),
+        },
+    )
+    listed = items(client, batch_id)
+    assert listed[0]["result"]["caveat"] == CAVEAT
+    assert listed[0]["result"]["within_source_auc"] == 0.52
+    assert listed[1]["result"]["caveat"] is None
+    assert listed[1]["result"]["within_source_auc"] is None
+    assert listed[2]["result"] is None
+    one = client.get(f"/api/v1/jobs/{listed[0]['id']}").get_json()
+    assert one["result"]["caveat"] == CAVEAT
+    jobs = client.get("/api/v1/jobs?limit=10").get_json()["jobs"]
+    assert {j["id"]: j["result"] and j["result"]["caveat"] for j in jobs}[listed[0]["id"]] == CAVEAT
+
+
+# --- the real stack, against tussis evaluate -----------------------------------------------
+
+
+def pick_cohort(metadata: list[dict], files: list[Path], per_cell: int) -> list[dict]:
+    """``per_cell`` recordings of each (source, label), none of the tiny bundle's
+    training recordings (the first of each label) and no content that the data set
+    holds under both labels (byte-identical rows, issue 12)."""
+    from ml.datasets import file_sha256
+
+    by_name = {m["filename"]: m for m in metadata}
+    labels_of: dict[str, set[bool]] = {}
+    for f in files:
+        labels_of.setdefault(file_sha256(f), set()).add(bool(by_name[f.name]["covid19"]))
+    chosen: list[dict] = []
+    seen: set[str] = set()
+    counts: dict[tuple[str, bool], int] = {}
+    for f in files[60:]:
+        entry = by_name[f.name]
+        cell = (entry["source"], bool(entry["covid19"]))
+        digest = file_sha256(f)
+        if counts.get(cell, 0) >= per_cell or digest in seen or len(labels_of[digest]) > 1:
+            continue
+        seen.add(digest)
+        counts[cell] = counts.get(cell, 0) + 1
+        chosen.append(entry)
+    assert len(chosen) == 4 * per_cell, counts
+    return chosen
+
+
+@pytest.mark.integration
+def test_a_real_labelled_batch_evaluates_as_tussis_evaluate_does(
+    tmp_path: Path,
+    postgres_url: str,
+    redis_url: str,
+    tiny_bundle: Path,
+    cough_metadata: list[dict],
+    cough_files: list[Path],
+) -> None:
+    from ml.evaluation import evaluate_bundle
+
+    # The tiny bundle with the two manifest fields a result repeats.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest.update(caveat=CAVEAT, within_source_auc=0.52)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+    cohort = pick_cohort(cough_metadata, cough_files, per_cell=4)
+    raw = COUGH_DIR / "raw"
+    # The same clips as a data folder for tussis evaluate (metadata.json + raw/).
+    data_dir = tmp_path / "cohort"
+    (data_dir / "raw").mkdir(parents=True)
+    (data_dir / "metadata.json").write_text(json.dumps(cohort))
+    for entry in cohort:
+        (data_dir / "raw" / entry["filename"]).symlink_to(raw / entry["filename"])
+    rows = ["path,label,group"]
+    members: dict[str, bytes] = {}
+    for i, entry in enumerate(cohort):
+        label = "sick" if entry["covid19"] else "not sick"
+        shown = label.title() if i == 0 else label  # "Sick" matches "sick"
+        rows.append(f"cohort/{entry['filename']},{shown},{entry['source']}")
+        members[f"cohort/{entry['filename']}"] = (raw / entry["filename"]).read_bytes()
+    # One more recording whose label is neither of the model's: reported, not scored.
+    members["extra/unknown.mp3"] = (raw / cohort[0]["filename"]).read_bytes()
+    rows.append("extra/unknown.mp3,covid positive,call-center")
+    members["labels.csv"] = ("\n".join(rows) + "\n").encode()
+
+    settings = base_settings(
+        tmp_path,
+        database_url=normalise_database_url(postgres_url),
+        broker_url=redis_url,
+        model_bundle=bundle,
+        cough_gate_bundle=None,  # every clip is scored
+    )
+    stack = Stack(settings, tmp_path)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        response = requests.post(
+            f"{stack.url}/api/v1/batches",
+            files={"archive": ("cohort.zip", make_zip(members))},
+            data={"open": "true"},
+            timeout=120,
+        )
+        assert response.status_code == 202, response.text
+        batch = response.json()
+        assert batch["accepted"] == len(cohort) + 1
+        url = f"{stack.url}{batch['links']['self']}"
+        early = requests.get(f"{url}/evaluation", timeout=10)
+        assert early.status_code == 409 and early.json()["error"]["code"] == "batch_not_finished"
+        requests.post(f"{url}/close", timeout=10).raise_for_status()
+
+        def completed() -> bool:
+            return requests.get(url, timeout=10).json()["status"] == "completed"
+
+        wait_until(completed, 300, "the batch to complete", 0.5)
+        started = time.monotonic()
+        response = requests.get(f"{url}/evaluation", timeout=60)
+        took = time.monotonic() - started
+        assert response.status_code == 200, response.text
+        got = response.json()
+        listed = requests.get(f"{url}/items?limit=100", timeout=10).json()["items"]
+        for picture in ("roc", "calibration"):
+            png = requests.get(f"{stack.url}{got['links'][picture]}", timeout=60)
+            assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+            assert png.content[:4] == b"\x89PNG"
+    finally:
+        stack.stop()
+    print(f"evaluation of {len(listed)} items answered in {took:.2f} s")
+
+    # The endpoint's numbers are shared.metrics over the listing's scores and labels.
+    assert all(i["status"] == "succeeded" for i in listed), [i["error"] for i in listed]
+    scored = [i for i in listed if i["path"].startswith("cohort/")]
+    assert all(i["result"]["caveat"] == CAVEAT for i in listed)
+    assert all(i["result"]["within_source_auc"] == 0.52 for i in listed)
+    y = np.array([1 if i["label"].lower() == "sick" else 0 for i in scored])
+    s = np.array([i["result"]["score"] for i in scored])
+    groups = np.array([i["group"] for i in scored])
+    threshold = manifest["threshold"]
+    assert got["threshold"] == threshold
+    assert got["overall"] == metrics.summarise(y, s, threshold, seed=0)
+    assert set(got["groups"]) == {"call-center", "telegram"}
+    for name, figures in got["groups"].items():
+        mask = groups == name
+        assert figures == metrics.summarise(y[mask], s[mask], threshold, seed=0)
+    assert got["group_only_auc"] == metrics.group_only_auc(y, groups)
+    assert got["label_errors"] == {
+        "count": 1,
+        "examples": [{"path": "extra/unknown.mp3", "label": "covid positive"}],
+    }
+    assert (got["rejected_by_gate"], got["failed"], got["unlabelled"]) == (0, 0, 0)
+    assert got["model"]["id"] == manifest["name"] and got["model"]["caveat"] == CAVEAT
+
+    # ... and the numbers tussis evaluate gives for the same clips.
+    report = evaluate_bundle(
+        bundle,
+        data_dir,
+        out=tmp_path / "evaluate",
+        include_training_files=True,
+        seed=0,
+        yamnet_model=YAMNET_MODEL,
+        cache_dir=None,
+        default_out_root=tmp_path,
+        progress=False,
+    )
+    pairs = [("overall", got["overall"], report["overall"])]
+    pairs += [(g, got["groups"][g], report["by_source"][g]) for g in got["groups"]]
+    for name, ours, theirs in pairs:
+        auc = theirs.get("auc", theirs.get("roc_auc"))
+        interval = theirs.get("auc_ci", theirs.get("roc_auc_95ci"))
+        assert ours["n"] == theirs["n"] and ours["positives"] == theirs["positives"], name
+        assert ours["auc"] == pytest.approx(auc, abs=1e-12), name
+        assert ours["auc_ci"] == pytest.approx(list(interval), abs=1e-12), name
+        assert ours["confusion"] == theirs["confusion"], name
+        assert ours["sensitivity"] == pytest.approx(theirs["sensitivity"]), name
+        assert ours["specificity"] == pytest.approx(theirs["specificity"]), name
