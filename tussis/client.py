@@ -15,6 +15,7 @@ This module talks HTTP only; it never imports the service's code.
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +36,8 @@ OUTAGE_TOLERANCE_S = 120.0  # while waiting, keep polling through a server resta
 PAGE_LIMIT = 200
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+LABELS_FIELD = "labels"  # the multipart file with a part's labels CSV
+EVALUATION_FIGURES = ("roc.png", "calibration.png")
 
 RATE_LIMIT_RETRIES = 5
 
@@ -94,8 +97,10 @@ class Client:
         fields: Sequence[tuple[str, str]] = (),
         on_bytes: Callable[[int], object] | None = None,
         idempotency_key: str | None = None,
+        labels: bytes | None = None,
     ) -> requests.Response:
-        body = MultipartBody(fields, files, on_bytes=on_bytes)
+        attachments = [(LABELS_FIELD, "labels.csv", "text/csv", labels)] if labels else []
+        body = MultipartBody(fields, files, on_bytes=on_bytes, attachments=attachments)
         headers = {"Content-Type": body.content_type}
         if idempotency_key:
             headers[IDEMPOTENCY_HEADER] = idempotency_key
@@ -118,14 +123,18 @@ class Client:
         callback_url: str | None = None,
         on_bytes: Callable[[int], object] | None = None,
         idempotency_key: str | None = None,
+        labels: bytes | None = None,
     ) -> dict[str, Any]:
         """Create a batch with a first part. With ``idempotency_key``, a retry of the same
         request answers the batch the first try created (docs/api.md); such a replayed
-        answer is marked ``"replayed": true`` and has no per-file report."""
+        answer is marked ``"replayed": true`` and has no per-file report. ``labels`` is
+        the part's labels CSV (``path,label[,group]``, tussis/labels.py)."""
         fields = [("open", "true" if keep_open else "false")]
         if callback_url:
             fields.append(("callback_url", callback_url))
-        response = self._upload("/api/v1/batches", files, fields, on_bytes, idempotency_key)
+        response = self._upload(
+            "/api/v1/batches", files, fields, on_bytes, idempotency_key, labels=labels
+        )
         answer: dict[str, Any] = response.json()
         if response.headers.get(REPLAYED_HEADER, "").lower() == "true":
             answer["replayed"] = True
@@ -136,8 +145,10 @@ class Client:
         batch_id: str,
         files: Sequence[LocalFile],
         on_bytes: Callable[[int], object] | None = None,
+        labels: bytes | None = None,
     ) -> dict[str, Any]:
-        return self._upload(f"/api/v1/batches/{batch_id}/items", files, on_bytes=on_bytes).json()
+        path = f"/api/v1/batches/{batch_id}/items"
+        return self._upload(path, files, on_bytes=on_bytes, labels=labels).json()
 
     def close_batch(self, batch_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/batches/{batch_id}/close").json()
@@ -164,6 +175,18 @@ class Client:
             cursor = page.get("next_cursor")
             if not cursor:
                 return
+
+    def get_evaluation(self, batch_id: str) -> dict[str, Any]:
+        """The model's evaluation on a finished batch's labelled items (docs/batches.md);
+        refused with ``batch_not_finished`` before the batch finishes."""
+        answer: dict[str, Any] = self.request(
+            "GET", f"/api/v1/batches/{batch_id}/evaluation"
+        ).json()
+        return answer
+
+    def get_evaluation_figure(self, batch_id: str, name: str) -> bytes:
+        """``roc.png`` or ``calibration.png`` of a batch's evaluation."""
+        return self.request("GET", f"/api/v1/batches/{batch_id}/evaluation/{name}").content
 
     def download_results(self, batch_id: str, out: BinaryIO) -> int:
         """Stream the results CSV into ``out``; returns the bytes written."""
@@ -287,4 +310,104 @@ def describe_batch(batch: dict[str, Any]) -> str:
             f"  callback: {callback.get('url')} ({callback.get('state')}, "
             f"{callback.get('attempts', 0)} attempt(s))"
         )
+    return "\n".join(lines)
+
+
+# --- a batch's evaluation on its labelled items -----------------------------------------
+
+_METRIC_COLUMNS = ("n", "positives", "AUC", "AUC 95% CI", "sens", "spec", "Brier")
+_CONFUSION = ("tp", "fn", "tn", "fp")
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _count(value: Any) -> int:
+    """A count the API gives as a number, a list, or ``{"count", "examples"}``."""
+    if isinstance(value, dict):
+        return int(value.get("count") or 0)
+    if isinstance(value, list | tuple):
+        return len(value)
+    return int(value or 0)
+
+
+def _metrics_row(name: str, metrics: dict[str, Any]) -> list[str]:
+    ci = metrics.get("auc_ci") or [None, None]
+    confusion = metrics.get("confusion") or {}
+    return [
+        name,
+        str(metrics.get("n", "-")),
+        str(metrics.get("positives", "-")),
+        _number(metrics.get("auc")),
+        "-" if ci[0] is None else f"{_number(ci[0])}-{_number(ci[1])}",
+        _number(metrics.get("sensitivity")),
+        _number(metrics.get("specificity")),
+        _number(metrics.get("brier")),
+        *(str(confusion.get(k, "-")) for k in _CONFUSION),
+    ]
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, width=88, initial_indent="  ", subsequent_indent="    ")
+
+
+def describe_evaluation(evaluation: dict[str, Any], batch_id: str = "") -> str:
+    """The evaluation as a table for people: overall and per group, then the group-only
+    baseline and what was left out of the figures."""
+    model = evaluation.get("model") or {}
+    head = f"evaluation of batch {batch_id}" if batch_id else "evaluation"
+    head += f": model {model.get('id')} {model.get('version')}"
+    if evaluation.get("threshold") is not None:
+        head += f", threshold {_number(evaluation['threshold'])}"
+    rows = [["", *_METRIC_COLUMNS, *(k.upper() for k in _CONFUSION)]]
+    rows.append(_metrics_row("overall", evaluation.get("overall") or {}))
+    for name, metrics in sorted((evaluation.get("groups") or {}).items()):
+        rows.append(_metrics_row(f"group {name}", metrics or {}))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [head]
+    for row in rows:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  " + "  ".join(cells).rstrip())
+    lines.append(
+        _paragraph(
+            "AUC: how well the score ranks positives above negatives (0.5 is chance), with "
+            "a bootstrap 95 % CI; sens/spec and TP FN TN FP at the model's threshold; Brier: "
+            "mean squared error of the score as a probability (lower is better)."
+        )
+    )
+    if evaluation.get("groups"):
+        lines.append(
+            _paragraph(
+                f"group-only AUC: {_number(evaluation.get('group_only_auc'))} (how well the "
+                "group alone predicts the label: well above 0.5, the group by itself predicts "
+                "the label, and an overall AUC may come from telling the groups apart; "
+                "compare the AUCs within each group)"
+            )
+        )
+    left_out = [
+        ("rejected by the cough gate", evaluation.get("rejected_by_gate")),
+        ("label errors", evaluation.get("label_errors")),
+        ("failed", evaluation.get("failed")),
+    ]
+    if "unlabelled" in evaluation:
+        left_out.append(("unlabelled", evaluation.get("unlabelled")))
+    lines.append(
+        "  not in the figures: " + ", ".join(f"{_count(value)} {what}" for what, value in left_out)
+    )
+    errors = evaluation.get("label_errors")
+    examples = errors.get("examples") if isinstance(errors, dict) else errors
+    if isinstance(examples, list) and examples:
+        known = " and ".join(f"'{x}'" for x in model.get("labels") or []) or "two labels"
+        lines.append(f"  label errors: labels the model does not have (it knows {known}):")
+        lines.extend(
+            f"    {e.get('path')}: '{e.get('label')}'" for e in examples if isinstance(e, dict)
+        )
+        if _count(errors) > len(examples):
+            lines.append(f"    ... and {_count(errors) - len(examples)} more")
+    caveat = model.get("caveat")
+    if caveat:
+        lines.append(f"  model caveat: {caveat}")
     return "\n".join(lines)

@@ -21,7 +21,9 @@ def header_param(name: str, value: str) -> str:
 
 class MultipartBody:
     """A streamed ``multipart/form-data`` body with a known length, read file by file
-    (never a whole part in memory); ``on_bytes`` counts the file bytes sent."""
+    (never a whole part in memory); ``on_bytes`` counts the file bytes sent.
+    ``attachments`` are small in-memory files ``(field, filename, content type, bytes)``,
+    such as a part's labels CSV; they go before the recordings."""
 
     def __init__(
         self,
@@ -29,6 +31,7 @@ class MultipartBody:
         files: Sequence[LocalFile],
         file_field: str = "files",
         on_bytes: Callable[[int], object] | None = None,
+        attachments: Sequence[tuple[str, str, str, bytes]] = (),
     ) -> None:
         self.boundary = uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={self.boundary}"
@@ -38,6 +41,9 @@ class MultipartBody:
             segments.append(
                 self._head(f"{header_param('name', name)}", None) + value.encode() + b"\r\n"
             )
+        for name, filename, content_type, content in attachments:
+            disposition = f"{header_param('name', name)}; {header_param('filename', filename)}"
+            segments.append(self._head(disposition, content_type) + content + b"\r\n")
         for f in files:
             disposition = f"{header_param('name', file_field)}; {header_param('filename', f.rel)}"
             segments.append(self._head(disposition, "application/octet-stream"))

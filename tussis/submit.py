@@ -30,6 +30,7 @@ from tussis.errors import (
 )
 from tussis.files import LocalFile, find_files, hash_files, progress_bar
 from tussis.formats import AUDIO_SUFFIXES
+from tussis.labels import Labels, read_labels
 
 CREATE_RETRIES = 3  # a batch creation whose connection broke is sent again this often
 IN_USE_PATIENCE_S = 900.0  # how long to wait for the server to finish our first try
@@ -58,6 +59,7 @@ class SubmitState:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     idempotency_key: str = ""
     first_part: list[list[str]] = field(default_factory=list)  # [[rel, sha256], ...]
+    labels_sha256: str = ""  # the --labels file the uploads so far were labelled from
 
     @classmethod
     def load(cls, path: Path) -> SubmitState | None:
@@ -83,6 +85,7 @@ class SubmitState:
             rejected=list(data.get("rejected") or []),
             idempotency_key=str(data.get("idempotency_key") or ""),
             first_part=[[str(x) for x in pair] for pair in data.get("first_part") or []],
+            labels_sha256=str(data.get("labels_sha256") or ""),
         )
 
     def save(self) -> None:
@@ -96,6 +99,7 @@ class SubmitState:
             "rejected": self.rejected,
             "idempotency_key": self.idempotency_key,
             "first_part": self.first_part,
+            "labels_sha256": self.labels_sha256,
         }
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -142,6 +146,7 @@ class SubmitOptions:
     callback_url: str | None = None
     progress: bool | None = None
     part_max_bytes: int = PART_MAX_BYTES
+    labels: Path | None = None  # CSV path,label[,group] (tussis/labels.py)
 
 
 @dataclass
@@ -154,6 +159,7 @@ class SubmitReport:
     uploaded: int = 0  # accepted by the server during this run
     already_on_server: int = 0  # found in the batch when resuming, so not sent again
     duplicates: int = 0
+    labelled: int = 0  # accepted files that the --labels file labels
     rejected: list[dict[str, Any]] = field(default_factory=list)
     batch: dict[str, Any] | None = None
     waited: bool = False
@@ -178,6 +184,7 @@ class SubmitReport:
             "uploaded": self.uploaded,
             "already_on_server": self.already_on_server,
             "duplicates": self.duplicates,
+            "labelled": self.labelled,
             "rejected": [
                 {k: r[k] for k in ("path", "sha256", "error") if k in r} for r in self.rejected
             ],
@@ -199,6 +206,11 @@ class SubmitReport:
             head += f" ({self.already_on_server} already on the server from an earlier run)"
         lines.append(head)
         lines.append(f"  {len(self.rejected)} rejected, {self.duplicates} duplicates")
+        if self.labelled:
+            lines.append(
+                f"  {self.labelled} labelled; once the batch has finished, "
+                f"`tussis results {self.batch_id} --evaluation` shows how the model did on them"
+            )
         for r in self.rejected:
             error = r.get("error") or {}
             lines.append(f"    {r.get('path')}: {error.get('code')}: {error.get('message')}")
@@ -242,6 +254,7 @@ class Submitter:
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.report = SubmitReport(server=client.server)
         self.state: SubmitState | None = None
+        self.labels: Labels | None = None
 
     # -- steps --
 
@@ -251,6 +264,8 @@ class Submitter:
             raise UsageProblem(
                 "no audio files found (extensions: " + " ".join(sorted(AUDIO_SUFFIXES)) + ")"
             )
+        if self.labels is not None:
+            self.labels.check_covers(f.rel for f in found)  # before hashing, let alone sending
         hashed = hash_files(found, self.options.progress)
         unique: dict[tuple[str, str], LocalFile] = {}
         by_rel: dict[str, str] = {}
@@ -273,6 +288,11 @@ class Submitter:
         if self.state is not None:
             self.state.rejected = self.report.rejected
             self.state.save()
+
+    def _part_labels(self, part: Sequence[LocalFile]) -> bytes | None:
+        """The labels CSV sent with a part: its own files' labels only, so a resumed
+        submit never sends labels for files the server already has."""
+        return self.labels.part_csv([f.rel for f in part]) if self.labels is not None else None
 
     def _send(self, part: list[LocalFile], bar: tqdm) -> None:
         """Send one part (create the batch with it if there is none yet); a part that the
@@ -298,7 +318,9 @@ class Submitter:
                     self._after_replay(part, answer, bar)
                     return
             else:
-                answer = self.client.add_items(self.report.batch_id, part, on_bytes=on_bytes)
+                answer = self.client.add_items(
+                    self.report.batch_id, part, on_bytes=on_bytes, labels=self._part_labels(part)
+                )
         except RequestRefused as exc:
             if exc.status != 413:
                 raise
@@ -345,6 +367,7 @@ class Submitter:
             )
         assert state is not None
         state.first_part = [[f.rel, f.sha256] for f in part]
+        state.labels_sha256 = self.labels.sha256 if self.labels is not None else ""
         self.state = state
         self._save_state()
         reached = not fresh  # an earlier run may have reached the server with this key
@@ -364,6 +387,7 @@ class Submitter:
                     callback_url=self.options.callback_url,
                     on_bytes=counted,
                     idempotency_key=state.idempotency_key,
+                    labels=self._part_labels(part),
                 )
             except (ServerUnreachable, RequestRefused) as exc:
                 in_use = isinstance(exc, RequestRefused) and exc.code == "idempotency_key_in_use"
@@ -416,9 +440,17 @@ class Submitter:
             self.log("the files of the interrupted batch creation changed; starting afresh")
             state.idempotency_key = ""
             return split_parts(todo, size, max_bytes)
+        if state.labels_sha256 != self._labels_sha256():
+            # Its labels are part of the request: the same key with other labels is refused.
+            self.log("the labels of the interrupted batch creation changed; starting afresh")
+            state.idempotency_key = ""
+            return split_parts(todo, size, max_bytes)
         chosen = {f.key for f in first if f is not None}
         rest = [f for f in todo if f.key not in chosen]
         return [[f for f in first if f is not None], *split_parts(rest, size, max_bytes)]
+
+    def _labels_sha256(self) -> str:
+        return self.labels.sha256 if self.labels is not None else ""
 
     def _state_path(self) -> Path:
         return self.options.state_path or default_state_path(self.options.paths, self.client.server)
@@ -465,6 +497,13 @@ class Submitter:
         todo = [f for f in files if f.key not in have and f.key not in rejected]
         self.report.already_on_server = sum(1 for f in files if f.key in have)
         is_open = batch.get("status") == "open"
+        if self.report.already_on_server and state.labels_sha256 != self._labels_sha256():
+            self.log(
+                "warning: the labels differ from the earlier run's; the files already on the "
+                "server keep the labels they were sent with, only the files still to upload "
+                "get these"
+            )
+        state.labels_sha256 = self._labels_sha256()
         self.log(
             f"resuming batch {state.batch_id} ({batch.get('status')}): "
             f"{self.report.already_on_server} files already on the server"
@@ -522,6 +561,8 @@ class Submitter:
                 raise UsageProblem(
                     f"cannot write the {what} {target}: its folder is missing or not writable"
                 )
+        if opts.labels is not None:
+            self.labels = read_labels(opts.labels)  # a malformed file stops us here
         files = self._local_files()
         self.report.files = len(files)
         todo, is_open = self._resume(files)
@@ -533,6 +574,11 @@ class Submitter:
                 return self.report
             self._close()
         self.report.accepted = self.report.already_on_server + self.report.uploaded
+        if self.labels is not None:
+            refused = {(r.get("path"), r.get("sha256")) for r in self.report.rejected}
+            self.report.labelled = sum(
+                1 for f in files if f.rel in self.labels.by_path and f.key not in refused
+            )
         if opts.wait or opts.out:
             assert self.report.batch_id is not None
             self.report.batch = wait_for_batch(

@@ -37,7 +37,9 @@
     recorder: null,
     lastStatus: null,
     batchItemsUrl: null,
+    batchSelf: null,
     batchDone: -1,
+    evaluationAsked: false, // the finished batch's evaluation is asked for once
   };
 
   // --- small helpers -------------------------------------------------------------
@@ -72,6 +74,11 @@
 
   function pct(x) {
     return (x * 100).toFixed(1) + " %";
+  }
+
+  /** A metric such as an AUC or a Brier score, or a dash where there is none. */
+  function num(x) {
+    return x == null ? "–" : Number(x).toFixed(3);
   }
 
   function bytes(n) {
@@ -251,7 +258,10 @@
     $("file-input").disabled = busy;
     $("drop-zone").classList.toggle("disabled", busy);
     if (!state.recorder) $("record-button").disabled = busy || !recordingSupported();
-    show("again", !busy && (!$("result-view").hidden || !$("progress-view").hidden));
+    show(
+      "again",
+      !busy && (!$("result-view").hidden || !$("progress-view").hidden || !$("batch-view").hidden)
+    );
   }
 
   function showError(err) {
@@ -268,11 +278,21 @@
       URL.revokeObjectURL(url);
     });
     state.objectUrls = [];
-    ["progress-view", "result-view", "batch-view", "error-box", "spectrogram", "playback"].forEach(
-      function (id) {
-        show(id, false);
-      }
-    );
+    [
+      "progress-view", "result-view", "batch-view", "error-box", "spectrogram", "playback",
+      "result-model-note", "batch-caveat", "evaluation", "evaluation-problem",
+      "evaluation-numbers", "evaluation-group-only", "evaluation-roc", "evaluation-calibration",
+    ].forEach(function (id) {
+      show(id, false);
+    });
+    state.evaluationAsked = false;
+    // The address names a batch only while it is shown (startBatch sets it again).
+    if (window.location.hash) {
+      window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    }
+    $("evaluation-rows").textContent = "";
+    $("evaluation-roc-img").removeAttribute("src");
+    $("evaluation-calibration-img").removeAttribute("src");
     show("again", false);
     show("steps", true);
     setUploadProgress(0);
@@ -409,6 +429,7 @@
         coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, "at")
       );
       setText("result-model", result.model_id + " · version " + result.model_version);
+      showModelNote(result);
       show("result-view", true);
       $("result-title").focus();
     } else {
@@ -423,9 +444,23 @@
     }
     if (job.links && job.links.spectrogram) {
       if (job.result) captionFor(job.result);
-      loadSpectrogram(run, job.links.spectrogram, 0);
+      loadFigure(run, job.links.spectrogram, "spectrogram", 0);
     }
     setBusy(false);
+  }
+
+  /** The bundle's own caveat and its headline within-source AUC (from its model card),
+   * beside the score: a score means little if the model has not learned the cough. */
+  function showModelNote(result) {
+    setText("result-caveat", result.caveat ? "Model caveat: " + result.caveat : "");
+    setText(
+      "result-within-source",
+      result.within_source_auc != null
+        ? "Within-source AUC of this model: " + num(result.within_source_auc) +
+            " (how well it ranks positive above negative recordings from one source; 0.5 is chance)."
+        : ""
+    );
+    show("result-model-note", !!result.caveat || result.within_source_auc != null);
   }
 
   /** " at 1.4–2.4 s, 5.2–6.2 s": where the cough gate found (or looked for) a cough. */
@@ -481,15 +516,16 @@
     });
   }
 
-  /** Fetched (with the API key, if any) and shown through a blob: URL; hidden if absent.
-   * The first request asks a worker to draw it (202 + Retry-After): ask again until it is. */
-  function loadSpectrogram(run, url, attempt) {
+  /** An image (the figure ``id``, its <img> ``id-img``) fetched with the API key, if any,
+   * and shown through a blob: URL; hidden if absent. A spectrogram's first request asks a
+   * worker to draw it (202 + Retry-After): ask again until it is. */
+  function loadFigure(run, url, id, attempt) {
     fetch(url, { headers: authHeaders(), cache: "no-store", credentials: "same-origin" })
       .then(function (response) {
         if (response.status === 202) {
           var wait = parseFloat(response.headers.get("Retry-After") || "1");
           if (attempt < 30) later(run, Math.max(0.2, wait) * 1000, function () {
-            loadSpectrogram(run, url, attempt + 1);
+            loadFigure(run, url, id, attempt + 1);
           });
           return null;
         }
@@ -501,23 +537,23 @@
       })
       .then(function (blob) {
         if (!blob || run !== state.run) return;
-        var img = $("spectrogram-img");
+        var img = $(id + "-img");
         img.onload = function () {
-          if (run === state.run) show("spectrogram", true);
+          if (run === state.run) show(id, true);
         };
         img.onerror = function () {
-          show("spectrogram", false);
+          show(id, false);
         };
         img.src = objectUrl(blob);
       })
       .catch(function () {
-        show("spectrogram", false);
+        show(id, false);
       });
   }
 
   // --- several files: POST /api/v1/batches, then follow the batch ----------------------
 
-  function analyseMany(files) {
+  function analyseMany(files, labels) {
     var run = reset();
     setBusy(true);
     var total = files.reduce(function (sum, f) {
@@ -526,10 +562,16 @@
     show("progress-view", true);
     show("steps", false);
     setText("progress-title", "Upload");
-    setText("subject", files.length + " files · " + bytes(total));
-    setStatus("Uploading " + files.length + " files…");
+    setText(
+      "subject",
+      files.length + " file" + (files.length === 1 ? "" : "s") + " · " + bytes(total) +
+        (labels ? " · labels from " + labels.name : "")
+    );
+    setStatus("Uploading " + files.length + " file" + (files.length === 1 ? "" : "s") + "…");
 
     var form = new FormData();
+    // The labels CSV (path,label[,group]) names the files by the paths they are sent under.
+    if (labels) form.append("labels", labels, labels.name);
     files.forEach(function (file) {
       form.append("files", file, file.webkitRelativePath || file.name);
     });
@@ -546,7 +588,7 @@
       }
       if (response.status === 401) {
         askForKey(response, function () {
-          analyseMany(files);
+          analyseMany(files, labels);
         });
         return;
       }
@@ -563,11 +605,19 @@
     });
   }
 
+  /** ``sent`` is how many files this page uploaded, or null for a batch opened by its
+   * link (``#batch=ID``). */
   function startBatch(run, batch, sent) {
-    var accepted = batch.accepted != null ? batch.accepted : batch.total;
-    var parts = [accepted + " of " + sent + " files accepted"];
-    if (batch.duplicates) parts.push(batch.duplicates + " duplicate" + (batch.duplicates > 1 ? "s" : ""));
-    setStatus(parts.join(", ") + ".");
+    if (sent != null) {
+      var accepted = batch.accepted != null ? batch.accepted : batch.total;
+      var parts = [accepted + " of " + sent + " files accepted"];
+      if (batch.duplicates) parts.push(batch.duplicates + " duplicate" + (batch.duplicates > 1 ? "s" : ""));
+      setStatus(parts.join(", ") + ".");
+    }
+    // The page's address now opens this batch again (a reload, a bookmark, a colleague).
+    if (window.location.hash !== "#batch=" + batch.id) {
+      window.history.replaceState(null, "", "#batch=" + encodeURIComponent(batch.id));
+    }
 
     var rejected = batch.rejected || [];
     var list = $("rejection-list");
@@ -591,6 +641,7 @@
     show("csv-link", true);
     show("batch-view", true);
     state.batchItemsUrl = batch.links.items;
+    state.batchSelf = batch.links.self;
     state.batchDone = -1;
     showBatch(run, batch);
     if (batch.status !== "completed") {
@@ -671,6 +722,122 @@
       state.batchDone = finished;
       loadItems(run, batch.status === "completed");
     }
+    if (batch.status === "completed" && !state.evaluationAsked) {
+      state.evaluationAsked = true;
+      loadEvaluation(run, state.batchSelf + "/evaluation", 0);
+    }
+  }
+
+  // --- a finished batch with labels: GET /api/v1/batches/{id}/evaluation ----------------
+
+  function loadEvaluation(run, url, attempt) {
+    getJson(url).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 200 && response.body) {
+        showEvaluation(run, url, response.body);
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          loadEvaluation(run, url, 0);
+        });
+        return;
+      }
+      var err = apiError(response);
+      if (err.code === "no_labels") return; // nothing labelled: there is nothing to show
+      // Finished a moment before the evaluation can be read, or a server hiccup.
+      var transient = err.code === "batch_not_finished" || response.status === 0 || response.status >= 500;
+      if (transient && attempt < 5) {
+        later(run, 1000 * (attempt + 1), function () {
+          loadEvaluation(run, url, attempt + 1);
+        });
+        return;
+      }
+      setText("evaluation-summary", "");
+      setText("evaluation-problem", "The evaluation could not be made: " + err.message + " (" + err.code + ")");
+      show("evaluation-problem", true);
+      show("evaluation", true);
+    });
+  }
+
+  /** A count the API gives as a number, a list, or {"count", "examples"}. */
+  function count(value) {
+    if (value == null) return 0;
+    if (Array.isArray(value)) return value.length;
+    if (typeof value === "object") return Number(value.count) || 0;
+    return Number(value) || 0;
+  }
+
+  function evaluationRow(body, name, m, isGroup) {
+    var tr = document.createElement("tr");
+    var th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = name;
+    if (isGroup) th.className = "group";
+    tr.appendChild(th);
+    cell(tr, m.n, "num");
+    cell(tr, m.positives, "num");
+    var ci = m.auc_ci || [];
+    cell(tr, num(m.auc) + (ci[0] != null ? " (" + num(ci[0]) + "–" + num(ci[1]) + ")" : ""), "num");
+    cell(tr, m.sensitivity == null ? "–" : pct(m.sensitivity), "num");
+    cell(tr, m.specificity == null ? "–" : pct(m.specificity), "num");
+    cell(tr, num(m.brier), "num");
+    var c = m.confusion || {};
+    cell(tr, [c.tp, c.fn, c.tn, c.fp].map(function (x) {
+      return x == null ? "–" : String(x);
+    }).join(" · "), "num");
+    body.appendChild(tr);
+  }
+
+  function showEvaluation(run, url, ev) {
+    var model = ev.model || {};
+    var overall = ev.overall || {};
+    var summary = overall.n + " labelled recording" + (overall.n === 1 ? "" : "s") +
+      " scored by " + model.id + " · version " + model.version;
+    if (ev.threshold != null) summary += ", which answers positive at " + pct(ev.threshold) + " or more";
+    setText("evaluation-summary", summary + ".");
+
+    var body = $("evaluation-rows");
+    body.textContent = "";
+    evaluationRow(body, "All labelled", overall, false);
+    var groups = ev.groups || {};
+    Object.keys(groups).sort().forEach(function (name) {
+      evaluationRow(body, "Group " + name, groups[name] || {}, true);
+    });
+    show("evaluation-numbers", true);
+
+    if (Object.keys(groups).length) {
+      setText(
+        "evaluation-group-only",
+        "Group-only AUC: " + num(ev.group_only_auc) + ". This is how well the group alone " +
+          "predicts the label. A high group-only AUC means the group alone predicts the label: " +
+          "the overall AUC may then come from telling the groups apart rather than from the " +
+          "coughs, so look at the AUC within each group."
+      );
+      show("evaluation-group-only", true);
+    }
+    var left = [
+      count(ev.rejected_by_gate) + " rejected by the cough gate",
+      count(ev.label_errors) + " with a label the model does not have",
+      count(ev.failed) + " failed",
+    ];
+    if (ev.unlabelled != null) left.push(count(ev.unlabelled) + " unlabelled");
+    var text = "Not in these figures: " + left.join(", ") + ".";
+    var examples = (ev.label_errors && ev.label_errors.examples) || [];
+    if (examples.length) {
+      text += " Labels the model does not have (it knows " +
+        ((model.labels || []).map(function (l) {
+          return "“" + l + "”";
+        }).join(" and ") || "two labels") + "): " +
+        examples.map(function (e) {
+          return e.path + " (“" + e.label + "”)";
+        }).join(", ") + (count(ev.label_errors) > examples.length ? ", …" : "") + ".";
+    }
+    setText("evaluation-left-out", text);
+    show("evaluation", true);
+    var links = ev.links || {};
+    loadFigure(run, links.roc || url + "/roc.png", "evaluation-roc", 0);
+    loadFigure(run, links.calibration || url + "/calibration.png", "evaluation-calibration", 0);
   }
 
   function loadItems(run, last) {
@@ -726,6 +893,59 @@
     });
     body.textContent = "";
     body.appendChild(fragment);
+    showBatchCaveats(items);
+  }
+
+  /** Each model's caveat once, above the table (every score in it carries it). */
+  function showBatchCaveats(items) {
+    var seen = {};
+    var notes = [];
+    items.forEach(function (job) {
+      var r = job.result;
+      if (!r || (!r.caveat && r.within_source_auc == null)) return;
+      var key = r.model_id + " " + r.model_version;
+      if (seen[key]) return;
+      seen[key] = true;
+      var text = "Model caveat (" + r.model_id + " · version " + r.model_version + "): " +
+        (r.caveat || "");
+      if (r.within_source_auc != null) text += " Within-source AUC: " + num(r.within_source_auc) + ".";
+      notes.push(text);
+    });
+    setText("batch-caveat", notes.join(" "));
+    show("batch-caveat", notes.length > 0);
+  }
+
+  // --- a batch opened by its link: /#batch=ID ------------------------------------------
+
+  function batchFromHash() {
+    var match = /^#batch=([A-Za-z0-9-]{1,64})$/.exec(window.location.hash);
+    return match ? match[1] : null;
+  }
+
+  function openBatch(id) {
+    var run = reset();
+    setBusy(true);
+    var url = API + "/batches/" + encodeURIComponent(id);
+    getJson(url).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 200 && response.body) {
+        startBatch(run, response.body, null);
+        return;
+      }
+      if (response.status === 401) {
+        askForKey(response, function () {
+          openBatch(id);
+        });
+        return;
+      }
+      show("progress-view", true);
+      show("steps", false);
+      setText("progress-title", "Batch");
+      setText("subject", id);
+      setStatus("This batch cannot be shown.");
+      showError(apiError(response));
+      setBusy(false);
+    });
   }
 
   // The CSV link is a plain link; with an API key it has to be fetched with the header.
@@ -753,11 +973,38 @@
 
   // --- choosing and dropping files -------------------------------------------------
 
+  function isCsv(file) {
+    return /\.csv$/i.test(file.name) || file.type === "text/csv";
+  }
+
+  /** One recording alone is a job; several, or any with a labels CSV, are a batch. */
   function submitFiles(fileList) {
-    var files = Array.prototype.slice.call(fileList || []);
-    if (!files.length || state.busy) return;
-    if (files.length === 1) analyseOne(files[0], files[0].name);
-    else analyseMany(files);
+    var chosen = Array.prototype.slice.call(fileList || []);
+    if (!chosen.length || state.busy) return;
+    var labels = chosen.filter(isCsv);
+    var files = chosen.filter(function (f) {
+      return !isCsv(f);
+    });
+    if (labels.length > 1 || (labels.length && !files.length)) {
+      reset();
+      show("progress-view", true);
+      show("steps", false);
+      setText("progress-title", "Labels");
+      setText("subject", labels.map(function (f) {
+        return f.name;
+      }).join(", "));
+      setStatus("Nothing was sent.");
+      showError({
+        code: "labels_without_recordings",
+        message: labels.length > 1
+          ? "Choose one labels file (CSV) with the recordings it labels, not several."
+          : "A labels file (CSV) goes with the recordings it labels: choose them together.",
+      });
+      setBusy(false);
+      return;
+    }
+    if (files.length === 1 && !labels.length) analyseOne(files[0], files[0].name);
+    else analyseMany(files, labels[0] || null);
   }
 
   $("file-input").addEventListener("change", function (event) {
@@ -912,4 +1159,9 @@
     );
   }
   if (state.apiKey) show("key-toggle", true);
+  window.addEventListener("hashchange", function () {
+    var id = batchFromHash();
+    if (id && !state.busy) openBatch(id);
+  });
+  if (batchFromHash()) openBatch(batchFromHash());
 })();

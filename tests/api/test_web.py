@@ -9,6 +9,7 @@ internet); the page must work with no internet at all, which ``test_page_*`` che
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import re
 import shutil
@@ -23,7 +24,7 @@ import pytest
 import requests
 
 from api.web import CONTENT_SECURITY_POLICY
-from shared.audio import decode
+from shared.audio import AudioError, check_usable, decode
 from shared.config import PROJECT_ROOT, normalise_database_url
 from tests.audio_samples import wav
 from tests.conftest import base_settings, migrate, require
@@ -42,6 +43,7 @@ CHROMIUM_ARGS = [
 FAKE_MICROPHONE_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 STATIC = PROJECT_ROOT / "api" / "static"
 SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot.png"
+EVALUATION_SCREENSHOT = PROJECT_ROOT / "docs" / "screenshot-evaluation.png"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 RESULT_TIMEOUT_MS = 120_000
 API_KEY = "web-test-key"
@@ -261,6 +263,9 @@ def _check_result_on_screen(session: Session, stack: Stack, job_id: str) -> dict
     start, end = result["cough_segments"][0]
     expect(page.locator("#result-cough")).to_contain_text(f"at {start:.1f}–{end:.1f} s")
     expect(page.locator(".notice")).to_contain_text("Research tool — not a diagnosis.")
+    # The tiny bundle's manifest has no caveat: no empty note beside the score.
+    if not result.get("caveat") and result.get("within_source_auc") is None:
+        expect(page.locator("#result-model-note")).to_be_hidden()
 
     # The page's request has a worker draw the spectrogram (202, then the PNG); a job
     # whose recording could not be used has none, and the page hides it.
@@ -416,6 +421,9 @@ def test_several_files_go_as_one_batch(
         expect(page.locator("#batch-status")).to_contain_text("Completed")
         rows = page.locator("#batch-rows tr")
         expect(rows).to_have_count(3)
+        # No labels were sent: the page asks (409 no_labels) and shows no evaluation.
+        page.wait_for_timeout(1_500)
+        expect(page.locator("#evaluation")).to_be_hidden()
         expect(page.locator("#batch-rows")).to_contain_text(chosen[0].name)
         for i in range(3):
             expect(rows.nth(i).locator(".badge")).to_have_text(re.compile("succeeded|failed"))
@@ -467,3 +475,194 @@ def test_a_server_with_api_keys_asks_for_one(
             session.assert_clean()
     finally:
         keyed.stop()
+
+
+# --- a labelled batch's evaluation, and the model's caveat beside a score ----------------
+
+CAVEAT = "No better than chance within a recording source: it tells the channels apart."
+WITHIN_SOURCE_AUC = 0.4921
+
+
+@pytest.fixture(scope="module")
+def caveat_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Path:
+    """The tiny bundle under another name, its manifest carrying a card's caveat and
+    within-source AUC."""
+    bundle = tmp_path_factory.mktemp("caveat") / "tiny-caveat"
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    # Its own name: the served-model registry (shared by this module's stacks, one
+    # database) knows each (name, version) by one manifest.
+    manifest.update(name="tiny-caveat", caveat=CAVEAT, within_source_auc=WITHIN_SOURCE_AUC)
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def evaluation_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_url: str,
+    redis_url: str,
+    caveat_bundle: Path,
+) -> Iterator[Stack]:
+    """The caveat bundle behind one API and one worker, the cough gate off (fast, and
+    every recording is scored)."""
+    tmp = tmp_path_factory.mktemp("evaluation-stack")
+    settings = base_settings(
+        tmp,
+        database_url=normalise_database_url(postgres_url),
+        broker_url=redis_url,
+        model_bundle=caveat_bundle,
+        cough_gate_bundle=None,
+    )
+    stack = Stack(settings, tmp)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
+def _usable(path: Path) -> bool:
+    """Accepted by the API (decodable, long and loud enough), as tests/client pick them."""
+    try:
+        check_usable(decode(path.read_bytes()), 0.3, 120.0, -60.0)
+    except AudioError:
+        return False
+    return True
+
+
+def _num(value: float | None) -> str:
+    """As the page writes an AUC or a Brier score."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def _evaluation_cells(metrics: dict[str, Any]) -> list[str]:
+    ci = metrics.get("auc_ci") or [None, None]
+    auc = _num(metrics["auc"]) + (f" ({_num(ci[0])}–{_num(ci[1])})" if ci[0] is not None else "")
+    c = metrics["confusion"]
+    return [
+        str(metrics["n"]),
+        str(metrics["positives"]),
+        auc,
+        _pct(metrics["sensitivity"]),
+        _pct(metrics["specificity"]),
+        _num(metrics["brier"]),
+        " · ".join(str(c[k]) for k in ("tp", "fn", "tn", "fp")),
+    ]
+
+
+@pytest.mark.integration
+def test_a_labelled_batch_shows_its_evaluation(
+    playwright: Any,
+    evaluation_stack: Stack,
+    cough_files: list[Path],
+    cough_metadata: list[dict],
+    tmp_path: Path,
+) -> None:
+    sick = {m["filename"]: bool(m["covid19"]) for m in cough_metadata}
+    by_label: dict[bool, list[Path]] = {True: [], False: []}
+    for f in cough_files:  # the metadata lists the not sick first
+        if len(by_label[sick[f.name]]) < 4 and _usable(f):
+            by_label[sick[f.name]].append(f)
+    chosen = by_label[True] + by_label[False]
+    assert len(chosen) == 8
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,label,group\n"
+        + "".join(
+            f"{f.name},{'sick' if sick[f.name] else 'not sick'},site-{'ab'[i % 2]}\n"
+            for i, f in enumerate(chosen)
+        )
+    )
+
+    with browser(playwright, evaluation_stack.url) as session:
+        page, expect = session.page, _expect()
+        with page.expect_response(
+            lambda r: urlsplit(r.url).path == "/api/v1/batches" and r.request.method == "POST",
+            timeout=60_000,
+        ) as info:
+            page.set_input_files("#file-input", [*chosen, labels])
+        assert info.value.status == 202, info.value.text()
+        batch = info.value.json()
+        assert batch["rejected"] == []  # the CSV went as the labels, not as a recording
+        expect(page.locator("#subject")).to_contain_text("labels from labels.csv")
+
+        expect(page.locator("#evaluation")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        base = f"{evaluation_stack.url}/api/v1/batches/{batch['id']}"
+        items = requests.get(f"{base}/items", timeout=10).json()["items"]
+        assert {i["path"]: i["group"] for i in items} == {
+            f.name: f"site-{'ab'[i % 2]}" for i, f in enumerate(chosen)
+        }
+        evaluation = requests.get(f"{base}/evaluation", timeout=30).json()
+        assert evaluation["overall"]["n"] == len(chosen)
+        assert set(evaluation["groups"]) == {"site-a", "site-b"}
+
+        # The numbers on screen are the API's: overall, then each group.
+        rows = page.locator("#evaluation-rows tr")
+        expect(rows).to_have_count(3)
+        for i, (name, metrics) in enumerate(
+            [
+                ("All labelled", evaluation["overall"]),
+                ("Group site-a", evaluation["groups"]["site-a"]),
+                ("Group site-b", evaluation["groups"]["site-b"]),
+            ]
+        ):
+            expect(rows.nth(i).locator("th")).to_have_text(name)
+            expect(rows.nth(i).locator("td")).to_have_text(_evaluation_cells(metrics))
+        model = evaluation["model"]
+        expect(page.locator("#evaluation-summary")).to_contain_text(
+            f"{len(chosen)} labelled recordings scored by {model['id']} · version "
+            f"{model['version']}"
+        )
+        group_only = page.locator("#evaluation-group-only")
+        expect(group_only).to_contain_text(f"Group-only AUC: {_num(evaluation['group_only_auc'])}")
+        expect(group_only).to_contain_text("the group alone predicts the label")
+        expect(page.locator("#evaluation-left-out")).to_contain_text(
+            "0 rejected by the cough gate, 0 with a label the model does not have, 0 failed"
+        )
+
+        # The ROC curve and the calibration diagram, as images through blob: URLs.
+        for figure in ("evaluation-roc", "evaluation-calibration"):
+            expect(page.locator(f"#{figure}")).to_be_visible(timeout=30_000)
+            img = page.locator(f"#{figure}-img")
+            assert img.evaluate("img => img.naturalWidth") > 100
+            assert (img.get_attribute("src") or "").startswith("blob:")
+        # Every score above the table carries the model's caveat.
+        expect(page.locator("#batch-caveat")).to_contain_text(CAVEAT)
+        if os.environ.get("TUSSIS_UPDATE_SCREENSHOT") == "1":
+            page.locator("#batch-view").screenshot(path=str(EVALUATION_SCREENSHOT))
+
+        # The page's address now opens this batch: a reload shows it again.
+        assert urlsplit(page.url).fragment == f"batch={batch['id']}"
+        page.reload()
+        expect(page.locator("#evaluation-rows tr")).to_have_count(3, timeout=30_000)
+        expect(page.locator("#batch-status")).to_contain_text("Completed")
+        expect(page.locator("#evaluation-roc")).to_be_visible(timeout=30_000)
+        session.assert_only_loopback()
+        session.assert_clean()
+
+
+@pytest.mark.integration
+def test_a_score_is_shown_with_the_models_caveat(
+    playwright: Any, evaluation_stack: Stack, cough_file: Path
+) -> None:
+    with browser(playwright, evaluation_stack.url) as session:
+        page, expect = session.page, _expect()
+        accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", cough_file))
+        expect(page.locator("#result-view")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        result = evaluation_stack.job(accepted["id"])["result"]
+        assert (result["caveat"], result["within_source_auc"]) == (CAVEAT, WITHIN_SOURCE_AUC)
+        expect(page.locator("#result-score")).to_have_text(f"{result['score'] * 100:.1f} %")
+        # Beside the score, in the same entry.
+        score = page.locator(".facts dd").filter(has=page.locator("#result-score"))
+        expect(score.locator("#result-model-note")).to_be_visible()
+        expect(page.locator("#result-caveat")).to_have_text(f"Model caveat: {CAVEAT}")
+        expect(page.locator("#result-within-source")).to_contain_text(
+            "Within-source AUC of this model: 0.492"
+        )
+        session.assert_clean()

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 TUSSIS = str(BIN / "tussis")
 CSV_HEADER = [
     "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
-    "model_id", "model_version", "label", "sha256", "job_id",
+    "model_id", "model_version", "label", "group", "sha256", "job_id",
 ]  # fmt: skip
 
 
@@ -142,6 +143,7 @@ class HoldingProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.holding = True
+        self.uploads: list[bytes] = []  # every upload's body, in order
         self.held = threading.Event()
         self.release = threading.Event()
         self.forwarded = threading.Event()
@@ -154,6 +156,8 @@ class HoldingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if self.command == "POST" and body:
+                    proxy.uploads.append(body)
                 hold = proxy.holding and self.command == "POST" and self.path.endswith("/items")
                 if hold:
                     proxy.held.set()
@@ -397,3 +401,221 @@ def test_status_and_results_of_a_finished_batch(
     assert run.returncode == 0, run.stderr
     assert run.stdout == ""
     assert list(csv.DictReader(out.open(newline=""))) == rows
+
+
+# --- labels and the evaluation -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def by_label(cough_files: list[Path], cough_metadata: list[dict]) -> dict[bool, list[Path]]:
+    """Six usable recordings of each label (True: sick), distinct in content."""
+    sick = {m["filename"]: bool(m["covid19"]) for m in cough_metadata}
+    chosen: dict[bool, list[Path]] = {True: [], False: []}
+    seen: set[str] = set()
+    for path in cough_files:
+        label = sick[path.name]
+        if len(chosen[label]) == 6 or sha256(path) in seen:
+            continue
+        try:
+            check_usable(decode(path.read_bytes()), 0.3, 120.0, -60.0)
+        except AudioError:
+            continue
+        seen.add(sha256(path))
+        chosen[label].append(path)
+        if all(len(v) == 6 for v in chosen.values()):
+            return chosen
+    raise AssertionError(f"too few usable recordings: {chosen}")
+
+
+def labelled_tree(
+    root: Path, by_label: dict[bool, list[Path]], per_site: int
+) -> tuple[dict[str, Path], dict[str, tuple[str, str]]]:
+    """``per_site`` sick and ``per_site`` not sick recordings under site-a/ and site-b/,
+    and their labels as ``{path: (label, group)}``."""
+    sick = {f.name: label for label, files in by_label.items() for f in files}
+    layout = {
+        site: by_label[True][i * per_site : (i + 1) * per_site]
+        + by_label[False][i * per_site : (i + 1) * per_site]
+        for i, site in enumerate(("site-a", "site-b"))
+    }
+    files = link_tree(root, layout)
+    labels = {
+        rel: ("sick" if sick[f.name] else "not sick", rel.split("/")[0]) for rel, f in files.items()
+    }
+    return files, labels
+
+
+def write_labels(path: Path, labels: dict[str, tuple[str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group"])
+        for rel, (label, group) in sorted(labels.items()):
+            writer.writerow([rel, label, group])
+    return path
+
+
+def test_submit_sends_labels_and_results_shows_the_evaluation(
+    stack: Stack, by_label: dict[bool, list[Path]], tmp_path: Path
+) -> None:
+    root = tmp_path / "recordings"
+    files, labels = labelled_tree(root, by_label, per_site=3)
+    # One file unlabelled, one with a label the model does not have.
+    unlabelled = sorted(files)[0]
+    del labels[unlabelled]
+    odd = sorted(labels)[0]
+    labels[odd] = ("maybe", labels[odd][1])
+    labels_csv = write_labels(tmp_path / "labels.csv", labels)
+
+    run = tussis(
+        "submit", str(root), "--labels", str(labels_csv), "--server", stack.url,
+        "--wait", "--json", "--part-size", "4",
+        cwd=tmp_path,
+    )  # fmt: skip
+    report = json.loads(run.stdout)
+    assert report["status"] == "completed", run.stderr
+    assert report["accepted"] == len(files) == 12
+    assert report["labelled"] == len(labels) == 11
+
+    # Every item has the label and group the file gave it, across the three parts.
+    items = server_items(stack.url, report["batch_id"])
+    assert {i["path"]: (i["label"], i["group"]) for i in items} == {
+        rel: labels.get(rel, (None, None)) for rel in files
+    }
+
+    evaluation = requests.get(
+        f"{stack.url}/api/v1/batches/{report['batch_id']}/evaluation", timeout=30
+    ).json()
+    overall = evaluation["overall"]
+    assert set(evaluation["groups"]) == {"site-a", "site-b"}
+    # Every labelled item is counted once: scored, a label error, refused by the gate or failed.
+    errors = evaluation_count(evaluation["label_errors"])
+    assert overall["n"] + errors + evaluation["rejected_by_gate"] + evaluation["failed"] == 11
+    assert errors == 1 and evaluation["label_errors"]["examples"] == [
+        {"path": odd, "label": "maybe"}
+    ]
+    assert evaluation["unlabelled"] == 1
+
+    # --json prints the API's evaluation as it is.
+    run = tussis("results", report["batch_id"], "--server", stack.url, "--evaluation",
+                 "--json", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == evaluation
+
+    # The table: overall and per group, with the API's numbers.
+    figures = tmp_path / "figures"
+    run = tussis("results", report["batch_id"], "--server", stack.url, "--evaluation",
+                 "--figures", str(figures), cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith(f"evaluation of batch {report['batch_id']}: model tiny-test")
+
+    def row(name: str, metrics: dict) -> list[str]:
+        [line] = [line for line in lines if line.strip().startswith(name)]
+        cells = line.split()
+        c = metrics["confusion"]
+        assert cells[-4:] == [str(c[k]) for k in ("tp", "fn", "tn", "fp")]
+        return cells
+
+    cells = row("overall", overall)
+    assert cells[1:3] == [str(overall["n"]), str(overall["positives"])]
+    auc = "-" if overall["auc"] is None else f"{overall['auc']:.3f}"
+    assert cells[3] == auc
+    if overall["auc_ci"] and overall["auc_ci"][0] is not None:
+        lo, hi = overall["auc_ci"]
+        assert cells[4] == f"{lo:.3f}-{hi:.3f}"
+    for name, metrics in evaluation["groups"].items():
+        cells = row(f"group {name}", metrics)  # two words: "group", the name
+        assert cells[2:4] == [str(metrics["n"]), str(metrics["positives"])]
+        assert cells[4] == ("-" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
+    group_only = evaluation["group_only_auc"]
+    assert f"group-only AUC: {'-' if group_only is None else f'{group_only:.3f}'}" in run.stdout
+    assert "1 label errors" in run.stdout
+    assert f"    {odd}: 'maybe'" in run.stdout
+    for name in ("roc.png", "calibration.png"):
+        assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def evaluation_count(value: Any) -> int:
+    """A count the API gives as a number or as ``{"count", "examples"}``."""
+    return int(value["count"]) if isinstance(value, dict) else int(value)
+
+
+def test_results_evaluation_of_an_unfinished_batch_is_refused(
+    stack: Stack, recordings: list[Path], tmp_path: Path
+) -> None:
+    with recordings[0].open("rb") as fh:
+        created = requests.post(
+            f"{stack.url}/api/v1/batches",
+            files=[("files", (recordings[0].name, fh))],
+            data={"open": "true"},
+            timeout=60,
+        )
+    assert created.status_code == 202, created.text
+    batch_id = created.json()["id"]  # open: it cannot have finished
+    refusal = requests.get(f"{stack.url}/api/v1/batches/{batch_id}/evaluation", timeout=10)
+    assert refusal.status_code == 409
+    run = tussis("results", batch_id, "--server", stack.url, "--evaluation", cwd=tmp_path)
+    assert run.returncode == 4, run.stderr
+    assert "batch_not_finished" in run.stderr
+    assert refusal.json()["error"]["message"] in run.stderr
+    assert run.stdout == ""
+    run = tussis("results", batch_id, "--server", stack.url, "--json", cwd=tmp_path)
+    assert run.returncode == 2 and "--evaluation" in run.stderr
+
+
+def test_a_resumed_submit_sends_each_label_once(
+    stack: Stack, by_label: dict[bool, list[Path]], tmp_path: Path
+) -> None:
+    root = tmp_path / "recordings"
+    files, labels = labelled_tree(root, by_label, per_site=2)
+    labels_csv = write_labels(tmp_path / "labels.csv", labels)
+
+    with HoldingProxy(stack.url) as proxy:
+        args = ["submit", str(root), "--labels", str(labels_csv), "--server", proxy.url,
+                "--json", "--part-size", "3"]  # fmt: skip
+        first = subprocess.Popen(
+            [TUSSIS, *args],
+            cwd=tmp_path,
+            env=client_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            # Interrupted while the server is held on the second part.
+            assert proxy.held.wait(120), first.stderr.read() if first.poll() is not None else ""
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == 130
+        proxy.holding = False
+        proxy.release.set()
+        assert proxy.forwarded.wait(60)
+        [state_file] = state_files(tmp_path)
+        batch_id = json.loads(state_file.read_text())["batch_id"]
+        wait_until(lambda: len(server_items(stack.url, batch_id)) == 6, 30, "the held part")
+        second = tussis(*args, cwd=tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    report = json.loads(second.stdout)
+    assert report["batch_id"] == batch_id
+    assert report["resumed"] is True and report["already_on_server"] == 6
+    assert report["accepted"] == len(files) == 8
+    items = server_items(stack.url, report["batch_id"])
+    assert {i["path"]: (i["label"], i["group"]) for i in items} == labels
+
+    # Each upload carried the labels of its own files, so each path was labelled once.
+    labelled: list[str] = []
+    for body in proxy.uploads:
+        sent = set(re.findall(rb'name="files"; filename="([^"]+)"', body))
+        match = re.search(
+            rb'filename="labels.csv"\r\nContent-Type: text/csv\r\n\r\n(.*?)\r\n--', body, re.S
+        )
+        assert match, body[:300]
+        rows = list(csv.DictReader(io.StringIO(match.group(1).decode())))
+        assert {r["path"].encode() for r in rows} == sent
+        labelled += [r["path"] for r in rows]
+    assert sorted(labelled) == sorted(files)
