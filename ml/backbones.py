@@ -377,25 +377,84 @@ def shared_yamnet(model_path: Path, url: str | None = None) -> Any:
     return _yamnet_instances[key]
 
 
+# The pooled YAMNet features a bundle may name, joined by "+" in the manifest's
+# ``backbone.features`` (e.g. "embedding_mean+embedding_max+embedding_std"): the
+# head's columns follow the order written.
+POOLED_PARTS = (
+    "embedding_mean",
+    "embedding_max",
+    "embedding_std",
+    "scores_mean",
+    "scores_max",
+    "acoustic",
+)
+ALL_POOLED = "+".join(POOLED_PARTS)
+
+
+def _pooled_parts(features: str) -> list[str]:
+    parts = features.split("+")
+    if not parts or any(p not in POOLED_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise BundleError(f"unknown YAMNet features {features!r}")
+    return parts
+
+
+def pool_yamnet(out: Any, waveform: np.ndarray, features: str) -> np.ndarray:
+    """One recording's YAMNet output pooled over its windows as ``features`` names."""
+    from ml import acoustic, yamnet
+
+    parts = []
+    for part in _pooled_parts(features):
+        if part == "embedding_mean":
+            parts.append(out.embeddings.mean(axis=0))
+        elif part == "embedding_max":
+            parts.append(out.embeddings.max(axis=0))
+        elif part == "embedding_std":
+            parts.append(out.embeddings.std(axis=0))
+        elif part == "scores_mean":
+            parts.append(out.scores.mean(axis=0))
+        elif part == "scores_max":
+            parts.append(out.scores.max(axis=0))
+        else:  # acoustic
+            parts.append(
+                acoustic.features(waveform, yamnet.SAMPLE_RATE, acoustic.cough_column(out.scores))
+            )
+    return np.concatenate(parts).astype(np.float32)
+
+
+def pooled_columns(features: str) -> dict[str, slice]:
+    """Where each part of ``features`` lies in its vector."""
+    from ml import acoustic
+
+    widths = {"acoustic": acoustic.SIZE, "scores_mean": 521, "scores_max": 521}
+    columns, start = {}, 0
+    for part in _pooled_parts(features):
+        width = widths.get(part, 1024)
+        columns[part] = slice(start, start + width)
+        start += width
+    return columns
+
+
 class YamnetBackbone:
     """YAMNet (AudioSet) over 0.975 s windows, pooled over the clip.
 
-    ``features="embedding_mean"``: the 1,024-d embeddings averaged over windows.
-    ``features="embedding_mean+scores_max"``: those plus each of the 521 class
-    scores at its maximum over windows (the first cough gate's features).
+    ``features="embedding_mean"``: the 1,024-d embeddings averaged over windows;
+    any "+"-joined list of :data:`POOLED_PARTS` pools more (the embedding's
+    maximum and standard deviation over windows, the 521 class scores' mean or
+    maximum, level-independent acoustic features from ``ml.acoustic``), e.g.
+    ``"embedding_mean+scores_max"`` (the first cough gate's features).
     ``features="window_embedding+logit_scores"``: one row per window, the
     embedding and the class scores as logits (the cough gate scores each window,
     so a short cough in a long recording is not averaged away).
     """
 
     name = "yamnet"
-    FEATURES = ("embedding_mean", "embedding_mean+scores_max", WINDOW_FEATURES, CONTEXT_FEATURES)
+    WINDOW_FEATURES = (WINDOW_FEATURES, CONTEXT_FEATURES)
 
     def __init__(
         self, model_path: Path, features: str = "embedding_mean", url: str | None = None
     ) -> None:
-        if features not in self.FEATURES:
-            raise BundleError(f"unknown YAMNet features {features!r}")
+        if features not in self.WINDOW_FEATURES:
+            _pooled_parts(features)  # raises BundleError for an unknown name
         self.features = features
         self.yamnet = shared_yamnet(model_path, url)
 
@@ -405,13 +464,7 @@ class YamnetBackbone:
         return with_context(windows) if self.features == CONTEXT_FEATURES else windows
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        if self.features in (WINDOW_FEATURES, CONTEXT_FEATURES):
+        if self.features in self.WINDOW_FEATURES:
             raise BundleError("per-window features have one row per window: use embed_windows")
-        rows = []
-        for waveform in waveforms:
-            out = self.yamnet.run(waveform)
-            parts = [out.embeddings.mean(axis=0)]
-            if self.features == "embedding_mean+scores_max":
-                parts.append(out.scores.max(axis=0))
-            rows.append(np.concatenate(parts))
+        rows = [pool_yamnet(self.yamnet.run(w), w, self.features) for w in waveforms]
         return np.stack(rows).astype(np.float32)

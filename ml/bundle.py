@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.preprocess import Preprocessing
 from ml.spectrogram import SpectrogramParams
 
 MANIFEST = "manifest.json"
@@ -50,6 +51,13 @@ class Manifest:
     threshold: float = 0.5
     head: str = HEAD_FILE
     card: dict[str, Any] = field(default_factory=dict)
+    # What is done to each waveform before the backbone (ml.preprocess); none in
+    # bundles written before the field existed.
+    preprocess: Preprocessing = field(default_factory=Preprocessing)
+    # One sentence a person reads next to every score, and the headline
+    # cross-validated mean within-source AUC it quotes (None in older bundles).
+    caveat: str | None = None
+    within_source_auc: float | None = None
 
     @property
     def backbone_name(self) -> str:
@@ -77,6 +85,9 @@ class Manifest:
             "labels": list(self.labels),
             "threshold": self.threshold,
             "head": self.head,
+            "preprocess": self.preprocess.to_dict(),
+            "caveat": self.caveat,
+            "within_source_auc": self.within_source_auc,
             "card": self.card,
         }
 
@@ -105,6 +116,11 @@ class Manifest:
             threshold=threshold,
             head=str(data.get("head", HEAD_FILE)),
             card=dict(data.get("card", {})),
+            preprocess=Preprocessing.from_dict(data.get("preprocess")),
+            caveat=None if data.get("caveat") is None else str(data["caveat"]),
+            within_source_auc=(
+                None if data.get("within_source_auc") is None else float(data["within_source_auc"])
+            ),
         )
 
 

@@ -1,7 +1,13 @@
-"""``tussis evaluate`` and the metrics behind it, on held-out data: ROC AUC with a
+"""``tussis evaluate`` and the report behind it, on held-out data: ROC AUC with a
 bootstrap 95 % interval, accuracy, sensitivity and specificity at the bundle's
-threshold, overall and within each recording source, next to the AUC that the
-source alone achieves."""
+threshold, Brier score and expected calibration error, overall and within each
+recording source; beside them what the source alone achieves, what loudness
+alone achieves, and a channel probe (how well the model's score and features
+predict the recording source rather than the label).
+
+The metrics themselves are ``shared.metrics``: one implementation for this
+command and for the service's batch evaluation.
+"""
 
 from __future__ import annotations
 
@@ -12,82 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from ml.bundle import SPLIT_FILE, fingerprint, read_manifest
 from ml.datasets import load_dataset
 from ml.features import extract
+from ml.splits import deduplicate
+from shared.metrics import (
+    bootstrap_auc_ci,
+    brier,
+    calibration_bins,
+    expected_calibration_error,
+    roc_auc,
+    roc_points,
+    summarise,
+)
+
+__all__ = ["channel_probe", "evaluate", "evaluate_bundle", "format_report", "roc_auc"]
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_ROUNDS = 2000
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC (ties count half); ``None`` when one class is absent."""
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
-
-
-def bootstrap_auc_interval(
-    labels: np.ndarray, scores: np.ndarray, seed: int, rounds: int = BOOTSTRAP_ROUNDS
-) -> tuple[float, float] | None:
-    labels = np.asarray(labels)
-    if roc_auc(labels, scores) is None:
-        return None
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(rounds):
-        idx = rng.integers(0, len(labels), len(labels))
-        auc = roc_auc(labels[idx], np.asarray(scores)[idx])
-        if auc is not None:
-            values.append(auc)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
-def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    labels = np.asarray(labels)
-    predicted = np.asarray(scores) >= threshold
-    tp = int((predicted & (labels == 1)).sum())
-    fn = int((~predicted & (labels == 1)).sum())
-    tn = int((~predicted & (labels == 0)).sum())
-    fp = int((predicted & (labels == 0)).sum())
-    n = tp + fn + tn + fp
-    return {
-        "accuracy": (tp + tn) / n if n else None,
-        "sensitivity": tp / (tp + fn) if tp + fn else None,
-        "specificity": tn / (tn + fp) if tn + fp else None,
-        "confusion": {"tp": tp, "fn": fn, "tn": tn, "fp": fp},
-    }
-
-
-def summarise(labels: np.ndarray, scores: np.ndarray, threshold: float, seed: int) -> dict:
-    labels = np.asarray(labels)
-    interval = bootstrap_auc_interval(labels, scores, seed)
-    return {
-        "n": len(labels),
-        "positives": int((labels == 1).sum()),
-        "negatives": int((labels == 0).sum()),
-        "roc_auc": roc_auc(labels, scores),
-        "roc_auc_95ci": list(interval) if interval else None,
-        **at_threshold(labels, scores, threshold),
-    }
-
-
-def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Maximise Youden's J (sensitivity + specificity - 1) on validation data."""
-    labels = np.asarray(labels)
-    candidates = np.unique(np.asarray(scores))
-    best, best_j = 0.5, -1.0
-    for t in candidates:
-        m = at_threshold(labels, scores, float(t))
-        j = (m["sensitivity"] or 0.0) + (m["specificity"] or 0.0) - 1.0
-        if j > best_j:
-            best, best_j = float(t), j
-    return best
+# The channel probe flags a model whose score predicts the recording source this
+# much better (in AUC) than it predicts the label.
+PROBE_MARGIN = 0.1
+PROBE_FOLDS = 5
 
 
 def source_prevalence(
@@ -100,6 +53,109 @@ def source_prevalence(
     }
 
 
+def _cross_validated_auc(x: np.ndarray, target: np.ndarray, seed: int, c: float) -> float | None:
+    """AUC of a logistic regression predicting ``target`` (0/1) from ``x``, every
+    item scored by a fit that did not see it (stratified k-fold)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    counts = np.bincount(target, minlength=2)
+    folds = int(min(PROBE_FOLDS, counts.min()))
+    if folds < 2:
+        return None
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    p = cross_val_predict(model, x, target, cv=cv, method="predict_proba")[:, 1]
+    return roc_auc(target, p)
+
+
+def channel_probe(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    sources: np.ndarray,
+    features: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, Any] | None:
+    """How well the model's score (and its features) predict the recording source,
+    beside how well the score predicts the label: a model that learned the channel
+    predicts the source far better. ``None`` with fewer than two sources.
+
+    With more than two sources, the probe tells the most common source from the rest.
+    """
+    labels, scores, sources = np.asarray(labels), np.asarray(scores), np.asarray(sources)
+    names, counts = np.unique(sources, return_counts=True)
+    if len(names) < 2:
+        return None
+    reference = str(names[int(np.argmax(counts))])
+    target = (sources == reference).astype(np.int64)
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    z = np.log(p / (1 - p)).reshape(-1, 1)
+    to_source = _cross_validated_auc(z, target, seed, c=1.0)
+    to_label = roc_auc(labels, scores)
+    from_features = (
+        _cross_validated_auc(np.asarray(features, np.float64), target, seed, c=0.01)
+        if features is not None and len(features) == len(target)
+        else None
+    )
+    flagged = (
+        to_source is not None
+        and to_source >= (to_label if to_label is not None else 0.5) + PROBE_MARGIN
+    )
+    return {
+        "source": reference,
+        "score_to_source_auc": to_source,
+        "score_to_label_auc": to_label,
+        "features_to_source_auc": from_features,
+        "flagged": bool(flagged),
+        "message": (
+            f"the score predicts the recording source (AUC {to_source:.2f}) far better than "
+            f"the label (AUC {to_label or 0.5:.2f}): it has learned the channel"
+            if flagged
+            else "the score does not predict the source much better than the label"
+        ),
+    }
+
+
+def calibration_summary(
+    labels: np.ndarray, scores: np.ndarray, sources: np.ndarray
+) -> dict[str, Any]:
+    """Brier score, expected calibration error and reliability bins, overall and per source."""
+    labels, scores, sources = np.asarray(labels), np.asarray(scores), np.asarray(sources)
+
+    def one(mask: np.ndarray) -> dict[str, Any]:
+        return {
+            "n": int(mask.sum()),
+            "brier": brier(labels[mask], scores[mask]),
+            "ece": expected_calibration_error(labels[mask], scores[mask]),
+            "mean_score": float(scores[mask].mean()) if mask.any() else None,
+            "positive_rate": float(labels[mask].mean()) if mask.any() else None,
+            "bins": calibration_bins(labels[mask], scores[mask]),
+        }
+
+    return {
+        "overall": one(np.ones(len(labels), bool)),
+        "by_source": {str(s): one(sources == s) for s in sorted(set(sources.tolist()))},
+    }
+
+
+def cross_validated_baseline(
+    x: np.ndarray, labels: np.ndarray, sources: np.ndarray, seed: int, what: str
+) -> dict[str, Any]:
+    """A logistic regression on ``x`` alone, cross-validated within these recordings:
+    its AUC overall and within each source."""
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    x = np.asarray(x, np.float64)
+    out: dict[str, Any] = {"features": what, "by_source": {}}
+    out["overall"] = _cross_validated_auc(x, labels, seed, c=1.0)
+    for s in sorted(set(sources.tolist())):
+        mask = sources == s
+        out["by_source"][str(s)] = _cross_validated_auc(x[mask], labels[mask], seed, c=1.0)
+    out["method"] = f"logistic regression, {PROBE_FOLDS}-fold cross-validated on these recordings"
+    return out
+
+
 def evaluate(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -107,13 +163,16 @@ def evaluate(
     threshold: float,
     seed: int,
     source_rates: dict[str, float] | None = None,
+    features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The full report. ``source_rates`` (share of positives per source, from the
     training data) defines the source-only classifier; without it the evaluation
-    data's own rates are used, which flatters that baseline."""
+    data's own rates are used, which flatters that baseline. ``features``: the
+    model's own features, for the channel probe."""
     labels, scores, sources = np.asarray(labels), np.asarray(scores), np.asarray(sources)
     rates = source_rates or source_prevalence(labels, sources)
     baseline = np.array([rates.get(str(s), 0.5) for s in sources])
+    interval = bootstrap_auc_ci(labels, baseline, seed)
     return {
         "threshold": threshold,
         "overall": summarise(labels, scores, threshold, seed),
@@ -122,11 +181,13 @@ def evaluate(
             for s in sorted(set(sources.tolist()))
         },
         "source_only": {
-            "roc_auc": roc_auc(labels, baseline),
-            "roc_auc_95ci": bootstrap_auc_interval(labels, baseline, seed),
+            "auc": roc_auc(labels, baseline),
+            "auc_ci": list(interval) if interval else None,
             "positive_rate_by_source": rates,
             "rates_from": "training data" if source_rates else "evaluation data",
         },
+        "channel_probe": channel_probe(labels, scores, sources, features, seed),
+        "calibration": calibration_summary(labels, scores, sources),
     }
 
 
@@ -138,34 +199,46 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"threshold {report['threshold']:.3f}"]
     header = (
         f"{'group':<14}{'n':>6}{'pos':>6}  {'AUC [95% CI]':<24}{'acc':>7}{'sens':>7}{'spec':>7}"
+        f"{'Brier':>7}{'ECE':>7}"
     )
     lines.append(header)
     groups = [("overall", report["overall"]), *report["by_source"].items()]
     for name, m in groups:
-        ci = m["roc_auc_95ci"]
-        auc = f"{_fmt(m['roc_auc'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(m["roc_auc"])
+        ci = m["auc_ci"]
+        auc = f"{_fmt(m['auc'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(m["auc"])
         lines.append(
             f"{name:<14}{m['n']:>6}{m['positives']:>6}  {auc:<24}"
             f"{_fmt(m['accuracy']):>7}{_fmt(m['sensitivity']):>7}{_fmt(m['specificity']):>7}"
+            f"{_fmt(m['brier']):>7}{_fmt(m['ece']):>7}"
         )
     so = report["source_only"]
-    ci = so["roc_auc_95ci"]
+    ci = so["auc_ci"]
     extra = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
-    lines.append(f"source alone  AUC {_fmt(so['roc_auc'])}{extra} (rates from {so['rates_from']})")
+    lines.append(f"source alone  AUC {_fmt(so['auc'])}{extra} (rates from {so['rates_from']})")
+    for key, name in (("loudness_only", "loudness alone"), ("trimming_only", "trimming alone")):
+        if baseline := report.get(key):
+            per = ", ".join(f"{s} {_fmt(v)}" for s, v in baseline["by_source"].items())
+            lines.append(f"{name:<14} AUC {_fmt(baseline['overall'])}; within source: {per}")
+    probe = report.get("channel_probe")
+    if probe:
+        lines.append(
+            f"channel probe: score -> source AUC {_fmt(probe['score_to_source_auc'])}, "
+            f"score -> label AUC {_fmt(probe['score_to_label_auc'])}, "
+            f"features -> source AUC {_fmt(probe['features_to_source_auc'])}"
+        )
+        if probe["flagged"]:
+            lines.append(f"WARNING: {probe['message']}")
+    else:
+        lines.append("channel probe: n/a (the recordings come from one source)")
     c = report["overall"]["confusion"]
     lines.append(f"confusion (overall): tp={c['tp']} fn={c['fn']} tn={c['tn']} fp={c['fp']}")
     return "\n".join(lines)
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    fpr, tpr, _ = roc_curve(np.asarray(labels), np.asarray(scores), drop_intermediate=False)
-    return fpr, tpr
-
-
 def write_outputs(
     out_dir: Path, report: dict, labels: np.ndarray, scores: np.ndarray, sources: np.ndarray
 ) -> None:
-    """report.json, roc.png and confusion.png."""
+    """report.json, roc.png, confusion.png and calibration.png (the reliability diagram)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,10 +252,10 @@ def write_outputs(
     groups += [(str(s), sources == s) for s in sorted(set(sources.tolist()))]
     for name, mask in groups:
         m = report["overall"] if name == "overall" else report["by_source"][name]
-        if m["roc_auc"] is None:
+        if m["auc"] is None:
             continue
         fpr, tpr = roc_points(labels[mask], scores[mask])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {m['roc_auc']:.2f}, n={m['n']})")
+        ax.plot(fpr, tpr, label=f"{name} (AUC {m['auc']:.2f}, n={m['n']})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
@@ -190,6 +263,27 @@ def write_outputs(
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out_dir / "roc.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    for name, mask in groups:
+        bins = calibration_bins(labels[mask], scores[mask])
+        m = report["overall"] if name == "overall" else report["by_source"][name]
+        ax.plot(
+            [b["mean_score"] for b in bins],
+            [b["positive_rate"] for b in bins],
+            "o-",
+            label=f"{name} (Brier {_fmt(m['brier'])}, ECE {_fmt(m['ece'])})",
+        )
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean score in bin")
+    ax.set_ylabel("share of positives in bin")
+    ax.set_title("Reliability (10 equal-width bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png")
     plt.close(fig)
 
     c = report["overall"]["confusion"]
@@ -206,6 +300,58 @@ def write_outputs(
     fig.tight_layout()
     fig.savefig(out_dir / "confusion.png")
     plt.close(fig)
+
+
+LOUDNESS_SPEC = {"name": "loudness", "rate": 16000}
+TRIMMING_SPEC = {"name": "trimming", "rate": 16000}
+
+
+def _of(examples: Sequence[Any], embed: Any, spec: dict, cache_dir: Path | None) -> np.ndarray:
+    data = extract(examples, embed, 16000, spec, cache_dir, False)
+    if len(data.examples) != len(examples):
+        raise ValueError("some recordings could not be decoded for a baseline")
+    return data.features
+
+
+def loudness_of(examples: Sequence[Any], cache_dir: Path | None) -> np.ndarray:
+    """RMS and peak dBFS of each example, in order, from the decoded recording
+    before any preprocessing."""
+    from ml.acoustic import loudness
+
+    return _of(examples, lambda ws: [loudness(w) for w in ws], LOUDNESS_SPEC, cache_dir)
+
+
+def trimming_of(examples: Sequence[Any], cache_dir: Path | None) -> np.ndarray:
+    """How each example was cut (``ml.acoustic.TRIMMING``), in order."""
+    from ml.acoustic import trimming
+
+    return _of(examples, lambda ws: [trimming(w, 16000) for w in ws], TRIMMING_SPEC, cache_dir)
+
+
+def confound_baselines(
+    examples: Sequence[Any],
+    labels: np.ndarray,
+    sources: np.ndarray,
+    cache_dir: Path | None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """What how a recording was made says of its label: loudness alone (RMS and
+    peak level) and trimming alone (duration, share of active frames, crest
+    factor, envelope spread), each a logistic regression cross-validated within
+    these recordings. A model no better than these within a source may be
+    detecting how the recordings were collected, not the cough."""
+    return {
+        "loudness_only": cross_validated_baseline(
+            loudness_of(examples, cache_dir), labels, sources, seed, "RMS and peak level (dBFS)"
+        ),
+        "trimming_only": cross_validated_baseline(
+            trimming_of(examples, cache_dir),
+            labels,
+            sources,
+            seed,
+            "duration, share of active frames, crest factor, envelope spread",
+        ),
+    }
 
 
 def seen_in_training(model_dir: Path) -> set[str]:
@@ -240,13 +386,14 @@ def evaluate_bundle(
         yamnet_url=yamnet_url,
     )
     examples = load_dataset(data_dir)
+    distinct, hygiene = deduplicate(examples)
     seen = set() if include_training_files else seen_in_training(model_dir)
-    held_out = [ex for ex in examples if ex.sha256 not in seen]
+    held_out = [ex for ex in distinct if ex.sha256 not in seen]
     if not held_out:
         raise ValueError("every recording in the data was used to train this bundle")
     data = extract(
         held_out,
-        model.backbone.embed,
+        model.embed,
         model.sample_rate,
         {"bundle": fingerprint(model_dir)},
         cache_dir,
@@ -257,11 +404,22 @@ def evaluate_bundle(
     rates = card_metrics.get("source_only", {}).get("positive_rate_by_source")
     if card_metrics.get("source_only", {}).get("rates_from") != "training data":
         rates = None
-    report = evaluate(data.labels, scores, data.sources, manifest.threshold, seed, rates)
-    skipped = len(examples) - len(held_out)
+    report = evaluate(
+        data.labels, scores, data.sources, manifest.threshold, seed, rates, data.features
+    )
+    report.update(confound_baselines(data.examples, data.labels, data.sources, cache_dir, seed))
+    report["data_hygiene"] = hygiene
+    skipped = len(distinct) - len(held_out)
+    dropped = hygiene["duplicate_rows_dropped"] + hygiene["rows_with_conflicting_labels"]
     report["evaluated_on"] = (
-        f"{len(data.examples)} recordings of {data_dir.name}"
+        f"{len(data.examples)} distinct recordings of {data_dir.name}"
         + (f" ({skipped} used in training were left out)" if skipped else "")
+        + (
+            f"; {hygiene['duplicate_rows_dropped']} duplicate rows and "
+            f"{hygiene['contents_with_both_labels_dropped']} contents under both labels dropped"
+            if dropped
+            else ""
+        )
         + (f"; {len(data.rejected)} unusable" if data.rejected else "")
     )
     if not (Path(model_dir) / SPLIT_FILE).is_file() and not include_training_files:

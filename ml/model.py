@@ -20,8 +20,9 @@ from ml.backbones import (
     inception_from_bundle,
 )
 from ml.bundle import BundleError, Head, Manifest, read_head, read_manifest
+from ml.preprocess import Preprocessed
 
-__all__ = ["Model", "ModelUnavailable", "Prediction", "load_model"]
+__all__ = ["Model", "ModelUnavailable", "Prediction", "load_model", "shares_yamnet_pass"]
 
 
 Segment = tuple[float, float]  # start and end, in seconds from the clip's start
@@ -76,12 +77,21 @@ class Model:
     def window_scores(self, waveform: np.ndarray) -> np.ndarray:
         if not isinstance(self.backbone, YamnetBackbone):
             raise BundleError(f"{self.id}: window pooling needs the YAMNet backbone")
+        if not self.manifest.preprocess.is_identity:
+            waveform = self.manifest.preprocess.apply(waveform, self.sample_rate)
         return self.head.scores(self.backbone.embed_windows(waveform))
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """The features the head scores: the manifest's preprocessing, then the
+        backbone (``ml.preprocess.Preprocessed``, the path training took)."""
+        return Preprocessed(self.backbone, self.manifest.preprocess, self.sample_rate).embed(
+            waveforms
+        )
 
     def scores(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         if self.window_pooled:
             return np.array([self.window_scores(w).max() for w in waveforms])
-        return self.head.scores(self.backbone.embed(waveforms))
+        return self.head.scores(self.embed(waveforms))
 
     def predict(self, waveforms: Sequence[np.ndarray]) -> list[Prediction]:
         m = self.manifest
@@ -113,6 +123,24 @@ class Model:
         """One forward pass so graph tracing happens before the first job."""
         rng = np.random.default_rng(0)
         self.predict([rng.standard_normal(self.sample_rate).astype(np.float32) * 0.1])
+
+
+def shares_yamnet_pass(a: Manifest, b: Manifest) -> bool:
+    """Whether two bundles feed YAMNet the very same samples, so that the worker's
+    cough gate and diagnosis model cost one YAMNet pass per clip, not two.
+
+    The process-wide YAMNet (``ml.backbones.shared_yamnet``) remembers its recent
+    outputs by the samples' digest, so the pass is shared exactly when this is
+    true: both bundles run YAMNet at one sample rate and neither changes the
+    waveform first (``preprocess``). A bundle that band-limits or normalises its
+    input runs its own pass, as it must: the gate's output for the raw clip
+    would be the wrong input for it.
+    """
+    return (
+        a.backbone_name == b.backbone_name == YamnetBackbone.name
+        and a.spectrogram.sample_rate == b.spectrogram.sample_rate
+        and a.preprocess == b.preprocess
+    )
 
 
 def load_model(

@@ -41,3 +41,30 @@ def stratified_split(
     for ex in examples:
         out[assignment[ex.sha256]].append(ex)
     return out
+
+
+def deduplicate(examples: Sequence[Example]) -> tuple[list[Example], dict[str, int]]:
+    """One example per distinct content; contents that carry both labels dropped.
+
+    Byte-identical files under both labels say nothing about either label, and a
+    file kept twice would weigh double and could sit on both sides of a fold.
+    """
+    by_hash: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_hash[ex.sha256].append(ex)
+    kept, conflicting = [], 0
+    conflicting_rows = 0
+    for group in by_hash.values():
+        if len({ex.label for ex in group}) > 1:
+            conflicting += 1
+            conflicting_rows += len(group)
+            continue
+        kept.append(group[0])
+    return kept, {
+        "rows": len(examples),
+        "distinct_contents": len(by_hash),
+        "duplicate_rows_dropped": len(examples) - len(by_hash),
+        "contents_with_both_labels_dropped": conflicting,
+        "rows_with_conflicting_labels": conflicting_rows,
+        "kept": len(kept),
+    }

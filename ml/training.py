@@ -1,19 +1,21 @@
-"""``tussis train``: backbone features (cached) -> logistic head (Keras, class
-weights, early stopping on validation, TensorBoard) -> threshold chosen on
-validation -> bundle with its held-out evaluation as the model card."""
+"""``tussis train``: deduplicated recordings -> (preprocessing ->) backbone
+features (cached) -> a held-out test split -> repeated grouped cross-validation
+on the rest, choosing the logistic head's regularisation on the mean
+within-source AUC (``ml.selection``) -> the head refitted on all of the rest,
+Platt-calibrated on its out-of-fold scores -> threshold on those scores -> the
+bundle, with the test split's evaluation as its model card."""
 
 from __future__ import annotations
 
 import json
 import logging
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ml.backbones import (
     Backbone,
@@ -22,12 +24,34 @@ from ml.backbones import (
     YamnetBackbone,
     convert_int8_dynamic,
 )
-from ml.bundle import FP32, INT8_DYNAMIC, PRECISIONS, SPLIT_FILE, Head, Manifest, write_bundle
+from ml.bundle import FP32, INT8_DYNAMIC, PRECISIONS, SPLIT_FILE, Manifest, write_bundle
 from ml.datasets import load_dataset
-from ml.evaluation import choose_threshold, evaluate, source_prevalence, write_outputs
-from ml.features import FeatureSet, extract
+from ml.evaluation import (
+    calibration_summary,
+    confound_baselines,
+    evaluate,
+    loudness_of,
+    source_prevalence,
+    trimming_of,
+    write_outputs,
+)
+from ml.features import extract
+from ml.preprocess import Preprocessed, Preprocessing
+from ml.selection import (
+    C_GRID,
+    FOLDS,
+    REPEATS,
+    best,
+    cross_validate,
+    cv_folds,
+    fit_logistic,
+    fold_platt,
+    platt,
+    split_test,
+)
 from ml.spectrogram import SpectrogramParams
-from ml.splits import stratified_split
+from ml.splits import deduplicate
+from shared.metrics import youden_threshold
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +67,14 @@ class TrainOptions:
     backbone: str = "yamnet"
     seed: int = 0
     test_fraction: float = 0.2
-    validation_fraction: float = 0.2
-    max_epochs: int = 300
-    patience: int = 30
-    # Chosen on the validation split of covid19-cough (lowest validation loss among
-    # l2 in {1e-3, 1e-2, 1e-1, 1} x learning rate in {3e-3, 3e-4}); never on test data.
-    l2: float = 1.0
-    learning_rate: float = 3e-4
+    # Pooled YAMNet features (ml.backbones.POOLED_PARTS joined by "+").
+    features: str = "embedding_mean"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    folds: int = FOLDS
+    repeats: int = REPEATS
+    c_grid: tuple[float, ...] = C_GRID
+    # "platt": calibrated on out-of-fold scores and folded into the head; "none".
+    calibration: str = "platt"
     inception_weights: str = "imagenet"
     # None: the whole network; "mixed8": cut there (ml.backbones.INCEPTION_LAYERS).
     inception_layer: str | None = None
@@ -59,7 +84,6 @@ class TrainOptions:
     yamnet_model: Path | None = None
     yamnet_url: str | None = None
     cache_dir: Path | None = None
-    logdir: Path | None = None
     progress: bool = True
 
 
@@ -68,6 +92,8 @@ def make_backbone(
 ) -> tuple[Backbone, dict[str, Any]]:
     """The backbone and its manifest entry (which also keys the feature cache)."""
     if options.backbone == "inception_v3":
+        if features != "embedding_mean":
+            raise ValueError("--features applies to yamnet only: Inception pools by the mean")
         if options.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {options.precision!r}: use one of {PRECISIONS}")
         layer = options.inception_layer
@@ -91,6 +117,8 @@ def make_backbone(
             "spectrogram": params.to_dict(),
             "seed": options.seed,
         }
+        if not options.preprocessing.is_identity:
+            cache_spec["preprocess"] = options.preprocessing.to_dict()
         backbone: Backbone = inception
         if options.precision == INT8_DYNAMIC:
             backbone = InceptionTFLiteBackbone(params, convert_int8_dynamic(inception))
@@ -101,13 +129,23 @@ def make_backbone(
             raise ValueError("--precision and --inception-layer apply to inception_v3 only")
         if options.yamnet_model is None:
             raise ValueError("the yamnet backbone needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
-        from ml.yamnet import sha256_of
-
         yamnet = YamnetBackbone(options.yamnet_model, features=features, url=options.yamnet_url)
         spec = {"name": "yamnet", "features": features}
-        cache_spec = {**spec, "model_sha256": sha256_of(options.yamnet_model), "rate": 16000}
+        cache_spec = yamnet_spec(options.yamnet_model, features, options.preprocessing)
         return yamnet, {"manifest": spec, "cache": cache_spec}
     raise ValueError(f"unknown backbone {options.backbone!r}: use inception_v3 or yamnet")
+
+
+def yamnet_spec(model_path: Path, features: str, preprocessing: Preprocessing) -> dict[str, Any]:
+    """What keys YAMNet features in the cache: the network file, the pooling and
+    the preprocessing (absent when there is none, so older caches stay valid)."""
+    from ml.yamnet import sha256_of
+
+    spec: dict[str, Any] = {"name": "yamnet", "features": features}
+    spec.update(model_sha256=sha256_of(model_path), rate=16000)
+    if not preprocessing.is_identity:
+        spec["preprocess"] = preprocessing.to_dict()
+    return spec
 
 
 def weights_provenance(weights: str | None) -> dict[str, Any]:
@@ -120,104 +158,28 @@ def weights_provenance(weights: str | None) -> dict[str, Any]:
     return {"source": Path(weights).name, "sha256": sha256_of(Path(weights))}
 
 
-def data_quality(examples: list) -> dict[str, int]:
-    """Identical files, and identical files carrying both labels: a card must say so."""
-    labels_by_hash: dict[str, set[int]] = {}
-    for ex in examples:
-        labels_by_hash.setdefault(ex.sha256, set()).add(ex.label)
-    return {
-        "distinct_recordings": len(labels_by_hash),
-        "recordings_with_both_labels": sum(len(v) > 1 for v in labels_by_hash.values()),
-    }
-
-
-class _EpochBar:
-    """A tqdm bar over epochs, as a Keras callback."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        import keras
-
-        bar = tqdm(total=total, desc="epochs", unit="epoch", disable=not enabled, leave=False)
-
-        class Callback(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                logs = logs or {}
-                bar.set_postfix(
-                    loss=f"{logs.get('loss', 0):.3f}", val=f"{logs.get('val_loss', 0):.3f}"
-                )
-                bar.update(1)
-
-            def on_train_end(self, logs: dict | None = None) -> None:
-                bar.close()
-
-        self.callback = Callback()
-
-
-def train_head(
-    train: FeatureSet, validation: FeatureSet, options: TrainOptions
-) -> tuple[Head, dict[str, Any]]:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(options.seed)
-    tf.config.experimental.enable_op_determinism()
-    x, y = train.features.astype(np.float64), train.labels
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale < 1e-6] = 1.0
-    standardise = lambda f: ((f - mean) / scale).astype(np.float32)  # noqa: E731
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("the training split needs recordings of both labels")
-    # Balanced class weights: each label contributes half the loss.
-    class_weight = {0: len(y) / (2.0 * n_neg), 1: len(y) / (2.0 * n_pos)}
-
-    model = keras.Sequential(
-        [
-            keras.Input((x.shape[1],)),
-            keras.layers.Dense(
-                1, activation="sigmoid", kernel_regularizer=keras.regularizers.l2(options.l2)
-            ),
-        ]
+def caveat_for(within_source_auc: float, baseline: str, baseline_auc: float) -> str:
+    """The sentence a person reads next to every score of this bundle: its
+    cross-validated within-source AUC, and whether it beats the strongest
+    baseline of how the recordings were made (``baseline``: loudness_only or
+    trimming_only)."""
+    what = {"loudness_only": "loudness", "trimming_only": "how the clip was cut"}[baseline]
+    verdict = "near chance" if within_source_auc < 0.6 else "weak"
+    if within_source_auc >= 0.7:
+        verdict = "moderate"
+    tail = (
+        f"no better than {what} alone ({baseline_auc:.2f})"
+        if within_source_auc <= baseline_auc + 0.02
+        else f"above {what} alone ({baseline_auc:.2f})"
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(options.learning_rate),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
+    return (
+        "Research screening tool, not a diagnostic device: within one recording source "
+        f"its cross-validated AUC is {within_source_auc:.2f} ({verdict}), {tail}."
     )
-    callbacks: list[Any] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=options.patience, restore_best_weights=True
-        ),
-        _EpochBar(options.max_epochs, options.progress).callback,
-    ]
-    if options.logdir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(options.logdir)))
-    history = model.fit(
-        standardise(x),
-        y.astype(np.float32),
-        validation_data=(standardise(validation.features), validation.labels.astype(np.float32)),
-        epochs=options.max_epochs,
-        batch_size=32,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        shuffle=True,
-        verbose=0,
-    )
-    kernel, bias = model.layers[-1].get_weights()
-    head = Head(
-        mean=mean.astype(np.float32),
-        scale=scale.astype(np.float32),
-        weights=kernel.reshape(-1).astype(np.float32),
-        bias=float(bias[0]),
-    )
-    val_losses = history.history["val_loss"]
-    return head, {
-        "epochs_run": len(val_losses),
-        "best_epoch": int(np.argmin(val_losses)) + 1,
-        "best_val_loss": float(np.min(val_losses)),
-        "class_weight": class_weight,
-    }
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
 
 
 def train_bundle(
@@ -228,33 +190,74 @@ def train_bundle(
     options: TrainOptions,
     params: SpectrogramParams | None = None,
     labels: tuple[str, str] = ("not sick", "sick"),
-    features: str = "embedding_mean",
+    features: str | None = None,
 ) -> dict[str, Any]:
     params = params or SpectrogramParams()
+    features = features or options.features
+    if options.calibration not in ("platt", "none"):
+        raise ValueError(f"unknown calibration {options.calibration!r}: use platt or none")
     data_dir, out = Path(data_dir), Path(out)
     examples = load_dataset(data_dir)
+    kept, hygiene = deduplicate(examples)
     backbone, spec = make_backbone(options, params, features)
+    embedder = Preprocessed(backbone, options.preprocessing, params.sample_rate)
     data = extract(
-        examples,
-        backbone.embed,
-        params.sample_rate,
-        spec["cache"],
-        options.cache_dir,
-        options.progress,
+        kept, embedder.embed, params.sample_rate, spec["cache"], options.cache_dir, options.progress
     )
-    splits = stratified_split(
-        data.examples, options.test_fraction, options.validation_fraction, options.seed
+    rest_examples, test_examples = split_test(data.examples, options.test_fraction, options.seed)
+    rest = data.subset({ex.sha256 for ex in rest_examples})
+    test = data.subset({ex.sha256 for ex in test_examples})
+    folds = cv_folds(
+        rest.labels,
+        rest.sources,
+        [ex.sha256 for ex in rest.examples],
+        options.folds,
+        options.repeats,
+        options.seed,
     )
-    parts = {k: data.subset({ex.sha256 for ex in v}) for k, v in splits.items()}
-    head, fit_info = train_head(parts["train"], parts["validation"], options)
-    threshold = choose_threshold(
-        parts["validation"].labels, head.scores(parts["validation"].features)
-    )
-    rates = source_prevalence(parts["train"].labels, parts["train"].sources)
-    test = parts["test"]
+    results = cross_validate(rest.features, rest.labels, rest.sources, folds, options.c_grid)
+    chosen = best(results)
+    head = fit_logistic(rest.features, rest.labels, chosen.c)
+    assert chosen.oof_logits is not None
+    oof = chosen.oof_logits
+    calibration: dict[str, Any] = {"method": options.calibration}
+    if options.calibration == "platt":
+        a, b = platt(oof, rest.labels)
+        head = fold_platt(head, a, b)
+        oof = a * oof + b
+        calibration.update(a=a, b=b, fitted_on="out-of-fold logits of every repeat")
+    # Each recording's out-of-fold score, averaged over repeats: what the threshold
+    # and the cross-validated calibration figures are computed on.
+    oof_scores = _sigmoid(oof).mean(axis=0)
+    threshold = youden_threshold(rest.labels, oof_scores)
+    calibration["out_of_fold"] = calibration_summary(rest.labels, oof_scores, rest.sources)
+
+    rates = source_prevalence(rest.labels, rest.sources)
     test_scores = head.scores(test.features)
-    report = evaluate(test.labels, test_scores, test.sources, threshold, options.seed, rates)
-    report["evaluated_on"] = "held-out test split (never used for fitting or the threshold)"
+    report = evaluate(
+        test.labels, test_scores, test.sources, threshold, options.seed, rates, test.features
+    )
+    report.update(
+        confound_baselines(
+            test.examples, test.labels, test.sources, options.cache_dir, options.seed
+        )
+    )
+    report["evaluated_on"] = (
+        "held-out test split (never used for fitting, selection or the threshold)"
+    )
+    cv = chosen.summary()
+    cv["C_grid"] = {str(r.c): r.mean_within for r in results}
+    within = cv["mean_within_source_auc"]
+    # The confounds, on the same folds: how loud the recording is, and how it was
+    # cut. A model no better than these within a source has not shown cough signal.
+    cv["baselines"] = {
+        name: best(cross_validate(x, rest.labels, rest.sources, folds, options.c_grid)).summary()
+        for name, x in (
+            ("loudness_only", loudness_of(rest.examples, options.cache_dir)),
+            ("trimming_only", trimming_of(rest.examples, options.cache_dir)),
+        )
+    }
+    confound = max(cv["baselines"].items(), key=lambda kv: kv[1]["mean_within_source_auc"])
 
     out.mkdir(parents=True, exist_ok=True)
     manifest_backbone = dict(spec["manifest"])
@@ -269,18 +272,31 @@ def train_bundle(
         "data": {
             "folder": data_dir.name,
             "recordings": len(examples),
-            **data_quality(examples),
+            **hygiene,
             "usable": len(data.examples),
             "rejected": {ex.path.name: code for ex, code in data.rejected},
             "positive_rate_by_source": source_prevalence(data.labels, data.sources),
         },
         "split": {
-            "method": "stratified by label and source, by file content hash",
+            "method": "test split stratified by label and source, by content hash; "
+            "repeated grouped cross-validation on the rest",
             "seed": options.seed,
-            "sizes": {k: len(v.examples) for k, v in parts.items()},
+            "sizes": {"cross-validation": len(rest.examples), "test": len(test.examples)},
         },
-        "training": {**fit_info, "l2": options.l2, "learning_rate": options.learning_rate},
-        "threshold_rule": "maximises sensitivity + specificity on the validation split",
+        "selection": {
+            "metric": "mean within-source AUC across folds",
+            "folds": len(folds),
+            "repeats": options.repeats,
+            **cv,
+        },
+        "training": {
+            "head": "logistic regression (scikit-learn, balanced class weights)",
+            "C": chosen.c,
+            "features": features,
+            "preprocess": options.preprocessing.to_dict(),
+        },
+        "calibration": calibration,
+        "threshold_rule": "maximises sensitivity + specificity on the out-of-fold scores",
         "metrics": report,
         "environment": {"python": platform.python_version()},
     }
@@ -292,10 +308,21 @@ def train_bundle(
         labels=labels,
         threshold=threshold,
         card=card,
+        preprocess=options.preprocessing,
+        caveat=caveat_for(within, confound[0], confound[1]["mean_within_source_auc"]),
+        within_source_auc=within,
     )
     write_bundle(out, manifest, head)
+    conflicting = sorted({ex.sha256 for ex in examples} - {ex.sha256 for ex in kept})
     (out / SPLIT_FILE).write_text(
-        json.dumps({k: sorted({ex.sha256 for ex in v.examples}) for k, v in parts.items()}) + "\n"
+        json.dumps(
+            {
+                "train": sorted({ex.sha256 for ex in rest.examples}),
+                "test": sorted({ex.sha256 for ex in test.examples}),
+                "conflicting_labels": conflicting,
+            }
+        )
+        + "\n"
     )
     write_outputs(out / EVALUATION_DIR, report, test.labels, test_scores, test.sources)
     return report

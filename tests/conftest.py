@@ -209,9 +209,6 @@ def train_tiny(out: Path, data: Path, backbone: str, name: str) -> Path:
     options = TrainOptions(
         backbone=backbone,
         test_fraction=0.25,
-        validation_fraction=0.25,
-        max_epochs=60,
-        patience=10,
         inception_weights="none",  # ImageNet weights cannot be downloaded here
         yamnet_model=YAMNET_MODEL,
         cache_dir=out.parent / "cache",

@@ -112,14 +112,36 @@ def _common_model_options(func: F) -> F:
 )
 @click.option("--name", default=None, help="Model name (default: the --out folder's name).")
 @click.option("--version", "version", default=None, help="Model version (default: today's date).")
-@click.option(
-    "--logdir", type=click.Path(path_type=Path), default=None, help="Write TensorBoard logs here."
-)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--test-fraction", default=0.2, show_default=True)
-@click.option("--validation-fraction", default=0.2, show_default=True)
-@click.option("--max-epochs", default=300, show_default=True)
-@click.option("--patience", default=30, show_default=True)
+@click.option(
+    "--features",
+    default="embedding_mean",
+    show_default=True,
+    help="yamnet only: pooled features, '+'-joined from embedding_mean, embedding_max, "
+    "embedding_std, scores_mean, scores_max, acoustic.",
+)
+@click.option(
+    "--telephone-band",
+    is_flag=True,
+    help="Resample every recording to 8 kHz and back before the backbone.",
+)
+@click.option(
+    "--level",
+    type=click.Choice(["none", "rms"]),
+    default="none",
+    show_default=True,
+    help="rms: scale every recording to one RMS level before the backbone.",
+)
+@click.option("--folds", default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--repeats", default=2, show_default=True, help="Cross-validation repeats.")
+@click.option(
+    "--calibration",
+    type=click.Choice(["platt", "none"]),
+    default="platt",
+    show_default=True,
+    help="platt: calibrate the score on out-of-fold predictions (folded into the head).",
+)
 @click.option(
     "--inception-layer",
     type=click.Choice(["mixed10", "mixed8"]),
@@ -146,12 +168,14 @@ def train(
     out: Path,
     name: str | None,
     version: str | None,
-    logdir: Path | None,
     seed: int,
     test_fraction: float,
-    validation_fraction: float,
-    max_epochs: int,
-    patience: int,
+    features: str,
+    telephone_band: bool,
+    level: str,
+    folds: int,
+    repeats: int,
+    calibration: str,
     inception_layer: str,
     precision: str,
     no_progress: bool,
@@ -159,25 +183,30 @@ def train(
     inception_weights: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Train a model bundle and evaluate it on a held-out split (server install)."""
+    """Train a model bundle and evaluate it on a held-out split (server install).
+
+    The head's regularisation is chosen by repeated grouped cross-validation on the
+    mean within-source AUC; the test split is only measured on (docs/models-and-training.md)."""
     settings = _settings()
     from ml.evaluation import format_report
+    from ml.preprocess import Preprocessing
     from ml.training import TrainOptions, train_bundle
 
     options = TrainOptions(
         backbone=backbone,
         seed=seed,
         test_fraction=test_fraction,
-        validation_fraction=validation_fraction,
-        max_epochs=max_epochs,
-        patience=patience,
+        features=features,
+        preprocessing=Preprocessing(telephone_band=telephone_band, level=level),
+        folds=folds,
+        repeats=repeats,
+        calibration=calibration,
         inception_weights=inception_weights or settings.inception_weights,
         inception_layer=None if inception_layer == "mixed10" else inception_layer,
         precision=precision,
         yamnet_model=yamnet_model or settings.yamnet_model,
         yamnet_url=settings.yamnet_url,
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
-        logdir=logdir,
         progress=not no_progress,
     )
     report = train_bundle(
@@ -188,6 +217,16 @@ def train(
         options=options,
     )
     click.echo(f"bundle written to {out}")
+    from ml.bundle import read_manifest
+
+    cv = read_manifest(out).card["selection"]
+    per_source = ", ".join(
+        f"{source} {m['mean']:.3f} ± {m['sd']:.3f}" for source, m in cv["by_source"].items()
+    )
+    click.echo(
+        f"cross-validated ({cv['folds']} folds, C={cv['C']:g}): mean within-source AUC "
+        f"{cv['mean_within_source_auc']:.3f} ± {cv['sd_within_source_auc']:.3f} ({per_source})"
+    )
     click.echo(f"held-out evaluation ({report['evaluated_on']}):")
     click.echo(format_report(report))
 
@@ -359,7 +398,8 @@ Exit codes:
   0    all files accepted (and, when waiting, the batch completed
        with every item succeeded)
   1    done, but some files were rejected or some items failed
-  2    usage error
+  2    usage error, or a --labels file that is malformed or names
+       a file not submitted (nothing is sent)
   3    cannot reach the server
   4    the server refused a request (its error code and message are shown)
   130  interrupted (Ctrl-C); the state file is kept, so running
@@ -370,7 +410,8 @@ Exit codes:
   0    done
   2    usage error
   3    cannot reach the server
-  4    the server refused the request (e.g. batch_not_found; its code and message are shown)
+  4    the server refused the request (e.g. batch_not_found, or for --evaluation
+       batch_not_finished; its code and message are shown)
   130  interrupted (Ctrl-C)"""
 
 
@@ -383,10 +424,10 @@ def _server_options(func: F) -> F:
     )(func)
     func = click.option(
         "--server",
-        envvar="TUSSIS_SERVER",
+        envvar=["TUSSIS_URL", "TUSSIS_SERVER"],
         default=_DEFAULT_SERVER,
         show_default=True,
-        help="The Tussis server's URL (or $TUSSIS_SERVER).",
+        help="The Tussis server's URL (or $TUSSIS_URL; $TUSSIS_SERVER, its older name).",
     )(func)
     return func
 
@@ -432,6 +473,14 @@ def _fail(exc: Exception) -> None:
     default=None,
     help="Progress bars on stderr (default: only when stderr is a terminal).",
 )
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV path,label[,group] labelling the files by their item paths; checked before "
+    "anything is sent (then `tussis results BATCH --evaluation`).",
+)
 def submit(
     paths: tuple[Path, ...],
     server: str,
@@ -443,6 +492,7 @@ def submit(
     state_path: Path | None,
     callback_url: str | None,
     progress: bool | None,
+    labels_path: Path | None,
 ) -> None:
     """Upload recordings as one batch: files, and folders (searched for audio files,
     keeping their paths relative to the folder).
@@ -463,6 +513,7 @@ def submit(
         out=out,
         callback_url=callback_url,
         progress=progress,
+        labels=labels_path,
     )
     submitter = None
     try:
@@ -497,7 +548,8 @@ def submit(
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
 def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> None:
     """Show a batch's status, counts, progress and estimated time left."""
-    from tussis.client import Client, describe_batch
+    from tussis.client import Client
+    from tussis.describe import describe_batch
     from tussis.errors import TussisError
 
     try:
@@ -522,11 +574,42 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
     default=None,
     help="Write the CSV here (default: stdout).",
 )
-def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -> None:
-    """Download a batch's results CSV (one row per item)."""
+@click.option(
+    "--evaluation",
+    is_flag=True,
+    help="Instead of the CSV, print how the model did on the batch's labelled items "
+    "(a finished batch submitted with labels).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="With --evaluation: print the evaluation JSON."
+)
+@click.option(
+    "--figures",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --evaluation: also write roc.png and calibration.png into this folder.",
+)
+def results(
+    batch_id: str,
+    server: str,
+    api_key: str | None,
+    out: Path | None,
+    evaluation: bool,
+    as_json: bool,
+    figures: Path | None,
+) -> None:
+    """Download a batch's results CSV (one row per item), or with --evaluation show the
+    model's evaluation on its labelled items."""
     from tussis.client import Client
     from tussis.errors import TussisError
 
+    if not evaluation and (as_json or figures is not None):
+        raise click.UsageError("--json and --figures go with --evaluation")
+    if evaluation and out is not None:
+        raise click.UsageError("--out writes the CSV; with --evaluation use --json or --figures")
+    if evaluation:
+        _print_evaluation(server, api_key, batch_id, as_json, figures)
+        return
     try:
         client = Client(server, api_key)
         batch, _ = client.get_batch(batch_id)
@@ -547,6 +630,48 @@ def results(batch_id: str, server: str, api_key: str | None, out: Path | None) -
         _fail(exc)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _print_evaluation(
+    server: str, api_key: str | None, batch_id: str, as_json: bool, figures: Path | None
+) -> None:
+    """``tussis results --evaluation``: the batch's evaluation as a table or JSON."""
+    from tussis.client import Client
+    from tussis.connection import EVALUATION_FIGURES
+    from tussis.describe import describe_evaluation
+    from tussis.errors import RequestRefused, TussisError
+
+    try:
+        client = Client(server, api_key)
+        evaluation = client.get_evaluation(batch_id)
+        written = []
+        if figures is not None:
+            figures.mkdir(parents=True, exist_ok=True)
+            for name in EVALUATION_FIGURES:
+                try:
+                    image = client.get_evaluation_figure(batch_id, name)
+                except RequestRefused as exc:
+                    if exc.status != 409:
+                        raise
+                    # e.g. auc_undefined: one label only has no ROC curve; the rest stands.
+                    written.append(f"{name} not written: {exc.api_message} ({exc.code})")
+                    continue
+                (figures / name).write_bytes(image)
+                written.append(f"written {figures / name}")
+    except TussisError as exc:
+        _fail(exc)
+        return
+    except OSError as exc:
+        _fail(TussisError(f"cannot write the figures into {figures}: {exc.strerror or exc}"))
+        return
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if as_json:
+        click.echo(json.dumps(evaluation, indent=2, ensure_ascii=False))
+    else:
+        click.echo(describe_evaluation(evaluation, batch_id))
+    for line in written:
+        click.echo(f"tussis: {line}", err=True)
 
 
 # --- API keys (server install: they live in the server's database) ------------------

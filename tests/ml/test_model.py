@@ -84,24 +84,14 @@ def test_worker_refuses_to_start_without_a_bundle(tmp_path: Path) -> None:
     assert "TUSSIS_MODEL_BUNDLE" in out.stderr + out.stdout
 
 
-def test_training_head_separates_its_training_data(tmp_path: Path) -> None:
-    from ml.datasets import Example
-    from ml.features import FeatureSet
-    from ml.training import TrainOptions, train_head
+def test_training_head_separates_its_training_data() -> None:
+    from ml.selection import fit_logistic
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (60, 5)), rng.normal(1.5, 1, (20, 5))]).astype(np.float32)
-    y = [0] * 60 + [1] * 20
-    examples = [
-        Example(tmp_path / f"{i}.wav", label, "s", f"{i:064x}") for i, label in enumerate(y)
-    ]
-    data = FeatureSet(examples, x, [])
-    head, info = train_head(
-        data,
-        data,
-        TrainOptions(max_epochs=200, patience=20, l2=1e-3, learning_rate=3e-3, progress=False),
-    )
+    labels = np.array([0] * 60 + [1] * 20)
+    head = fit_logistic(x, labels, c=1.0)
     scores = head.scores(x)
-    labels = np.array(y)
     assert scores[labels == 1].mean() > 0.6 > 0.4 > scores[labels == 0].mean()
-    assert info["class_weight"][1] == pytest.approx(2.0)  # 80 / (2 * 20): balanced
+    # Balanced class weights: the minority label is not drowned by the majority.
+    assert (scores[labels == 1] >= 0.5).mean() > 0.7
