@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import current_app
+from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.guards import has_control
@@ -105,27 +106,39 @@ def new_job(
     )
 
 
+def _add_row(
+    session: Session,
+    job_id: str,
+    owner: str,
+    item: NewJob,
+    batch_id: str | None,
+    seq: int | None,
+) -> Job:
+    """The job row of one checked upload (its audio is stored under ``job_id``)."""
+    return jobs.create(
+        session,
+        job_id=job_id,
+        owner=owner,
+        filename=item.filename,
+        content_type=item.content_type,
+        size_bytes=len(item.data),
+        sha256=item.sha256,
+        duration_s=item.duration_s,
+        batch_id=batch_id,
+        batch_seq=seq,
+        path=item.path,
+        label=item.label,
+        group=item.group,
+    )
+
+
 def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None = None) -> Job:
     """Store the audio, then commit the job row (the worker must always find both)."""
     job_id = jobs.new_job_id()
     storage().put(job_id, item.data)
     try:
         with session_scope(settings().database_url) as session:
-            job = jobs.create(
-                session,
-                job_id=job_id,
-                owner=owner,
-                filename=item.filename,
-                content_type=item.content_type,
-                size_bytes=len(item.data),
-                sha256=item.sha256,
-                duration_s=item.duration_s,
-                batch_id=batch_id,
-                batch_seq=seq,
-                path=item.path,
-                label=item.label,
-                group=item.group,
-            )
+            job = _add_row(session, job_id, owner, item, batch_id, seq)
     except BaseException:
         # No row will ever point at the audio: remove it now rather than leave an
         # orphan for the retention task (which may be hours away, or off).
@@ -145,21 +158,7 @@ def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: in
     try:
         with session_scope(settings().database_url) as session:
             for offset, (job_id, item) in enumerate(zip(job_ids, items, strict=True)):
-                jobs.create(
-                    session,
-                    job_id=job_id,
-                    owner=owner,
-                    filename=item.filename,
-                    content_type=item.content_type,
-                    size_bytes=len(item.data),
-                    sha256=item.sha256,
-                    duration_s=item.duration_s,
-                    batch_id=batch_id,
-                    batch_seq=first_seq + offset,
-                    path=item.path,
-                    label=item.label,
-                    group=item.group,
-                )
+                _add_row(session, job_id, owner, item, batch_id, first_seq + offset)
     except BaseException:
         # As in store: no row will point at this audio.
         _forget_audio(job_ids)
