@@ -12,13 +12,12 @@ import zipfile
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from api import create_app, intake
 from shared import jobs
 from shared.config import Settings
-from tests.api.conftest import assert_error
+from tests.api.conftest import assert_error, blobs, count
 from tests.audio_samples import noise, pcm16_wav
 from tests.conftest import configure
 
@@ -37,19 +36,6 @@ def client(settings: Settings, owner: str) -> FlaskClient:
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer k-{owner}"
     return c
-
-
-def count(settings: Settings, sql: str, **params: object) -> int:
-    engine = sa.create_engine(settings.database_url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(sql), params).scalar_one())
-    finally:
-        engine.dispose()
-
-
-def blobs(settings: Settings) -> int:
-    return count(settings, "SELECT count(*) FROM audio_blobs")
 
 
 def archive(seed: int = 0) -> bytes:

@@ -24,7 +24,7 @@ from api import create_app
 from shared import jobs
 from shared.audio import AudioError, decode
 from shared.config import Settings
-from tests.api.conftest import assert_error
+from tests.api.conftest import assert_error, blobs, count
 from tests.audio_samples import (
     float_wav,
     id3_chunk,
@@ -58,19 +58,6 @@ def client(settings: Settings, owner: str) -> FlaskClient:
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer k-{owner}"
     return c
-
-
-def count(settings: Settings, sql: str, **params: object) -> int:
-    engine = sa.create_engine(settings.database_url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(sql), params).scalar_one())
-    finally:
-        engine.dispose()
-
-
-def blobs(settings: Settings) -> int:
-    return count(settings, "SELECT count(*) FROM audio_blobs")
 
 
 def upload(client: FlaskClient, data: bytes, name: str = "cough.wav") -> Any:
