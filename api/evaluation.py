@@ -221,7 +221,7 @@ def evaluation_roc(path: BatchPath) -> Response:
     """The evaluation's ROC curves (PNG)
 
     409 `auc_undefined` when the scored items carry only one of the two labels."""
-    from api import evaluation_plots
+    from shared import plots
 
     cohort = collect(path.batch_id, current_owner())
     y, _ = cohort.arrays()
@@ -231,7 +231,7 @@ def evaluation_roc(path: BatchPath) -> Response:
             "The scored items carry only one of the model's two labels, so there is no "
             "ROC curve to draw.",
         )
-    return _png(evaluation_plots.roc_png(cohort.curves()))
+    return _png(plots.roc_png(cohort.curves()))
 
 
 @bp.get(
@@ -242,7 +242,7 @@ def evaluation_roc(path: BatchPath) -> Response:
 )
 def evaluation_calibration(path: BatchPath) -> Response:
     """The evaluation's reliability diagram (PNG)"""
-    from api import evaluation_plots
+    from shared import plots
 
     cohort = collect(path.batch_id, current_owner())
-    return _png(evaluation_plots.calibration_png(cohort.curves(), cohort.threshold))
+    return _png(plots.calibration_png(cohort.curves(), cohort.threshold))

@@ -23,13 +23,13 @@ from ml.bundle import SPLIT_FILE, fingerprint, read_manifest
 from ml.datasets import load_dataset
 from ml.features import extract
 from ml.splits import deduplicate
+from shared import plots
 from shared.metrics import (
     bootstrap_auc_ci,
     brier,
     calibration_bins,
     expected_calibration_error,
     roc_auc,
-    roc_points,
     summarise,
 )
 
@@ -247,44 +247,13 @@ def write_outputs(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     groups = [("overall", np.ones(len(labels), bool))]
     groups += [(str(s), sources == s) for s in sorted(set(sources.tolist()))]
-    for name, mask in groups:
-        m = report["overall"] if name == "overall" else report["by_source"][name]
-        if m["auc"] is None:
-            continue
-        fpr, tpr = roc_points(labels[mask], scores[mask])
-        ax.plot(fpr, tpr, label=f"{name} (AUC {m['auc']:.2f}, n={m['n']})")
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
-    ax.set_title("ROC on held-out recordings")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "roc.png")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for name, mask in groups:
-        bins = calibration_bins(labels[mask], scores[mask])
-        m = report["overall"] if name == "overall" else report["by_source"][name]
-        ax.plot(
-            [b["mean_score"] for b in bins],
-            [b["positive_rate"] for b in bins],
-            "o-",
-            label=f"{name} (Brier {_fmt(m['brier'])}, ECE {_fmt(m['ece'])})",
-        )
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean score in bin")
-    ax.set_ylabel("share of positives in bin")
-    ax.set_title("Reliability (10 equal-width bins)")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "calibration.png")
-    plt.close(fig)
+    curves = [(name, labels[mask], scores[mask]) for name, mask in groups]
+    (out_dir / "roc.png").write_bytes(plots.roc_png(curves, "ROC on held-out recordings"))
+    (out_dir / "calibration.png").write_bytes(
+        plots.calibration_png(curves, float(report["threshold"]))
+    )
 
     c = report["overall"]["confusion"]
     matrix = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])

@@ -1,4 +1,5 @@
-"""The evaluation's pictures: ROC curves and the reliability diagram, as PNG bytes.
+"""An evaluation's pictures, ROC curves and the reliability diagram, as PNG bytes:
+the same drawing for a batch's evaluation in the API and for ``tussis evaluate``.
 
 matplotlib (Agg, no display) is imported inside each function: only a request for
 a picture loads it into the API process. The numbers come from shared.metrics."""
@@ -35,7 +36,7 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def roc_png(curves: Sequence[Curve]) -> bytes:
+def roc_png(curves: Sequence[Curve], title: str = "ROC of the labelled items") -> bytes:
     """ROC curves of the curves that hold both labels, with AUC and n in the legend."""
     fig, ax = _figure(5.5, 5)
     for name, labels, scores in curves[:MAX_CURVES]:
@@ -50,7 +51,7 @@ def roc_png(curves: Sequence[Curve]) -> bytes:
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title("ROC of the labelled items")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
