@@ -45,6 +45,7 @@ from ml.backbones import CONTEXT_FEATURES, YamnetBackbone, window_features, with
 from ml.bundle import SPLIT_FILE, Head, Manifest, write_bundle
 from ml.datasets import file_sha256, load_dataset
 from ml.gate_data import EVAL_ONLY_PREFIX, RECORD
+from ml.selection import fit_logistic
 from ml.spectrogram import SpectrogramParams
 from ml.training import DISCLAIMER, TrainOptions
 from shared.audio import AudioError, check_usable, decode
@@ -214,25 +215,13 @@ def instances(item: Windows) -> tuple[list[int], list[int]]:
 
 
 def fit_head(items: Iterable[Windows], c: float = HEAD_C) -> Head:
-    from sklearn.linear_model import LogisticRegression
-
     xs, ys = [], []
     for item in items:
         pos, neg = instances(item)
         rows = with_context(item.features)
         xs += [rows[pos], rows[neg]]
         ys += [np.ones(len(pos)), np.zeros(len(neg))]
-    x, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-6] = 1.0
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-    model.fit((x - mean) / scale, y)
-    return Head(
-        mean=mean.astype(np.float32),
-        scale=scale.astype(np.float32),
-        weights=model.coef_[0].astype(np.float32),
-        bias=float(model.intercept_[0]),
-    )
+    return fit_logistic(np.concatenate(xs), np.concatenate(ys), c, max_iter=5000)
 
 
 def clip_score(head: Head, item: Windows) -> float:

@@ -87,7 +87,9 @@ def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, standardise: bool = True) -> Head:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, c: float, standardise: bool = True, max_iter: int = MAX_ITER
+) -> Head:
     """Balanced logistic regression on standardised features, as a bundle head."""
     from sklearn.linear_model import LogisticRegression
 
@@ -96,7 +98,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, c: float, standardise: bool = Tru
         mean, scale = standardiser(x)
     else:
         mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=MAX_ITER)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=max_iter)
     model.fit((x - mean) / scale, y)
     return Head(
         mean=mean.astype(np.float32),
