@@ -14,17 +14,51 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tussis.client import Client
-    from tussis.errors import RequestRefused, ServerUnreachable, TussisError, UsageProblem
-
-__all__ = ["Client", "RequestRefused", "ServerUnreachable", "TussisError", "UsageProblem"]
+    from tussis.errors import (
+        RequestRefused,
+        ServerUnreachable,
+        TussisError,
+        UsageProblem,
+        WaitTimeout,
+    )
+    from tussis.resources import (
+        Batch,
+        Evaluation,
+        Health,
+        Job,
+        JobError,
+        Metrics,
+        Model,
+        Result,
+    )
 
 _HOMES = {
     "Client": "tussis.client",
-    "RequestRefused": "tussis.errors",
-    "ServerUnreachable": "tussis.errors",
-    "TussisError": "tussis.errors",
-    "UsageProblem": "tussis.errors",
+    **dict.fromkeys(
+        ("Batch", "Evaluation", "Health", "Job", "JobError", "Metrics", "Model", "Result"),
+        "tussis.resources",
+    ),
+    **dict.fromkeys(
+        ("RequestRefused", "ServerUnreachable", "TussisError", "UsageProblem", "WaitTimeout"),
+        "tussis.errors",
+    ),
 }
+__all__ = [
+    "Batch",
+    "Client",
+    "Evaluation",
+    "Health",
+    "Job",
+    "JobError",
+    "Metrics",
+    "Model",
+    "RequestRefused",
+    "Result",
+    "ServerUnreachable",
+    "TussisError",
+    "UsageProblem",
+    "WaitTimeout",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,6 @@
-"""The errors a ``tussis`` command ends with, each with its exit code."""
+"""The errors of the client library, each with the exit code a ``tussis`` command ends
+with: one base class, :class:`TussisError`; :class:`RequestRefused` carries the server's
+``status``, ``code`` and message."""
 
 from __future__ import annotations
 
@@ -51,6 +53,15 @@ class RequestRefused(TussisError):
         except (ValueError, KeyError, TypeError):
             text = " ".join(response.text.split())[:200] or response.reason or ""
             return cls(response.status_code, "http_error", text)
+
+
+class WaitTimeout(TussisError):
+    """``job.wait(timeout=...)`` or ``batch.wait(timeout=...)`` ran out of time; the job
+    or batch goes on on the server (``resource_id``), wait again or reload it later."""
+
+    def __init__(self, message: str, resource_id: str) -> None:
+        super().__init__(message)
+        self.resource_id = resource_id
 
 
 class FileChanged(TussisError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +88,29 @@ def read_labels(source: Path) -> Labels:
         data = source.read_bytes()
     except OSError as exc:
         raise _malformed(source, exc.strerror or str(exc)) from exc
+    return parse_labels(data, source)
+
+
+def labels_from_mapping(
+    labels: Mapping[str, str], groups: Mapping[str, str] | None = None
+) -> Labels:
+    """``Client.submit_batch(labels={path: label}, groups={path: group})``: the same
+    checks as a labels file, whose rows these mappings are."""
+    source = Path("<labels mapping>")
+    extra = sorted(set(groups or {}) - set(labels))
+    if extra:
+        raise _malformed(source, f"groups name {len(extra)} path(s) without a label: {extra[0]}")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["path", "label", "group"] if groups is not None else ["path", "label"])
+    for path, label in labels.items():
+        row = [str(path), str(label)]
+        writer.writerow([*row, str((groups or {}).get(path, ""))] if groups is not None else row)
+    return parse_labels(out.getvalue().encode(), source)
+
+
+def parse_labels(data: bytes, source: Path) -> Labels:
+    """Check a labels CSV's bytes (``source`` names it in messages)."""
     if len(data) > MAX_LABELS_BYTES:
         raise _malformed(source, f"it is larger than {MAX_LABELS_BYTES // 10**6} MB")
     try:

@@ -1,5 +1,5 @@
 """``tussis submit``: resumable bulk upload and waiting for the results, built on
-:class:`tussis.client.Client`."""
+:class:`tussis.connection.Connection` (and behind ``Client.submit_batch``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tussis.client import PART_MAX_BYTES, Client, describe_batch, item_key, wait_for_batch
+from tussis.connection import PART_MAX_BYTES, Connection, item_key, wait_for_batch
+from tussis.describe import describe_batch
 from tussis.errors import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -30,7 +31,7 @@ from tussis.errors import (
 )
 from tussis.files import LocalFile, find_files, hash_files, progress_bar
 from tussis.formats import AUDIO_SUFFIXES
-from tussis.labels import Labels, read_labels
+from tussis.labels import Labels, labels_from_mapping, read_labels
 
 CREATE_RETRIES = 3  # a batch creation whose connection broke is sent again this often
 IN_USE_PATIENCE_S = 900.0  # how long to wait for the server to finish our first try
@@ -147,6 +148,8 @@ class SubmitOptions:
     progress: bool | None = None
     part_max_bytes: int = PART_MAX_BYTES
     labels: Path | None = None  # CSV path,label[,group] (tussis/labels.py)
+    label_map: dict[str, str] | None = None  # or {item path: label} (the library's)
+    group_map: dict[str, str] | None = None  # and {item path: group}
 
 
 @dataclass
@@ -247,7 +250,7 @@ def split_parts(
 
 class Submitter:
     def __init__(
-        self, client: Client, options: SubmitOptions, log: Callable[[str], None] | None = None
+        self, client: Connection, options: SubmitOptions, log: Callable[[str], None] | None = None
     ) -> None:
         self.client = client
         self.options = options
@@ -563,6 +566,10 @@ class Submitter:
                 )
         if opts.labels is not None:
             self.labels = read_labels(opts.labels)  # a malformed file stops us here
+        elif opts.label_map is not None:
+            self.labels = labels_from_mapping(opts.label_map, opts.group_map)
+        elif opts.group_map:
+            raise UsageProblem("groups need labels: pass labels={path: label} as well")
         files = self._local_files()
         self.report.files = len(files)
         todo, is_open = self._resume(files)
@@ -582,7 +589,7 @@ class Submitter:
         if opts.wait or opts.out:
             assert self.report.batch_id is not None
             self.report.batch = wait_for_batch(
-                self.client, self.report.batch_id, progress=opts.progress, log=self.log
+                self.client, self.report.batch_id, progress=opts.progress
             )
             self.report.waited = True
             if int((self.report.batch.get("counts") or {}).get("failed", 0)):

@@ -1,0 +1,174 @@
+"""The client's retries (tussis/connection.py): urllib3's Retry on the session.
+
+A real deployment cannot be made to answer 503 or 429 on demand, so a small local HTTP
+server plays a server under load; tests/client/test_rate_limit.py has the API's own
+rate limit, tests/client/test_library.py the real stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tussis import Client, RequestRefused, ServerUnreachable, UsageProblem
+from tussis.files import LocalFile
+
+Answer = tuple[int, dict[str, str], dict]
+
+
+class Scripted:
+    """Answers each request with the next scripted answer (the last one repeats) and
+    records (method, path, headers) of every request."""
+
+    def __init__(self, answers: list[Answer]) -> None:
+        self.answers = answers
+        self.seen: list[tuple[str, str, dict[str, str], float]] = []
+        scripted = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                scripted.seen.append(
+                    (self.command, self.path, dict(self.headers), time.monotonic())
+                )
+                index = min(len(scripted.seen), len(scripted.answers)) - 1
+                status, headers, body = scripted.answers[index]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[list[Answer]], Scripted]]:
+    servers: list[Scripted] = []
+
+    def start(answers: list[Answer]) -> Scripted:
+        servers.append(Scripted(answers))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def busy(status: int, retry_after: str) -> Answer:
+    code = {429: "rate_limited", 503: "database_unavailable"}[status]
+    return status, {"Retry-After": retry_after}, {"error": {"code": code, "message": "busy"}}
+
+
+MODELS = {
+    "models": [{"id": "m", "version": "1", "role": "diagnosis", "active": True, "added_later": [1]}]
+}
+
+
+def test_503_and_429_are_retried_as_retry_after_says(scripted) -> None:
+    # Seconds, then an HTTP date (whole seconds) 4 s after the script is written: the
+    # second answer comes about 1 s later, so it asks for 2 to 3 s more.
+    until = formatdate(time.time() + 4, usegmt=True)
+    server = scripted([busy(503, "1"), busy(429, until), (200, {}, MODELS)])
+    models = Client(server.url).models()
+    assert [(m.id, m.version, m.role, m.active) for m in models] == [("m", "1", "diagnosis", True)]
+    times = [t for *_, t in server.seen]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.9  # waited the 1 s of Retry-After
+    assert times[2] - times[1] >= 1.5  # and until the HTTP date
+
+
+def test_a_server_that_stays_busy_ends_with_its_own_error(scripted) -> None:
+    server = scripted([busy(503, "0")])
+    with pytest.raises(RequestRefused) as refused:
+        Client(server.url).models()
+    assert (refused.value.status, refused.value.code) == (503, "database_unavailable")
+    assert len(server.seen) == 6  # the first try and five retries
+
+
+def test_a_job_is_sent_again_under_its_idempotency_key(scripted) -> None:
+    job = {"id": "j1", "status": "queued", "audio": {"filename": "a.wav"}, "result": None}
+    server = scripted([busy(503, "0"), (202, {"Retry-After": "2"}, job)])
+    submitted = Client(server.url).submit(b"RIFF....", filename="a.wav")
+    assert (submitted.id, submitted.status, submitted.filename) == ("j1", "queued", "a.wav")
+    keys = [headers.get("Idempotency-Key") for _, _, headers, _ in server.seen]
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1]
+
+
+def test_a_streamed_batch_upload_is_not_sent_twice(scripted, tmp_path) -> None:
+    server = scripted([busy(503, "0"), (201, {}, {"id": "b1"})])
+    recording = tmp_path / "a.wav"
+    recording.write_bytes(b"RIFF....")
+    digest = hashlib.sha256(b"RIFF....").hexdigest()
+    with pytest.raises(RequestRefused) as refused:
+        Client(server.url).create_batch([LocalFile(recording, "a.wav", 8, digest)])
+    assert refused.value.status == 503
+    assert len(server.seen) == 1  # tussis.submit resumes instead
+
+
+def test_health_reports_a_service_that_is_not_ready(scripted) -> None:
+    body = {
+        "error": {"code": "not_ready", "message": "Not ready: cannot reach the broker."},
+        "checks": {"database": "ok", "broker": "unreachable"},
+    }
+    server = scripted([(503, {"Retry-After": "5"}, body)])
+    started = time.monotonic()
+    health = Client(server.url).health()
+    assert time.monotonic() - started < 4  # not retried: the answer is the news
+    assert not health.ready and health.status == "not_ready"
+    assert health.checks == {"database": "ok", "broker": "unreachable"}
+    assert health.message == "Not ready: cannot reach the broker."
+
+
+def test_configuration_comes_from_the_environment(monkeypatch, scripted) -> None:
+    server = scripted([(200, {}, MODELS)])
+    monkeypatch.delenv("TUSSIS_SERVER", raising=False)
+    monkeypatch.delenv("TUSSIS_URL", raising=False)
+    monkeypatch.delenv("TUSSIS_API_KEY", raising=False)
+    with pytest.raises(UsageProblem, match="TUSSIS_URL"):
+        Client()
+    monkeypatch.setenv("TUSSIS_URL", server.url + "/")
+    monkeypatch.setenv("TUSSIS_API_KEY", "s3cret")
+    client = Client()
+    assert client.base_url == server.url
+    client.models()
+    assert server.seen[-1][2].get("Authorization") == "Bearer s3cret"
+    # Arguments win over the environment.
+    assert Client("http://example.invalid:1", api_key="other").base_url.endswith(":1")
+
+
+def test_an_unreachable_server_is_reported_after_a_few_quick_retries(scripted) -> None:
+    server = scripted([(200, {}, MODELS)])
+    url = server.url
+    server.close()
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable, match="cannot reach"):
+        Client(url).models()
+    assert time.monotonic() - started < 10
