@@ -11,11 +11,19 @@ from typing import Any
 
 import gunicorn.util
 
+from shared import logs, prometheus_dir
 from shared.config import SettingsError, load_settings
 
+# Before the app (and so prometheus_client) is imported: the workers count into files
+# there, and /metrics sums them (api/metrics.py).
+prometheus_dir.prepare("api")
+
+_settings = load_settings()
 # The default address comes from TUSSIS_BIND (127.0.0.1:5000); --bind wins.
-bind = load_settings().bind_addresses
+bind = _settings.bind_addresses
 accesslog = "-"
+# gunicorn's own lines and its access lines in the app's format (TUSSIS_LOG_FORMAT).
+logconfig_dict = logs.dict_config(_settings.log_format, _settings.log_level)
 # The request path without its query string: a query can carry what must never be
 # logged (a key pasted into a URL is refused, but the refusal would still be logged).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
@@ -86,6 +94,13 @@ def on_starting(server: Any) -> None:
 
         close_engines()
     server.log.info("tussis api: %s", mode)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges no longer count (its counters and histograms do)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_fork(server: Any, worker: Any) -> None:

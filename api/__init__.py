@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
-from api import auth, contract, guards, limits
+from api import auth, contract, guards, limits, metrics
 from api.batches import bp as batches_bp
 from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
@@ -25,6 +25,7 @@ from api.parameter_errors import raise_parameter_error
 from api.schemas import Error
 from api.served_models import bp as models_bp
 from api.web import bp as web_bp
+from shared import logs
 from shared.config import Settings, load_settings
 from shared.queue import make_celery
 from shared.storage import make_storage
@@ -102,9 +103,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
     celery_init_app(app, settings)
     register_error_handlers(app)
+    metrics.init_app(app)  # first, so that it times and counts every request
     guards.init_app(app)  # hostile URLs, headers and ids stop here, before anything else
     # Authentication runs before the limiter, so that limits count per key.
     auth.init_app(app)
+    metrics.init_caller_context(app)
     limits.init_app(app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp])
     app.after_request(_api_security_headers)
     app.register_api(health_bp)
@@ -116,5 +119,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_api(docs_bp)
     contract.register_components(app)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level)
+        # Under gunicorn, gunicorn.conf.py has configured logging already (the same way).
+        logs.configure(settings.log_format, settings.log_level)
     return app

@@ -18,7 +18,7 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -442,6 +442,39 @@ class Settings(BaseSettings):
         "Log level. The scripts also pass it to `celery --loglevel`.",
         "INFO",
         shown_default="`INFO`",
+    )
+    log_format: Literal["text", "json"] = _env(
+        "TUSSIS_LOG_FORMAT",
+        "`text`: one line per record with a timestamp, the level, the process and the logger. "
+        "`json`: one JSON object per line (`timestamp`, `level`, `logger`, `message`, and "
+        "`job_id`, `batch_id`, `owner`, `worker_id` where they apply), for a log collector. "
+        "The same for gunicorn, the API and the worker (`shared/logs.py`).",
+        "text",
+        shown_default="`text`",
+    )
+    metrics_token: SecretStr = _env(
+        "TUSSIS_METRICS_TOKEN",
+        "When set, the API's `GET /metrics` answers only requests with "
+        "`Authorization: Bearer <this token>` (`401` otherwise). Unset, `/metrics` is open: "
+        "keep it off the public network (see [Metrics](operations.md#metrics)).",
+        SecretStr(""),
+        shown_default="unset",
+    )
+    worker_metrics_port: int = _env(
+        "TUSSIS_WORKER_METRICS_PORT",
+        "The port on which each `celery worker` serves its Prometheus metrics (all its child "
+        "processes together) on every interface. `0` serves none.",
+        0,
+        ge=0,
+        le=65535,
+        shown_default="`0` (off)",
+    )
+    worker_task_events: bool = _env(
+        "TUSSIS_WORKER_TASK_EVENTS",
+        "Workers send Celery task events, which Flower's task view shows (Redis broker only: the "
+        "embedded SQLite broker carries no events).",
+        True,
+        shown_default="`true`",
     )
     # Failure drills only: hold each analysis this long after claiming it, so an
     # operator (or a test) can kill a worker mid-job and watch the recovery.

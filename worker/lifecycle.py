@@ -18,20 +18,54 @@ from sqlalchemy import select
 
 from ml.bundle import BundleError, fingerprint, read_manifest
 from ml.spectrogram import warm_up
-from shared import batches, jobs, model_registry
+from shared import batches, jobs, logs, model_registry
 from shared.db import dispose_engines
-from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, publish_callback
+from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, publish_callback
 from shared.tables import Job
-from worker import runtime
+from worker import metrics, runtime
 
 log = logging.getLogger("tussis.worker")
 
 
 def configure_logging(**_: Any) -> None:
-    logging.basicConfig(
-        level=runtime.current().settings.log_level,
-        format="%(asctime)s %(levelname)s [%(processName)s %(process)d] %(name)s: %(message)s",
-    )
+    """The same configuration as gunicorn's and the API's (``TUSSIS_LOG_FORMAT``)."""
+    settings = runtime.current().settings
+    logs.configure(settings.log_format, settings.log_level)
+
+
+def serve_metrics(**_: Any) -> None:
+    """In the parent: one Prometheus endpoint for the worker and all its children."""
+    metrics.serve(runtime.current().settings.worker_metrics_port)
+
+
+def child_shutdown(**_: Any) -> None:
+    metrics.child_exited()
+
+
+# Log context of the task running in this child, by task id (prerun -> postrun).
+_task_context: dict[str, list[Any]] = {}
+
+
+def bind_task_context(
+    task_id: str | None = None, task: Any = None, args: Any = None, **_: Any
+) -> None:
+    """Every line a task logs names its job (a single job) or batch (a callback); the
+    pipeline names each job of a chunk itself."""
+    name = getattr(task, "name", None)
+    args = list(args or [])
+    fields: dict[str, str | None] = {}
+    if name == TASK_ANALYSE and args:
+        fields["job_id"] = str(args[0])
+    elif name == TASK_BATCH_CALLBACK and args:
+        fields["batch_id"] = str(args[0])
+    if task_id and fields:
+        _task_context[task_id] = logs.bind(**fields)
+
+
+def unbind_task_context(task_id: str | None = None, **_: Any) -> None:
+    tokens = _task_context.pop(task_id or "", None)
+    if tokens:
+        logs.unbind(tokens)
 
 
 def check_bundles(**_: Any) -> None:
@@ -73,6 +107,7 @@ def check_bundles(**_: Any) -> None:
 def init_child(**_: Any) -> None:
     # Connections opened by the parent must not be shared with the child.
     dispose_engines()
+    logs.bind(worker_id=jobs.this_worker_id())  # for every line this child logs
     started = time.monotonic()
     try:
         models = runtime.current().load_models()
@@ -85,6 +120,7 @@ def init_child(**_: Any) -> None:
         warm_up(models.diagnosis.manifest.spectrogram)
     for model in filter(None, (models.diagnosis, models.cough_gate)):
         model.warm_up()
+    metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
     log.info(
         "model %s %s ready in %.1f s (cough gate: %s)",
         models.diagnosis.id,
@@ -158,6 +194,7 @@ def on_task_failure(sender: Any = None, exception: BaseException | None = None, 
                 batches.complete_and_notify(
                     session, batch_id, lambda b: publish_callback(sender.app, rt.settings, b)
                 )
+        metrics.job_finished("failed", "timeout", count=n)
         log.warning("hard time limit: %d job(s) recorded as timeout", n)
     except Exception:
         # The lease runs out and the sweeper re-publishes them: attempts still bound it.

@@ -16,12 +16,14 @@ import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ml import yamnet
+from ml.model import Model, Prediction
 from ml.spectrogram import picture
-from shared import batches, jobs
+from shared import batches, jobs, logs
 from shared.audio import AudioError, DecodedAudio, check_usable, decode
 from shared.db import is_unavailable
 from shared.storage import AudioNotFound, spectrogram_key
 from shared.tables import Job
+from worker import metrics
 from worker.runtime import Runtime
 
 log = logging.getLogger("tussis.worker")
@@ -106,11 +108,13 @@ class Pipeline:
                 message=message,
                 **details,
             )
-        if not ok:
+        if ok:
+            metrics.job_finished("failed", code)
+        else:
             log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
 
     def claim(self, job_ids: list[str]) -> list[Claimed]:
-        claimed = []
+        claimed: list[Claimed] = []
         for job_id in job_ids:
             with self.runtime.session() as session:
                 c = jobs.claim(
@@ -120,17 +124,23 @@ class Pipeline:
                     max_attempts=self.settings.job_max_attempts,
                     lease_s=self.settings.lease_s,
                 )
-            if c.outcome is jobs.ClaimOutcome.CLAIMED and c.job is not None:
-                # Renewed from now on, so a lease far shorter than the task time limit
-                # never runs out under a live worker.
-                self.runtime.heartbeat.hold([job_id])
-                log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
-                claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
-            else:
-                log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
-                if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
-                    claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
+            batch_id = c.job.batch_id if c.job is not None else None
+            with logs.bound(job_id=job_id, batch_id=batch_id):
+                self._log_claim(c, job_id, claimed)
         return claimed
+
+    def _log_claim(self, c: jobs.Claim, job_id: str, claimed: list[Claimed]) -> None:
+        if c.outcome is jobs.ClaimOutcome.CLAIMED and c.job is not None:
+            # Renewed from now on, so a lease far shorter than the task time limit
+            # never runs out under a live worker.
+            self.runtime.heartbeat.hold([job_id])
+            log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
+            claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
+            return
+        log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
+        if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
+            metrics.job_finished("failed", "worker_lost")
+            claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
         ready = []
@@ -203,13 +213,15 @@ class Pipeline:
                 )
             return
         model, gate = models.diagnosis, models.cough_gate
-        ready = self.prepare(items, model.sample_rate)
+        with metrics.stage("decode"):
+            ready = self.prepare(items, model.sample_rate)
         decoded = list(ready)
         cough: dict[str, GateVerdict] = {i.job_id: GateVerdict() for i in ready}
         if gate is not None and ready:
             if gate.sample_rate != model.sample_rate:
                 raise RuntimeError("the cough gate and the model need different sample rates")
-            verdicts = gate.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
+            with metrics.stage("gate"):
+                verdicts = gate.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
             passed = []
             for item, verdict in zip(ready, verdicts, strict=True):
                 if not math.isfinite(verdict.score):
@@ -238,7 +250,19 @@ class Pipeline:
                 )
         if not ready:
             return
-        predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
+        with metrics.stage("model"):
+            predictions = model.predict([i.audio.samples for i in ready])  # type: ignore[union-attr]
+        with metrics.stage("write"):
+            self.record(model, ready, predictions, cough)
+
+    def record(
+        self,
+        model: Model,
+        ready: list[Claimed],
+        predictions: list[Prediction],
+        cough: dict[str, GateVerdict],
+    ) -> None:
+        """Store each prediction on its job (one conditional update per job)."""
         for item, prediction in zip(ready, predictions, strict=True):
             if not math.isfinite(prediction.score):
                 self.fail(item, *NOT_A_SCORE)
@@ -261,7 +285,9 @@ class Pipeline:
                     cough_score=gate_verdict.score,
                     cough_segments=gate_verdict.segments,
                 )
-            if not ok:
+            if ok:
+                metrics.job_finished("succeeded")
+            else:
                 log.warning(
                     "job %s: claim lost (deleted or taken over); result dropped", item.job_id
                 )

@@ -32,7 +32,7 @@ from shared.queue import (
 )
 from shared.retention import purge
 from shared.tables import utcnow
-from worker import callbacks, runtime
+from worker import callbacks, metrics, runtime
 from worker.pipeline import Pipeline, draw_spectrogram
 
 log = logging.getLogger("tussis.worker")
@@ -163,7 +163,27 @@ def sweep(self: Task) -> int:
         unsent = batches.lost_callbacks(session, overdue)
     for batch_id in unsent:
         publish_callback(self.app, settings, batch_id)
+    _gauge_queues(self)
     return len(lost)
+
+
+def _gauge_queues(task: Task) -> None:
+    """Messages waiting per queue, for ``tussis_queue_depth``: kombu asks the broker (Redis
+    ``LLEN``; a row count on the embedded SQLite broker)."""
+    settings = runtime.current().settings
+    try:
+        with task.app.connection_for_read() as conn:
+            channel = conn.default_channel
+            for kind, name in (
+                ("single", settings.queue_name),
+                ("batch", settings.batch_queue_name),
+            ):
+                # Not passive: Redis has no key for an empty queue, which a passive
+                # declare reports as missing. The worker consumes both queues anyway.
+                depth = channel.queue_declare(queue=name).message_count
+                metrics.QUEUE_DEPTH.labels(kind).set(depth)
+    except Exception as exc:  # a gauge is not worth failing the sweep for
+        log.warning("queue depth: could not ask the broker (%s)", type(exc).__name__)
 
 
 @shared_task(name=TASK_RETENTION)

@@ -4,6 +4,7 @@ that shared/config.py reads. Fast: nothing here needs Docker."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -114,3 +115,78 @@ def test_run_local_starts_the_same_processes() -> None:
     script = RUN_LOCAL.read_text()
     assert API_TARGET in script
     assert WORKER_COMMAND in script
+
+
+# --- monitoring ---------------------------------------------------------------------
+
+DEPLOY = ROOT / "deploy"
+METRIC_SOURCES = (ROOT / "api" / "metrics.py", ROOT / "worker" / "metrics.py")
+METRIC_NAME = re.compile(r'(?:Counter|Gauge|Histogram)\(\s*"(tussis_[a-z_]+)"')
+PROMQL_NAME = re.compile(r"\b(tussis_[a-z_]+)")
+# What prometheus_client adds to a declared name in its samples.
+SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+
+
+def declared_metrics() -> set[str]:
+    names: set[str] = set()
+    for path in METRIC_SOURCES:
+        names |= set(METRIC_NAME.findall(path.read_text()))
+    return names
+
+
+def test_the_worker_has_a_health_check_that_pings_it(compose: dict[str, Any]) -> None:
+    test = " ".join(compose["services"]["worker"]["healthcheck"]["test"])
+    assert "celery -A worker.celery_app inspect ping" in test
+    assert "celery@$$HOSTNAME" in test  # compose's escape for the container's own $HOSTNAME
+
+
+def test_prometheus_runs_in_the_monitoring_profile_with_the_deploy_config(
+    compose: dict[str, Any],
+) -> None:
+    service = compose["services"]["prometheus"]
+    assert service["profiles"] == ["monitoring"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in service["volumes"]}
+    assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert (ROOT / "deploy" / "prometheus.yml").is_file()
+    # The stack itself runs without the profile.
+    for name in ("api", "worker", "beat", "migrate", "postgres", "redis"):
+        assert "profiles" not in compose["services"][name], name
+
+
+def test_prometheus_scrapes_the_api_and_each_worker_on_the_configured_port(
+    compose: dict[str, Any],
+) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api = jobs["tussis-api"]
+    assert api["metrics_path"] == "/metrics"
+    assert api["static_configs"][0]["targets"] == ["api:5000"]
+    assert "5000:5000" in compose["services"]["api"]["ports"]
+    worker = jobs["tussis-worker"]["dns_sd_configs"][0]
+    assert worker["names"] == ["worker"]
+    assert str(worker["port"]) == compose["x-app"]["environment"]["TUSSIS_WORKER_METRICS_PORT"]
+
+
+def test_the_dashboard_queries_only_metrics_the_code_declares() -> None:
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    declared = declared_metrics()
+    assert {"tussis_http_requests_total", "tussis_jobs_processed_total"} <= declared
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used |= set(PROMQL_NAME.findall(target["expr"]))
+    assert used, "the dashboard queries nothing"
+
+    def base(name: str) -> str:
+        if name in declared:
+            return name
+        for suffix in SUFFIXES:
+            if name.endswith(suffix) and name.removesuffix(suffix) in declared:
+                return name.removesuffix(suffix)
+        return name
+
+    unknown = sorted(name for name in used if base(name) not in declared)
+    assert not unknown, f"the dashboard queries metrics no code declares: {unknown}"
+    # Every declared metric has a panel.
+    unshown = sorted(declared - {base(name) for name in used})
+    assert not unshown, f"metrics without a panel: {unshown}"

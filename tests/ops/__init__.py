@@ -1,0 +1,1 @@
+"""Operability: metrics, logs, readiness, against the real stack."""
