@@ -2,7 +2,8 @@
 
 ``/readyz`` gates on what the API itself needs to accept jobs (the database and the
 broker): a load balancer routes to it, and jobs accepted while no worker runs wait in
-the queue. ``/readyz?require=workers`` also needs a live worker serving the default
+the queue. It always reports ``checks.workers`` too; ``/readyz?require=workers`` also
+needs that live worker serving the default
 (diagnosis) bundle, by the served-bundle registry's heartbeat (the sweeper refreshes
 it every ``TUSSIS_SWEEP_INTERVAL``): ``503 no_worker`` without one, for a deployment
 check or an alert that the service is up but nothing analyses recordings.
@@ -55,7 +56,7 @@ class ReadyQuery(BaseModel):
     require: Literal["workers"] | SkipJsonSchema[None] = Field(
         default=None,
         description="`workers`: also require a live worker serving the default bundle "
-        "(`503 no_worker` otherwise), and report it as `checks.workers`.",
+        "(`503 no_worker` otherwise); `checks.workers` reports it either way.",
         # Absent means only the database and the broker: no value to send.
         json_schema_extra=_no_default,
     )
@@ -113,9 +114,13 @@ def readyz(query: ReadyQuery) -> Response:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
-    if query.require == "workers":
-        checks["workers"] = _workers(settings) if checks["database"] == "ok" else "unknown"
-    if all(v == "ok" for v in checks.values()):
+    # Always reported, so a dashboard sees "API up, nothing analyses"; it decides
+    # readiness only when asked, since a load balancer must keep routing uploads.
+    checks["workers"] = _workers(settings) if checks["database"] == "ok" else "unknown"
+    gating = (
+        ("database", "broker", "workers") if query.require == "workers" else ("database", "broker")
+    )
+    if all(checks[k] == "ok" for k in gating):
         return jsonify({"status": "ready", "checks": checks})
     failing = ", ".join(k for k in ("database", "broker") if checks[k] != "ok")
     if failing:

@@ -215,7 +215,11 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"database": "ok", "broker": "ok"}
+    checks = ready.get_json()["checks"]
+    assert checks["database"] == checks["broker"] == "ok"
+    # Reported, not gating (tests/ops/test_readiness.py): other tests' workers may
+    # have registered in this session's database, so either answer is possible here.
+    assert checks["workers"] == "ok" or checks["workers"].startswith("none")
 
 
 def test_not_ready_without_database_or_broker(tmp_path: Path) -> None:
