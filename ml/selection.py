@@ -179,12 +179,18 @@ class CVResult:
             "mean_within_source_auc": self.mean_within,
             "sd_within_source_auc": self.sd_within,
             "by_source": {s: {"mean": m, "sd": sd} for s, (m, sd) in self.by_source().items()},
-            "overall": {
-                "mean": float(np.mean(self.fold_overall)),
-                "sd": float(np.std(self.fold_overall)),
-            },
+            "overall": _mean_sd(self.fold_overall),
             "folds": len(self.fold_within),
         }
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and sd over the folds where the AUC is defined (a fold holding one label
+    has none): never NaN, which a card's JSON and PostgreSQL's JSON type refuse."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return {"mean": None, "sd": None}
+    return {"mean": float(np.mean(finite)), "sd": float(np.std(finite))}
 
 
 def cross_validate(
