@@ -272,5 +272,5 @@ def split_test(
     test split is held out of every choice, and only measured on at the end."""
     from ml.splits import stratified_split
 
-    parts = stratified_split(examples, fraction, 0.0, seed)
+    parts = stratified_split(examples, fraction, seed)
     return parts["train"], parts["test"]

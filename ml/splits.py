@@ -1,4 +1,6 @@
-"""Deterministic train / validation / test splits, stratified by label and source.
+"""A deterministic held-out test split, stratified by label and source, and the
+deduplication that comes before it. (Model choices use cross-validation folds on
+the rest: ml/selection.py.)
 
 Files are split by content hash, so a recording present twice never lands on
 both sides of a split.
@@ -13,11 +15,11 @@ import numpy as np
 
 from ml.datasets import Example
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "test")
 
 
 def stratified_split(
-    examples: Sequence[Example], test_fraction: float, validation_fraction: float, seed: int
+    examples: Sequence[Example], test_fraction: float, seed: int
 ) -> dict[str, list[Example]]:
     by_hash: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
@@ -32,11 +34,8 @@ def stratified_split(
         hashes = list(strata[key])
         rng.shuffle(hashes)
         n_test = round(len(hashes) * test_fraction)
-        n_val = round(len(hashes) * validation_fraction)
         for i, sha in enumerate(hashes):
-            assignment[sha] = (
-                "test" if i < n_test else "validation" if i < n_test + n_val else "train"
-            )
+            assignment[sha] = "test" if i < n_test else "train"
     out: dict[str, list[Example]] = {name: [] for name in SPLITS}
     for ex in examples:
         out[assignment[ex.sha256]].append(ex)
