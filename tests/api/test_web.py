@@ -143,17 +143,16 @@ def test_page_tells_people_it_is_not_a_diagnosis(web_client: Any) -> None:
 # --- a real stack and a real browser ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def web_stack(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str, tiny_bundle: Path
+@contextmanager
+def running_stack(
+    tmp: Path, postgres_url: str, redis_url: str, **overrides: Any
 ) -> Iterator[Stack]:
-    """One API and one worker for this module, as tests/test_integration.py's stacks."""
-    tmp = tmp_path_factory.mktemp("web-stack")
+    """An API and a worker on PostgreSQL + Redis with these settings, stopped after."""
     settings = base_settings(
         tmp,
         database_url=normalise_database_url(postgres_url),
         broker_url=redis_url,
-        model_bundle=tiny_bundle,
+        **overrides,
     )
     stack = Stack(settings, tmp)
     try:
@@ -162,6 +161,17 @@ def web_stack(
         yield stack
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def web_stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, redis_url: str, tiny_bundle: Path
+) -> Iterator[Stack]:
+    """One API and one worker for this module, as tests/test_integration.py's stacks."""
+    with running_stack(
+        tmp_path_factory.mktemp("web-stack"), postgres_url, redis_url, model_bundle=tiny_bundle
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -506,21 +516,14 @@ def evaluation_stack(
 ) -> Iterator[Stack]:
     """The caveat bundle behind one API and one worker, the cough gate off (fast, and
     every recording is scored)."""
-    tmp = tmp_path_factory.mktemp("evaluation-stack")
-    settings = base_settings(
-        tmp,
-        database_url=normalise_database_url(postgres_url),
-        broker_url=redis_url,
+    with running_stack(
+        tmp_path_factory.mktemp("evaluation-stack"),
+        postgres_url,
+        redis_url,
         model_bundle=caveat_bundle,
         cough_gate_bundle=None,
-    )
-    stack = Stack(settings, tmp)
-    try:
-        stack.start_api()
-        stack.start_worker()
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def _usable(path: Path) -> bool:
