@@ -58,6 +58,10 @@ class Manifest:
     # cross-validated mean within-source AUC it quotes (None in older bundles).
     caveat: str | None = None
     within_source_auc: float | None = None
+    # Detector bundles (the cough gate) only: the window-score threshold for
+    # counting events over long recordings, chosen apart from ``threshold`` (the
+    # clip gate's). None in bundles written before counting existed.
+    counting_threshold: float | None = None
 
     @property
     def backbone_name(self) -> str:
@@ -66,6 +70,11 @@ class Manifest:
     @property
     def precision(self) -> str:
         return str(self.backbone.get("precision", FP32))
+
+    @property
+    def event_threshold(self) -> float:
+        """The threshold counting uses: its own where chosen, else the gate's."""
+        return self.threshold if self.counting_threshold is None else self.counting_threshold
 
     @property
     def negative_label(self) -> str:
@@ -88,6 +97,11 @@ class Manifest:
             "preprocess": self.preprocess.to_dict(),
             "caveat": self.caveat,
             "within_source_auc": self.within_source_auc,
+            **(
+                {}
+                if self.counting_threshold is None
+                else {"counting_threshold": self.counting_threshold}
+            ),
             "card": self.card,
         }
 
@@ -99,8 +113,10 @@ class Manifest:
         if len(labels) != 2:
             raise BundleError("a bundle must have exactly two labels: [negative, positive]")
         threshold = float(data["threshold"])
-        if not 0.0 <= threshold <= 1.0:
-            raise BundleError(f"threshold must be within [0, 1], got {threshold}")
+        counting = data.get("counting_threshold")
+        for value in (threshold, counting if counting is not None else 0.0):
+            if not 0.0 <= float(value) <= 1.0:
+                raise BundleError(f"thresholds must be within [0, 1], got {value}")
         precision = dict(data["backbone"]).get("precision", FP32)
         if precision not in PRECISIONS:
             raise BundleError(
@@ -121,6 +137,7 @@ class Manifest:
             within_source_auc=(
                 None if data.get("within_source_auc") is None else float(data["within_source_auc"])
             ),
+            counting_threshold=None if counting is None else float(counting),
         )
 
 

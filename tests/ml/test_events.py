@@ -3,6 +3,8 @@ their edges giving the events of the whole recording."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,17 @@ def test_window_arithmetic_matches_yamnet_framing() -> None:
     ):
         assert events.window_count(length) == len(yamnet.frame(np.zeros(length))), length
     assert events.window_span(2, 4) == (2 * yamnet.HOP, 4 * yamnet.HOP + yamnet.WINDOW)
+
+
+def test_a_detector_bundle_carries_its_own_counting_threshold() -> None:
+    from ml.bundle import BundleError, Manifest
+    from shared.config import PROJECT_ROOT
+
+    gate = json.loads((PROJECT_ROOT / "models" / "cough-gate" / "manifest.json").read_text())
+    old = Manifest.from_dict(gate)
+    assert old.counting_threshold is None and old.event_threshold == old.threshold
+    new = Manifest.from_dict({**gate, "counting_threshold": 0.8})
+    assert new.event_threshold == 0.8
+    assert Manifest.from_dict(new.to_dict()) == new
+    with pytest.raises(BundleError):
+        Manifest.from_dict({**gate, "counting_threshold": 1.5})
