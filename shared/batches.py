@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import cursors
+from shared import cursors, jobs
 from shared.db import affected
 from shared.tables import Batch, BatchStatus, Job, JobStatus, utcnow
 
@@ -198,26 +198,18 @@ def next_seq(session: Session, batch_id: str) -> int:
 def complete_if_done(session: Session, batch_id: str) -> bool:
     """Mark a closed batch completed once no item is active. True only for the caller
     whose conditional update did it, so exactly one caller sends the callback."""
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    return jobs.complete_parent(
+        session,
+        Batch,
+        batch_id,
+        Job.batch_id == batch_id,
+        [BatchStatus.RUNNING],
+        lambda batch: {
+            "status": BatchStatus.COMPLETED,
+            "finished_at": last_finished_at(session, batch_id) or utcnow(),
+            "callback_state": CALLBACK_PENDING if batch.callback_url else None,
+        },
     )
-    if active:
-        return False
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.status != BatchStatus.RUNNING:
-        return False
-    result = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
-        .values(
-            status=BatchStatus.COMPLETED,
-            finished_at=last_finished_at(session, batch_id) or utcnow(),
-            callback_state=CALLBACK_PENDING if batch.callback_url else None,
-        )
-    )
-    return affected(result) == 1
 
 
 def complete_and_notify(

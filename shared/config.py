@@ -126,6 +126,56 @@ class Settings(BaseSettings):
         "database",
         shown_default="`database`",
     )
+    recording_storage_url: str = _env(
+        "TUSSIS_RECORDING_STORAGE_URL",
+        "Where long recordings (`/api/v1/recordings`), their 16 kHz PCM and unfinished resumable "
+        "uploads are kept: `file:///path` (a directory every API and worker host shares) or "
+        "`s3://bucket/prefix` (an S3-compatible store through boto3; see "
+        "[Long recordings](long-recordings.md#storage)). Never `database`: recordings are "
+        "streamed, never held whole.",
+        "",
+        shown_default="`file://<TUSSIS_DATA_DIR>/recordings`",
+    )
+    s3_endpoint_url: str = _env(
+        "TUSSIS_S3_ENDPOINT_URL",
+        "The S3 endpoint for `s3://` storage URLs when it is not AWS (MinIO: "
+        "`http://minio:9000`). Credentials and region come from boto3's usual variables "
+        "(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`) or an instance role.",
+        "",
+        shown_default="unset (AWS)",
+    )
+    max_recording_bytes: int = _env(
+        "TUSSIS_MAX_RECORDING_BYTES",
+        "Largest accepted long recording (`/api/v1/recordings` and resumable uploads), checked "
+        "while it streams: a larger one answers `413 upload_too_large` and leaves nothing stored.",
+        2 * 1024**3,
+        gt=0,
+        shown_default="`2147483648` (2 GiB)",
+    )
+    max_recording_s: float = _env(
+        "TUSSIS_MAX_RECORDING_S",
+        "Longest accepted long recording, in seconds, checked while it streams (from the "
+        "container's packets) and again when the worker decodes it (`422 audio_too_long`).",
+        26 * 3600.0,
+        gt=0,
+        shown_default="`93600` (26 h)",
+    )
+    segment_s: float = _env(
+        "TUSSIS_SEGMENT_S",
+        "Length of the segments a long recording is cut into, rounded down to whole YAMNet "
+        "windows (0.48 s hops); each is one task any worker child takes. See "
+        "[Long recordings](long-recordings.md#segments-and-merging).",
+        60.0,
+        ge=1,
+        shown_default="`60` (125 windows)",
+    )
+    upload_retention: timedelta | None = _env(
+        "TUSSIS_UPLOAD_RETENTION",
+        "How long an unfinished resumable upload (`/api/v1/uploads`, tus) is kept after its last"
+        " byte arrived; the retention task deletes it and its bytes after that.",
+        timedelta(days=1),
+        shown_default="`1d`",
+    )
     model_bundle: Path = _env(
         "TUSSIS_MODEL_BUNDLE",
         "The diagnosis model bundle folder that the worker serves.",
@@ -512,7 +562,7 @@ class Settings(BaseSettings):
             if part.strip()
         )
 
-    @field_validator("audio_retention", "result_retention", mode="before")
+    @field_validator("audio_retention", "result_retention", "upload_retention", mode="before")
     @classmethod
     def _parse_duration(cls, value: Any) -> Any:
         """``7d``, ``12h``, ``30m``, ``90s`` or plain seconds; ``forever`` is no limit."""
@@ -551,7 +601,14 @@ class Settings(BaseSettings):
             self.broker_url or self.redis_url or f"sqla+sqlite:///{data_dir / 'broker.sqlite3'}"
         )
         limiter_url = self.rate_limit_storage_url or self.redis_url or "memory://"
+        recordings_url = self.recording_storage_url or f"file://{data_dir / 'recordings'}"
+        if not recordings_url.startswith(("file://", "s3://")):
+            raise ValueError(
+                "TUSSIS_RECORDING_STORAGE_URL must be 'file:///path' or 's3://bucket/prefix': "
+                "long recordings are streamed, never kept whole in a database row"
+            )
         for name, value in (
+            ("recording_storage_url", recordings_url),
             ("data_dir", data_dir),
             ("database_url", database_url),
             ("broker_url", broker_url),
@@ -587,6 +644,22 @@ class Settings(BaseSettings):
         """How often a worker child renews its jobs' leases: several renewals fit in one
         lease, so a slow database round trip or a busy child does not lose a live job."""
         return self.job_lease_s / 5
+
+    @property
+    def segment_windows(self) -> int:
+        """YAMNet windows per segment of a long recording (``TUSSIS_SEGMENT_S`` / 0.48 s)."""
+        return max(1, int(self.segment_s / 0.48))
+
+    @property
+    def prepare_time_limit_s(self) -> int:
+        """The hard limit of a recording's one decoding pass (hours of compressed audio take
+        minutes), kept below the broker's visibility timeout like every task's."""
+        return max(self.task_time_limit_s, self.visibility_timeout_s - 300)
+
+    @property
+    def recording_queue_name(self) -> str:
+        """Long recordings' segments wait here, so they never hold up single jobs."""
+        return f"{self.queue_name}.recordings"
 
     @property
     def batch_queue_name(self) -> str:

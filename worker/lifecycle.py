@@ -22,7 +22,7 @@ from shared import batches, jobs, logs, model_registry
 from shared.db import dispose_engines
 from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, publish_callback
 from shared.tables import Job
-from worker import metrics, runtime
+from worker import metrics, recording_work, runtime
 
 log = logging.getLogger("tussis.worker")
 
@@ -187,8 +187,14 @@ def on_task_failure(sender: Any = None, exception: BaseException | None = None, 
                 job_ids,
                 f"Analysis took longer than {limit} s and its worker process was stopped.",
             )
-            found = session.scalars(select(Job.batch_id).where(Job.id.in_(job_ids)))
-            batch_ids = {b for b in found if b is not None}
+            found = session.execute(
+                select(Job.batch_id, Job.recording_id).where(Job.id.in_(job_ids))
+            ).all()
+            batch_ids = {b for b, _ in found if b is not None}
+            recording_ids = {r for _, r in found if r is not None}
+        for recording_id in recording_ids:
+            with rt.session() as session:
+                recording_work.complete(rt, session, recording_id)
         for batch_id in batch_ids:
             with rt.session() as session:
                 batches.complete_and_notify(

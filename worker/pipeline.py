@@ -23,7 +23,7 @@ from shared.audio import AudioError, DecodedAudio, check_usable, decode
 from shared.db import is_unavailable
 from shared.storage import AudioNotFound, spectrogram_key
 from shared.tables import Job
-from worker import metrics
+from worker import metrics, recording_work
 from worker.runtime import Runtime
 
 log = logging.getLogger("tussis.worker")
@@ -81,6 +81,9 @@ class Claimed:
     batch_id: str | None
     audio: DecodedAudio | None = None
     done: bool = False
+    # A long recording's decoding pass (segment None) or one of its segments.
+    recording_id: str | None = None
+    segment: int | None = None
 
 
 class Pipeline:
@@ -90,11 +93,28 @@ class Pipeline:
     one bound to its Celery app, so this module needs no app of its own.
     """
 
-    def __init__(self, rt: Runtime, publish_callback: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        publish_callback: Callable[[str], None],
+        publish_segments: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.runtime = rt
         self.settings = rt.settings
         self.publish_callback = publish_callback
+        self.publish_segments = publish_segments
         self.worker_id = jobs.this_worker_id()
+
+    def publish_work(self, job_ids: list[str]) -> None:
+        """Queue a long recording's segments; a failed publish is left to the sweeper."""
+        try:
+            if self.publish_segments is None:
+                raise RuntimeError("this pipeline cannot publish")
+            self.publish_segments(job_ids)
+        except Exception as exc:
+            log.warning("%d segment(s) not yet published (%s); the sweeper will", len(job_ids), exc)
+            with self.runtime.session() as session:
+                jobs.mark_unpublished(session, job_ids)
 
     def fail(self, item: Claimed, code: str, message: str, **details: object) -> None:
         item.done = True
@@ -135,12 +155,23 @@ class Pipeline:
             # never runs out under a live worker.
             self.runtime.heartbeat.hold([job_id])
             log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
-            claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
+            claimed.append(
+                Claimed(
+                    job_id,
+                    c.attempt,
+                    c.job.audio_key,
+                    c.job.batch_id,
+                    recording_id=c.job.recording_id,
+                    segment=c.job.segment,
+                )
+            )
             return
         log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
         if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
             metrics.job_finished("failed", "worker_lost")
-            claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
+            claimed.append(
+                Claimed(job_id, 0, "", c.job.batch_id, done=True, recording_id=c.job.recording_id)
+            )
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
         ready = []
@@ -195,13 +226,26 @@ class Pipeline:
                         "internal_error",
                         f"An unexpected error stopped the analysis ({type(exc).__name__}).",
                     )
+        # The parents whose last work this may have been: the same compare-and-set
+        # completion for a batch and a long recording (shared.jobs.complete_parent).
         for batch_id in {i.batch_id for i in items if i.batch_id}:
             with self.runtime.session() as session:
                 batches.complete_and_notify(session, batch_id, self.publish_callback)
+        for recording_id in {i.recording_id for i in items if i.recording_id}:
+            with self.runtime.session() as session:
+                recording_work.complete(self.runtime, session, recording_id)
 
     def analyse(self, items: list[Claimed]) -> None:
         if self.settings.drill_task_delay_s:
             time.sleep(self.settings.drill_task_delay_s)
+        long_work = [i for i in items if i.recording_id is not None]
+        if long_work:
+            recording_work.run(self, long_work)
+        clips = [i for i in items if i.recording_id is None]
+        if clips:
+            self.analyse_clips(clips)
+
+    def analyse_clips(self, items: list[Claimed]) -> None:
         try:
             models = self.runtime.load_models()
         except Exception as exc:

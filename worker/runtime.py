@@ -39,7 +39,14 @@ class Models:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.storage: AudioStorage = make_storage(settings.storage_url, settings.database_url)
+        endpoint = settings.s3_endpoint_url or None
+        self.storage: AudioStorage = make_storage(
+            settings.storage_url, settings.database_url, endpoint
+        )
+        # Long recordings, their PCM and resumable uploads (TUSSIS_RECORDING_STORAGE_URL).
+        self.recording_storage: AudioStorage = make_storage(
+            settings.recording_storage_url, settings.database_url, endpoint
+        )
         self.served_fingerprints: list[str] = []
         self._models: Models | None = None
         self._error: Exception | None = None
