@@ -22,8 +22,10 @@ from api.evaluation import bp as evaluation_bp
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
 from api.parameter_errors import raise_parameter_error
+from api.recordings import bp as recordings_bp
 from api.schemas import Error
 from api.served_models import bp as models_bp
+from api.uploads import bp as uploads_bp
 from api.web import bp as web_bp
 from shared import logs
 from shared.config import Settings, load_settings
@@ -100,7 +102,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.json = JsonProvider(app)
     app.extensions["tussis.settings"] = settings
-    app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
+    endpoint = settings.s3_endpoint_url or None
+    app.extensions["tussis.storage"] = make_storage(
+        settings.storage_url, settings.database_url, endpoint
+    )
+    # Long recordings and resumable uploads: streamed, in their own store.
+    app.extensions["tussis.recording_storage"] = make_storage(
+        settings.recording_storage_url, settings.database_url, endpoint
+    )
     celery_init_app(app, settings)
     register_error_handlers(app)
     metrics.init_app(app)  # first, so that it times and counts every request
@@ -108,7 +117,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Authentication runs before the limiter, so that limits count per key.
     auth.init_app(app)
     metrics.init_caller_context(app)
-    limits.init_app(app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp])
+    limits.init_app(
+        app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp, recordings_bp, uploads_bp]
+    )
     app.after_request(_api_security_headers)
     app.register_api(health_bp)
     app.register_api(jobs_bp, url_prefix="/api/v1")
@@ -116,6 +127,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_api(batches_bp, url_prefix="/api/v1")
     app.register_api(evaluation_bp, url_prefix="/api/v1")
+    app.register_api(recordings_bp, url_prefix="/api/v1")
+    app.register_api(uploads_bp, url_prefix="/api/v1")
     app.register_api(docs_bp)
     contract.register_components(app)
     if not logging.getLogger().handlers:

@@ -42,6 +42,8 @@ TAGS = {
         ("models", "The model bundles the workers serve, with their model cards."),
         ("health", "Liveness and readiness, without a key."),
         ("docs", "This document and its browsable page, without a key."),
+        ("recordings", "Long recordings (hours) counted for coughs: events, hourly counts."),
+        ("uploads", "Resumable uploads of long recordings (tus 1.0)."),
     ]
 }
 
@@ -82,6 +84,8 @@ ERRORS: dict[int, dict[str, Any]] = {
         "headers": {"Retry-After": RETRY_AFTER},
     },
     414: {"description": "The URL is too long (`uri_too_long`)."},
+    412: {"description": "A tus request without `Tus-Resumable: 1.0.0`."},
+    415: {"description": "The body's media type is not the one this operation takes."},
     431: {"description": "Too many or too large headers (`headers_too_large`)."},
     503: {
         "description": "The job database is unreachable right now (`database_unavailable`).",

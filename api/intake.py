@@ -209,6 +209,11 @@ def publish_spectrogram(job_id: str) -> None:
         log.warning("job %s: spectrogram not queued (%s)", job_id, exc)
 
 
+def leave_to_the_sweeper(job_ids: list[str]) -> None:
+    """The broker refused these jobs' messages: the next sweep publishes them."""
+    _leave_to_the_sweeper(job_ids)
+
+
 def _leave_to_the_sweeper(job_ids: list[str]) -> None:
     try:
         with session_scope(settings().database_url) as session:

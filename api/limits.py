@@ -46,7 +46,8 @@ def init_app(app: Flask, settings: Settings, blueprints: list[Blueprint]) -> Lim
     bytes_limit = limiter.shared_limit(
         f"{settings.upload_bytes_per_minute}/minute",
         scope="upload-bytes",
-        methods=["POST"],
+        # PATCH: a resumable upload's bytes (api/uploads.py).
+        methods=["POST", "PATCH"],
         cost=_upload_cost,
         error_message="upload-bytes",
     )

@@ -83,3 +83,39 @@ def calibration_png(curves: Sequence[Curve], threshold: float) -> bytes:
     ax.set_title("Reliability of the score")
     ax.legend(loc="upper left", fontsize=7)
     return _png(fig)
+
+
+def timeline_png(
+    ten_minutes: Sequence[dict[str, Any]], hourly: Sequence[dict[str, Any]], title: str = ""
+) -> bytes:
+    """A long recording's coughs per 10 minutes (bars) and per hour (steps), from the bins
+    its result carries (``ml.counting``); the x axis is clock time when the bins have it."""
+    fig, ax = _figure(9, 3.6)
+    clock = bool(ten_minutes) and "start" in ten_minutes[0]
+
+    def x_of(row: dict[str, Any]) -> float:
+        return float(row["start_s"]) / 3600.0
+
+    if ten_minutes:
+        ax.bar(
+            [x_of(r) for r in ten_minutes],
+            [r["count"] for r in ten_minutes],
+            width=1 / 6,
+            align="edge",
+            color="#4a7ab5",
+            label="coughs per 10 min",
+        )
+    if hourly:
+        xs = [x_of(r) for r in hourly] + [x_of(hourly[-1]) + 1]
+        ys = [r["count"] for r in hourly]
+        ax.stairs(ys, xs, color="#c0392b", linewidth=1.8, label="coughs per hour")
+    if clock:
+        ticks = [x_of(r) for r in hourly]
+        ax.set_xticks(ticks, [str(r["start"])[11:16] for r in hourly], rotation=45)
+        ax.set_xlabel("clock time (start of the recording's time zone)")
+    else:
+        ax.set_xlabel("hours from the start of the recording")
+    ax.set_ylabel("coughs")
+    ax.set_title(title[:80])
+    ax.legend(loc="upper right")
+    return _png(fig)
