@@ -237,7 +237,10 @@ def _multipart_audio(details: Details) -> Iterator[bytes]:
                 400, "bad_request", "The upload broke off before it was complete."
             ) from exc
         decoder.receive_data(chunk or None)
-        event = decoder.next_event()
+        try:
+            event = decoder.next_event()
+        except ValueError as exc:
+            raise _not_a_form() from exc
         while not isinstance(event, NeedData):
             if isinstance(event, File):
                 if event.name != "audio" or audio_seen:
@@ -269,9 +272,21 @@ def _multipart_audio(details: Details) -> Iterator[bytes]:
                         "Send the recording as a multipart/form-data file field named 'audio'.",
                     )
                 return
-            event = decoder.next_event()
+            try:
+                event = decoder.next_event()
+            except ValueError as exc:
+                raise _not_a_form() from exc
         if not chunk:
-            raise ApiError(400, "bad_request", "The upload broke off before it was complete.")
+            raise _not_a_form()
+
+
+def _not_a_form() -> ApiError:
+    return ApiError(
+        400,
+        "bad_request",
+        "The upload broke off before it was complete, or is not a well-formed "
+        "multipart/form-data body.",
+    )
 
 
 @dataclass
@@ -290,26 +305,37 @@ def stream_to_store(chunks: Iterator[bytes], key: str) -> Stored:
     size = 0
     store = storage()
     with store.open_write(key) as writer:
+        broken: list[BaseException] = []
 
         def tee() -> Iterator[bytes]:
             nonlocal size
-            for chunk in chunks:
-                size += len(chunk)
-                if size > s.max_recording_bytes:
-                    raise too_large()
-                digest.update(chunk)
-                writer.write(chunk)
-                yield chunk
+            try:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > s.max_recording_bytes:
+                        raise too_large()
+                    digest.update(chunk)
+                    writer.write(chunk)
+                    yield chunk
+            except BaseException as exc:
+                # The body's own failure (too large, cut off, not a form) must not pass
+                # for the audio's: the container reader would take it for damaged audio.
+                broken.append(exc)
+                raise
 
         reader = StreamReader(tee())
         duration: float | None = None
         try:
             duration = measure(reader, s.max_recording_s)
         except AudioError as exc:
+            if broken:
+                raise broken[0] from None
             if exc.code == "audio_too_long":
                 raise _audio_error(exc) from exc
             # Some containers cannot be read front to back (an M4A with its index at the
             # end): stored whole, they are read again with seeks below.
+        if broken:
+            raise broken[0]
         reader.drain()
         writer.commit()
     if duration is None:
