@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from shared.config import PROJECT_ROOT, Settings, normalise_database_url
 
+# The long-recording fixtures (a night with coughs on segment edges, its expected events).
+pytest_plugins = ["tests.long_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SHARED_DIR = Path(os.environ.get("TUSSIS_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
 COUGH_DIR = SHARED_DIR / "data" / "covid19-cough"
