@@ -701,12 +701,8 @@ def clip(path: RecordingPath, query: ClipQuery) -> Response:
         )
     with session_scope(s.database_url) as session:
         row = _owned(session, path.recording_id, current_owner())
-        deleted, key, offset, samples = (
-            row.audio_deleted_at,
-            row.pcm_key,
-            row.pcm_offset or 0,
-            row.samples,
-        )
+        deleted, offset, samples = row.audio_deleted_at, row.pcm_offset, row.samples
+        parts = recordings.pcm_parts(row)
     if deleted is not None:
         raise ApiError(
             404,
@@ -714,7 +710,7 @@ def clip(path: RecordingPath, query: ClipQuery) -> Response:
             "The recording's audio was deleted after the retention period; its result is "
             "still available.",
         )
-    if key is None or samples is None:
+    if offset is None or samples is None:
         raise ApiError(
             409,
             "recording_not_decoded",
@@ -724,7 +720,7 @@ def clip(path: RecordingPath, query: ClipQuery) -> Response:
     start = int(query.start_s * SAMPLE_RATE)
     count = int((query.end_s - query.start_s) * SAMPLE_RATE)
     try:
-        data = read_pcm(storage(), Pcm(key, offset, int(samples)), start, count)
+        data = read_pcm(storage(), Pcm(parts, offset, int(samples)), start, count)
     except AudioNotFound as exc:
         raise ApiError(404, "audio_deleted", "The recording's audio is no longer stored.") from exc
     response = Response(wav_file(data), mimetype="audio/wav")

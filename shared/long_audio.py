@@ -197,9 +197,10 @@ def measure(source: io.RawIOBase, max_s: float) -> float:
 
 @dataclass(frozen=True)
 class Pcm:
-    """Where a recording's 16 kHz mono s16 samples start, and how many there are."""
+    """Where a recording's 16 kHz mono s16 samples are: from byte ``offset`` of ``parts``
+    (``[[key, bytes], ...]`` read as one file: the upload itself, or its transcode)."""
 
-    key: str
+    parts: list[list[Any]]
     offset: int
     samples: int
 
@@ -209,8 +210,8 @@ class Pcm:
 
 
 def wav_pcm(reader: PartsReader) -> tuple[int, int] | None:
-    """``(data offset, data bytes)`` when the upload is one 16 kHz mono 16-bit PCM WAV
-    (what segments read, used in place); None for anything else."""
+    """``(data offset, data bytes)`` when the upload is a 16 kHz mono 16-bit PCM WAV
+    (what segments read, used in place, whatever parts it arrived in); None otherwise."""
     reader.seek(0)
     header = reader.read(12)
     if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
@@ -287,10 +288,13 @@ def transcode(reader: PartsReader, writer: StreamWriter, max_s: float) -> int:
 
 
 def read_pcm(storage: AudioStorage, pcm: Pcm, start: int, count: int) -> bytes:
-    """The s16 bytes of samples ``[start, start + count)`` (fewer at the end)."""
+    """The s16 bytes of samples ``[start, start + count)`` (fewer at the end): ranged
+    reads of the parts that hold them, nothing else."""
     start = max(0, min(start, pcm.samples))
     count = max(0, min(count, pcm.samples - start))
-    return storage.read_range(pcm.key, pcm.offset + start * SAMPLE_BYTES, count * SAMPLE_BYTES)
+    reader = PartsReader(storage, pcm.parts)
+    reader.seek(pcm.offset + start * SAMPLE_BYTES)
+    return reader.read(count * SAMPLE_BYTES)
 
 
 def read_samples(storage: AudioStorage, pcm: Pcm, start: int, count: int) -> np.ndarray:

@@ -146,6 +146,15 @@ def list_for_owner(session: Session, owner: str, cursor: str | None, limit: int)
     )
 
 
+def pcm_parts(row: Recording) -> list[list[Any]]:
+    """What the recording's PCM is read from: its transcode (``pcm_key``), or, when the
+    upload already was 16 kHz mono 16-bit WAV (no ``pcm_key``), the upload's parts."""
+    if row.pcm_key:
+        size = (row.pcm_offset or 0) + 2 * int(row.samples or 0)
+        return [[row.pcm_key, size]]
+    return [list(part) for part in row.audio_parts]
+
+
 def stored_keys(row: Recording) -> list[str]:
     """Every key in the recording store that belongs to this recording."""
     keys = [str(key) for key, _ in row.audio_parts]
@@ -199,14 +208,15 @@ def add_segments(
     session: Session,
     recording: Recording,
     *,
-    pcm_key: str,
+    pcm_key: str | None,
     pcm_offset: int,
     samples: int,
     windows: int,
     windows_per_segment: int,
 ) -> list[str]:
-    """Record the PCM and add one queued job per segment; returns their ids. Call in the
-    transaction that records the decoding pass's success."""
+    """Record the PCM (``pcm_key`` None: the upload's own parts, see :func:`pcm_parts`)
+    and add one queued job per segment; returns their ids. Call in the transaction that
+    records the decoding pass's success."""
     per = max(1, windows_per_segment)
     count = max(1, -(-windows // per))
     duration_s = samples / 16000
@@ -234,7 +244,7 @@ def add_segments(
             size_bytes=0,
             sha256=recording.audio_sha256,
             duration_s=min(per, windows - k * per) * 0.48,
-            audio_key=pcm_key,
+            audio_key=pcm_key or str(recording.audio_parts[0][0]),
             recording_id=recording.id,
             segment=k,
         )

@@ -88,19 +88,20 @@ def decode_pass(worker: Worker, item: Item) -> None:
         recordings.mark_running(session, recording.id)
     reader = PartsReader(store, recording.audio_parts)
     try:
-        found = wav_pcm(reader) if len(recording.audio_parts) == 1 else None
+        found = wav_pcm(reader)
+        pcm_key: str | None = None
         if found is not None:
             # Already what segments read: its data chunk is used in place, no copy.
             offset, size = found
-            pcm = Pcm(str(recording.audio_parts[0][0]), offset, size // 2)
+            pcm = Pcm(recording.audio_parts, offset, size // 2)
             if pcm.duration_s > s.max_recording_s:
                 raise too_long(s.max_recording_s)
         else:
-            key = recordings.pcm_key(recording.id)
-            with store.open_write(key) as writer:
+            pcm_key = recordings.pcm_key(recording.id)
+            with store.open_write(pcm_key) as writer:
                 samples = transcode(reader, writer, s.max_recording_s)
                 writer.commit()
-            pcm = Pcm(key, 0, samples)
+            pcm = Pcm([[pcm_key, 2 * samples]], 0, samples)
         if pcm.samples == 0:
             raise AudioError("empty_audio", "The file decodes to no audio samples at all.")
         if pcm.duration_s < s.min_duration_s:
@@ -123,7 +124,7 @@ def decode_pass(worker: Worker, item: Item) -> None:
             recordings.add_segments(
                 session,
                 recording,
-                pcm_key=pcm.key,
+                pcm_key=pcm_key,
                 pcm_offset=pcm.offset,
                 samples=pcm.samples,
                 windows=windows,
@@ -155,10 +156,10 @@ def segment_span(samples: int, segment: int, per: int) -> tuple[int, int, int]:
 
 def score_segment(worker: Worker, item: Item, detector: Any) -> None:
     recording = _recording(worker, item)
-    if recording is None or recording.pcm_key is None or recording.samples is None:
+    if recording is None or recording.pcm_offset is None or recording.samples is None:
         return
     assert item.segment is not None
-    pcm = Pcm(recording.pcm_key, recording.pcm_offset or 0, int(recording.samples))
+    pcm = Pcm(recordings.pcm_parts(recording), recording.pcm_offset, int(recording.samples))
     first, last, _ = segment_span(pcm.samples, item.segment, worker.settings.segment_windows)
     start, stop = events.window_span(first, last)
     samples = read_samples(worker.runtime.recording_storage, pcm, start, stop - start)
