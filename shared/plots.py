@@ -106,7 +106,10 @@ def timeline_png(
             label="coughs per 10 min",
         )
     if hourly:
-        xs = [x_of(r) for r in hourly] + [x_of(hourly[-1]) + 1]
+        last = hourly[-1]
+        # The last hour ends where the recording does (its bin is partly covered).
+        end = max(0.0, float(last["start_s"])) + float(last.get("covered_s", 3600.0))
+        xs = [x_of(r) for r in hourly] + [max(x_of(last) + 1e-3, end / 3600.0)]
         ys = [r["count"] for r in hourly]
         ax.stairs(ys, xs, color="#c0392b", linewidth=1.8, label="coughs per hour")
     if clock:
