@@ -14,6 +14,11 @@ Parts (one or more; ``all``, the default, runs every one):
   coldstart    worker start -> first result, and API + worker started together -> first result
   poc          the proof of concept's way (model per clip, figure -> PNG) against the bare loop
   scale        1, 2, 4 celery worker processes (--concurrency 1 each) on the same zip
+  long         an --hours long 16-bit WAV (8 h: about 920 MB) streamed to a real stack: API
+               RSS while streaming, upload finished -> result against decode + one YAMNet
+               pass over its windows in --children processes, child RSS (scripts/bench_long.py)
+  decode-strategies  --minutes of MP3 cut into segments: seek in the container per segment
+               over ranged reads, against one transcode to 16 kHz PCM
 
 batch, latency, polls and rss share one running stack (API + worker with --children).
 
@@ -904,6 +909,8 @@ PARTS = [
     "coldstart",
     "poc",
     "scale",
+    "decode-strategies",
+    "long",
 ]
 
 
@@ -934,6 +941,10 @@ def main() -> None:
         "--scale", default="1,2,4", help="scale: worker processes per run, comma-separated"
     )
     parser.add_argument("--scale-files", type=int, default=200, help="scale: recordings in the zip")
+    parser.add_argument("--hours", type=float, default=8.0, help="long: the recording's hours")
+    parser.add_argument(
+        "--minutes", type=float, default=30.0, help="decode-strategies: the MP3's minutes"
+    )
     args = parser.parse_args()
     chosen = [args.parts] if isinstance(args.parts, str) else args.parts
     parts = set(PARTS) if "all" in chosen else set(chosen)
@@ -981,6 +992,14 @@ def main() -> None:
             print(f"bare loop / the proof of concept's way, same clips, same run: {ratio:.1f}x")
     if "scale" in parts:
         bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
+    if "decode-strategies" in parts:
+        from bench_long import bench_decode_strategies
+
+        bench_decode_strategies(args.minutes)
+    if "long" in parts:
+        from bench_long import bench_long
+
+        bench_long(args.hours, args.children)
 
 
 if __name__ == "__main__":

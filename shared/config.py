@@ -120,9 +120,10 @@ class Settings(BaseSettings):
     )
     storage_url: str = _env(
         "TUSSIS_STORAGE_URL",
-        "Where uploads and the worker's spectrogram images are kept. `database` uses the "
-        "`audio_blobs` table. `file:///path` uses a directory, which must be shared by every API "
-        "and worker host.",
+        "Where clip uploads (jobs, batches) and the worker's spectrogram images are kept. "
+        "`database` uses the `audio_blobs` table. `file:///path` uses a directory, which must be "
+        "shared by every API and worker host. `s3://bucket/prefix` uses an S3-compatible store, "
+        "as for long recordings.",
         "database",
         shown_default="`database`",
     )
