@@ -23,10 +23,19 @@ def _limit_key() -> str:
     return current_caller().limit_key
 
 
+# Uploaded bytes are counted in KiB: a moving window keeps one entry per unit of cost
+# (a list in memory, a Redis list), so counting single bytes made an upload allocate
+# one timestamp per byte before the request was read (measured: an API worker went from
+# 90 MiB to 270 MiB on an 11.5 MB upload; an 8-hour WAV of 920 MB would have needed
+# gigabytes). In KiB the 920 MB recording costs 900,000 entries (about 30 MiB in a
+# worker's memory store, while the minute lasts).
+COST_UNIT = 1024
+
+
 def _upload_cost() -> int:
     # Counted before the body is read, from the declared size; a chunked upload
-    # without Content-Length still counts as one byte and meets the size limits.
-    return max(1, request.content_length or 0)
+    # without Content-Length still counts as one unit and meets the size limits.
+    return max(1, -(-(request.content_length or 0) // COST_UNIT))
 
 
 def init_app(app: Flask, settings: Settings, blueprints: list[Blueprint]) -> Limiter:
@@ -44,7 +53,7 @@ def init_app(app: Flask, settings: Settings, blueprints: list[Blueprint]) -> Lim
     )
     requests_limit = limiter.shared_limit(settings.rate_limit, scope="requests")
     bytes_limit = limiter.shared_limit(
-        f"{settings.upload_bytes_per_minute}/minute",
+        f"{max(1, settings.upload_bytes_per_minute // COST_UNIT)}/minute",  # in KiB
         scope="upload-bytes",
         # PATCH: a resumable upload's bytes (api/uploads.py).
         methods=["POST", "PATCH"],

@@ -50,7 +50,6 @@ from shared.long_audio import (
     read_pcm,
     wav_file,
 )
-from shared.plots import timeline_png
 from shared.queue import publish_recording_work
 from shared.storage import AudioNotFound, AudioStorage
 from shared.tables import TERMINAL_STATUSES, JobStatus, Recording, utcnow
@@ -442,8 +441,9 @@ def submit_recording() -> Response:
     declared = request.content_length
     if declared is not None and declared > s.max_recording_bytes + 64 * 1024:
         raise too_large()
-    # The app's body limit is the clips'; this route counts the audio itself as it streams.
-    request.max_content_length = None
+    # The app's body limit is the clips'; this route's is the recordings' (None would fall
+    # back to the app's), and the audio itself is counted as it streams.
+    request.max_content_length = s.max_recording_bytes + 64 * 1024
     recording_id = recordings.new_id()
     details = Details()
     try:
@@ -678,6 +678,10 @@ def timeline(path: RecordingPath) -> Response:
     with session_scope(s.database_url) as session:
         row = _counted(session, path.recording_id, current_owner())
         result, label = dict(row.result or {}), row.label or row.filename or row.id
+    # Imported here: matplotlib (and shared.metrics' scikit-learn) load into an API
+    # process only once someone asks for a picture.
+    from shared.plots import timeline_png
+
     png = timeline_png(result.get("ten_minutes", []), result.get("hourly", []), title=label)
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"

@@ -34,7 +34,7 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel, Field
 from sqlalchemy import update
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from api import contract, intake
 from api.auth import current_owner
@@ -293,7 +293,18 @@ def append(path: UploadPath) -> Response:
         )
     if row.recording_id or row.offset >= row.length:
         raise ApiError(409, "upload_finished", "This upload is complete; nothing more to send.")
-    request.max_content_length = None
+    # The clips' body limit is the app's; a PATCH may carry what is left of the upload.
+    request.max_content_length = row.length - row.offset
+    too_many = ApiError(
+        413,
+        "upload_too_large",
+        f"More bytes than the {row.length} this upload declared.",
+        {"Connection": "close"},
+    )
+    try:
+        stream = request.stream
+    except RequestEntityTooLarge as exc:
+        raise too_many from exc
     key = recordings.upload_part_key(row.id, row.offset)
     room = row.length - row.offset
     received = 0
@@ -301,7 +312,9 @@ def append(path: UploadPath) -> Response:
     with storage().open_write(key) as writer:
         while True:
             try:
-                chunk = request.stream.read(READ_BYTES)
+                chunk = stream.read(READ_BYTES)
+            except RequestEntityTooLarge as exc:
+                raise too_many from exc
             except ClientDisconnected:
                 broken = True  # keep what arrived: the client resumes from there
                 break
@@ -309,12 +322,7 @@ def append(path: UploadPath) -> Response:
                 break
             received += len(chunk)
             if received > room:
-                raise ApiError(
-                    413,
-                    "upload_too_large",
-                    f"More bytes than the {row.length} this upload declared.",
-                    {"Connection": "close"},
-                )
+                raise too_many
             writer.write(chunk)
         if received == 0:
             writer.abort()

@@ -73,13 +73,13 @@ def write_night(path: Path, hours: float, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-class _Multipart(io.RawIOBase):
-    """``audio`` of a multipart body read from disk as it is sent, with its length."""
+class _Multipart:
+    """``audio`` of a multipart body read from disk as it is sent, with its length (a
+    plain object with ``read`` and ``__len__``: requests streams it with that length)."""
 
     BOUNDARY = "tussis-bench-boundary"
 
     def __init__(self, path: Path) -> None:
-        super().__init__()
         head = (
             f'--{self.BOUNDARY}\r\nContent-Disposition: form-data; name="audio"; '
             f'filename="{path.name}"\r\nContent-Type: audio/wav\r\n\r\n'
@@ -90,9 +90,6 @@ class _Multipart(io.RawIOBase):
 
     def __len__(self) -> int:
         return self.len
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         size = 1 << 20 if size is None or size < 0 else size
@@ -190,13 +187,14 @@ def bench_long(hours: float, children: int) -> None:
             response = requests.post(
                 f"{stack.url}/api/v1/recordings",
                 data=body,
-                headers={"Content-Type": body.content_type, "Content-Length": str(len(body))},
+                headers={"Content-Type": body.content_type},
                 timeout=3600,
             )
             uploaded = time.perf_counter()
             stop.set()
             sampler.join()
-            response.raise_for_status()
+            if response.status_code != 202:
+                raise RuntimeError(f"upload refused: {response.status_code} {response.text}")
             recording = response.json()
             print(
                 f"  {'upload (POST, streamed)':<52} {uploaded - t0:8.1f} s "
