@@ -945,6 +945,12 @@ def main() -> None:
     parser.add_argument(
         "--minutes", type=float, default=30.0, help="decode-strategies: the MP3's minutes"
     )
+    parser.add_argument(
+        "--segment-s",
+        type=float,
+        action="append",
+        help="long: TUSSIS_SEGMENT_S for the stack (repeat to compare sizes in one run)",
+    )
     args = parser.parse_args()
     chosen = [args.parts] if isinstance(args.parts, str) else args.parts
     parts = set(PARTS) if "all" in chosen else set(chosen)
@@ -999,7 +1005,8 @@ def main() -> None:
     if "long" in parts:
         from bench_long import bench_long
 
-        bench_long(args.hours, args.children)
+        for segment_s in args.segment_s or [None]:
+            bench_long(args.hours, args.children, segment_s)
 
 
 if __name__ == "__main__":

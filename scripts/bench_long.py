@@ -158,13 +158,16 @@ def _rss_sampler(pids: list[int], stop: threading.Event, peak: dict[int, int]) -
         stop.wait(0.05)
 
 
-def bench_long(hours: float, children: int) -> None:
+def bench_long(hours: float, children: int, segment_s: float | None = None) -> None:
     import requests
     from bench import _children, _loads_tensorflow, _stack, _status_kb
 
     from shared import long_audio
 
-    print(f"long: {hours:g} h of 16 kHz mono 16-bit WAV, {children} worker children")
+    print(
+        f"long: {hours:g} h of 16 kHz mono 16-bit WAV, {children} worker children, "
+        f"segments of {segment_s or 'TUSSIS_SEGMENT_S'} s"
+    )
     with tempfile.TemporaryDirectory(dir=os.environ.get("TUSSIS_BENCH_TMP")) as tmp:
         night = Path(tmp) / "night.wav"
         t = time.perf_counter()
@@ -172,7 +175,10 @@ def bench_long(hours: float, children: int) -> None:
         print(
             f"  {'recording written':<52} {size / 1e6:8.1f} MB in {time.perf_counter() - t:.0f} s"
         )
+        (Path(tmp) / "stack").mkdir()
         stack, kind = _stack(Path(tmp) / "stack")
+        if segment_s:
+            stack.env["TUSSIS_SEGMENT_S"] = str(segment_s)
         try:
             stack.start_api()
             stack.start_worker(children)
