@@ -29,6 +29,7 @@ from ml.events import Event
 from shared import jobs, recordings
 from shared.audio import AudioError
 from shared.long_audio import PartsReader, Pcm, read_samples, too_long, transcode, wav_pcm
+from shared.storage import AudioNotFound
 from shared.tables import Job, JobStatus, Recording
 
 log = logging.getLogger("tussis.worker")
@@ -113,6 +114,9 @@ def decode_pass(worker: Worker, item: Item) -> None:
     except AudioError as exc:
         worker.fail(item, exc.code, exc.message)
         return
+    except AudioNotFound:
+        worker.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
+        return
     windows = events.window_count(pcm.samples)
     item.done = True
     with worker.runtime.session() as session:
@@ -162,7 +166,11 @@ def score_segment(worker: Worker, item: Item, detector: Any) -> None:
     pcm = Pcm(recordings.pcm_parts(recording), recording.pcm_offset, int(recording.samples))
     first, last, _ = segment_span(pcm.samples, item.segment, worker.settings.segment_windows)
     start, stop = events.window_span(first, last)
-    samples = read_samples(worker.runtime.recording_storage, pcm, start, stop - start)
+    try:
+        samples = read_samples(worker.runtime.recording_storage, pcm, start, stop - start)
+    except AudioNotFound:
+        worker.fail(item, "audio_missing", "The recording's audio is no longer stored.")
+        return
     scores = detector.window_scores(samples)
     if len(scores) != last - first + 1:
         raise RuntimeError(
