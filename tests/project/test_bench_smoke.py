@@ -77,3 +77,32 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
         assert "polls: skipped: wrk is not installed" in out, out
     assert re.search(r"gunicorn worker 1\s+\d+\.\d MiB", out), out
     assert re.search(r"celery child 1 \(models loaded\)\s+\d+\.\d MiB", out), out
+
+
+@pytest.mark.integration
+def test_the_long_recording_benchmark_parts_run(tmp_path: object) -> None:
+    """`bench.py long` (a short recording through a real embedded stack, against the bare
+    decode + YAMNet pass) and `decode-strategies` print their figures."""
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("TUSSIS_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    args = ["long", "decode-strategies", "--hours", "0.05", "--children", "2", "--minutes", "2"]
+    run = subprocess.run(
+        [sys.executable, "scripts/bench.py", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert re.search(r"upload finished -> result\s+\d+\.\d s \(3 segments", out), out
+    assert re.search(r"API worker peak RSS while streaming .*\s\d+\.\d MiB", out), out
+    assert re.search(r"counted / bare, same run .*\s\d+\.\d\d", out), out
+    assert re.search(r"worker child peak RSS .*\d+\.\d, \d+\.\d MiB", out), out
+    assert re.search(r"seek: samples off from the transcode .*\d+ \.\. \d+", out), out
