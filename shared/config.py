@@ -379,8 +379,9 @@ class Settings(BaseSettings):
     archive_max_members: int = _env(
         "TUSSIS_ARCHIVE_MAX_MEMBERS",
         "Most files in one `.zip` (folders, `__MACOSX/`, `.DS_Store` and `Thumbs.db` not counted),"
-        " else `422 archive_too_many_members`. A batch request may also have at most this many + "
-        "16 multipart parts.",
+        " else `422 archive_too_many_members`; its member list (central directory) may list 3 "
+        "times as many entries in 512 bytes per entry, checked before it is read. A batch request"
+        " may also have at most this many + 16 multipart parts.",
         10000,
         gt=0,
         shown_default="`10000`",

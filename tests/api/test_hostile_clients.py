@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,55 @@ def reset_peaks(pids: list[int]) -> dict[int, int]:
 def peak_growth_mib(at_reset: dict[int, int]) -> float:
     """The largest growth of a process's peak resident size since :func:`reset_peaks`."""
     return max(_status_kib(pid)["VmHWM"] - kib for pid, kib in at_reset.items()) / 1024
+
+
+# --- 1. a zip's member list is bounded before it is read ---------------------------------
+
+
+def listing_zip(entries: int, declared: int | None = None) -> bytes:
+    """One empty stored file, and a central directory of ``entries`` entries all
+    pointing at it, ended by zip64 records that declare ``declared`` entries (default:
+    the truth). The review's tool: 3 million such entries are a 155 MB upload."""
+    name = b"a.wav"
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0)
+    entry = struct.pack(
+        "<4s6H3L5H2L", b"PK\x01\x02", 45, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0, 0
+    )
+    directory = (entry + name) * entries
+    start = len(local) + len(name)
+    count = entries if declared is None else declared
+    end64 = struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, len(directory), start
+    )
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, start + len(directory), 1)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return local + name + directory + end64 + locator + end
+
+
+@pytest.mark.parametrize(
+    ("entries", "declared"),
+    [(400_000, None), (250_000, 3)],
+    ids=["entries-as-declared", "more-entries-than-declared"],
+)
+def test_a_zip_listing_a_huge_member_list_is_refused_before_the_list_is_read(
+    open_stack: Stack, entries: int, declared: int | None
+) -> None:
+    # 400,000 entries are a 21 MB upload whose member list took a worker 200+ MB to
+    # parse; the second list is shorter than the directory size allowed, but holds far
+    # more entries than its end record declares.
+    archive = listing_zip(entries, declared)
+    at_reset = reset_peaks(worker_pids(open_stack))
+    response = requests.post(
+        f"{open_stack.url}/api/v1/batches",
+        files={"archive": ("listing.zip", archive, "application/zip")},
+        timeout=120,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "archive_too_many_members"
+    # The upload itself is spooled to disk; the list is never built.
+    growth = peak_growth_mib(at_reset)
+    print(f"largest growth of a worker's peak memory: {growth:.1f} MiB")
+    assert growth < 64, f"a worker grew by {growth:.0f} MiB"
 
 
 # --- 3. the upload byte budget charges what is read, and costs a counter -----------------
