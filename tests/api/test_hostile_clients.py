@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import base_settings, migrate
+from tests.ops.test_metrics import samples
 from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -193,3 +195,46 @@ def test_a_declared_body_size_costs_the_budget_no_memory(open_stack: Stack) -> N
     growth = peak_growth_mib(at_reset)
     print(f"largest growth of a worker's peak memory: {growth:.1f} MiB")
     assert growth < 64, f"a worker grew by {growth:.0f} MiB"
+
+
+# --- 5, 6. /metrics: bounded labels, and a token compared as bytes ------------------------
+
+
+def metric_series(stack: Stack) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    response = requests.get(
+        f"{stack.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return set(samples(response.text))
+
+
+def test_made_up_http_methods_add_no_metric_series(open_stack: Stack) -> None:
+    """The review: forty requests with made-up methods added 680 series to /metrics,
+    with no key; the method was a label, unchecked."""
+
+    def made_up(n: int) -> None:
+        for _ in range(n):
+            method = "X" + "".join(chr(ord("A") + int(c, 16)) for c in uuid.uuid4().hex[:12])
+            head = f"{method} /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            status, _, body = exchange(open_stack.port, head.encode())
+            assert status == 404 and b'"error"' in body
+
+    made_up(2)  # the fixed series they count under exist from now on
+    before = metric_series(open_stack)
+    made_up(40)
+    added = metric_series(open_stack) - before
+    assert not added, f"{len(added)} series added, such as {sorted(added)[:2]}"
+
+
+def test_a_non_ascii_metrics_token_is_refused_like_any_wrong_token(open_stack: Stack) -> None:
+    """The review: ``Authorization: Bearer \\xe9t\\xe9`` answered 500 (a TypeError in
+    hmac.compare_digest, which takes ASCII text only)."""
+    for token in (b"\xe9t\xe9", b"scrape-t\xf6ken", b"\xff" * 20):
+        status, headers, body = exchange(
+            open_stack.port,
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Authorization: Bearer " + token + b"\r\n\r\n",
+        )
+        assert status == 401, body
+        assert b'"unauthorized"' in body and headers["www-authenticate"] == "Bearer"
+    metric_series(open_stack)  # the right token still works
