@@ -209,9 +209,9 @@ def get_spectrogram(path: JobPath) -> Response:
             png = intake.storage().get(spectrogram_key(key))
         except AudioNotFound as exc:
             raise missing from exc
-        response = Response(png, mimetype="image/png")
-        response.headers["Cache-Control"] = "private, max-age=3600"
-        return response
+        # Cache-Control: no-store, as on every API answer (api/__init__.py): a cached
+        # picture of health data would outlive the job's DELETE.
+        return Response(png, mimetype="image/png")
     if not drawable:
         raise missing
     # Drawn only for those who look at it: the analysis never spends time on it.
@@ -223,5 +223,4 @@ def get_spectrogram(path: JobPath) -> Response:
     )
     response.status_code = 202
     response.headers["Retry-After"] = str(DRAWING_RETRY_S)
-    response.headers["Cache-Control"] = "no-store"
     return response

@@ -335,3 +335,27 @@ def test_api_answers_carry_security_headers_and_no_cors(embedded: Settings) -> N
         assert not any(h.lower().startswith("access-control-") for h, _ in response.headers.items())
     page = client.get("/")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_a_spectrogram_is_never_kept_by_a_cache(embedded: Settings, cough_file: Path) -> None:
+    """The review: the picture was served `private, max-age=3600`, so a browser kept a
+    picture of health data an hour after its DELETE. Every API answer is `no-store`."""
+    from shared.db import session_scope
+    from shared.storage import make_storage, spectrogram_key
+    from shared.tables import Job, JobStatus
+
+    client = create_app(embedded).test_client()
+    job_id = upload(client, cough_file.read_bytes()).get_json()["id"]
+    with session_scope(embedded.database_url) as session:  # as the worker leaves it
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status, job.has_spectrogram = JobStatus.SUCCEEDED, True
+        key = job.audio_key
+    make_storage(embedded.storage_url, embedded.database_url).put(
+        spectrogram_key(key), b"\x89PNG\r\n\x1a\n"
+    )
+    picture = client.get(f"/api/v1/jobs/{job_id}/spectrogram.png")
+    assert picture.status_code == 200 and picture.mimetype == "image/png"
+    assert picture.headers["Cache-Control"] == "no-store"
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    assert_error(client.get(f"/api/v1/jobs/{job_id}/spectrogram.png"), 404, "job_not_found")
