@@ -12,6 +12,8 @@ limits before the form is parsed). It answers, in the one error shape:
 - ``400`` for a control character in a query parameter, and ``400 bad_request``
   for a body that breaks while it is read (gunicorn raises its own parse errors,
   such as a bad chunk size, from inside the app's read).
+- ``400 host_not_allowed`` for a Host outside ``TUSSIS_ALLOWED_HOSTS``, when it is
+  set (api/hosts.py; open mode checks its Host in api/auth.py).
 
 The request body is wrapped once, here: it counts the bytes actually read, which
 the upload byte budget (api/limits.py) and the upload metrics charge, since a
@@ -31,6 +33,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from api import hosts
 from api.errors import ApiError
 
 # Below gunicorn's largest request line (8190 bytes with the method and version), so
@@ -172,9 +175,13 @@ def init_app(app: Flask) -> None:
     # handler could give it the error shape; no API path has one, so it is a plain 404.
     app.url_map.merge_slashes = False
 
+    allowed_hosts = app.extensions["tussis.settings"].allowed_hosts
+
     @app.before_request
     def _guard_request() -> None:
         _check_size()
+        if allowed_hosts:
+            hosts.check_host(allowed_hosts)
         _check_text()
         if "wsgi.input" in request.environ:
             request.environ["wsgi.input"] = _ClientBody(request.environ["wsgi.input"])

@@ -287,6 +287,16 @@ class Settings(BaseSettings):
         "127.0.0.1:5000",
         shown_default="`127.0.0.1:5000`",
     )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = _env(
+        "TUSSIS_ALLOWED_HOSTS",
+        "Comma-separated host names the API answers to besides loopback names (`localhost`, "
+        "`127.0.0.1`, `[::1]`): `tussis.example.org`, or `.example.org` for it and its "
+        "subdomains. Any other `Host` gets `400 host_not_allowed` (a guard against DNS "
+        "rebinding; `/healthz` and `/readyz` answer any). Unset, a deployment with keys answers"
+        " any name, and an open one (no keys) loopback names only.",
+        (),
+        shown_default="empty",
+    )
     rate_limit: str = _env(
         "TUSSIS_RATE_LIMIT",
         "Requests per API key (per client address in open mode) to `/api/v1`, in "
@@ -513,6 +523,13 @@ class Settings(BaseSettings):
             for part in value.split(",")
             if part.strip()
         )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(str(part).strip().lower() for part in value if str(part).strip())
 
     @field_validator("audio_retention", "result_retention", mode="before")
     @classmethod

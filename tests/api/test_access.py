@@ -359,3 +359,26 @@ def test_a_spectrogram_is_never_kept_by_a_cache(embedded: Settings, cough_file: 
     assert picture.headers["Cache-Control"] == "no-store"
     assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
     assert_error(client.get(f"/api/v1/jobs/{job_id}/spectrogram.png"), 404, "job_not_found")
+
+
+def test_allowed_hosts_guard_a_keyed_deployment(embedded: Settings) -> None:
+    """TUSSIS_ALLOWED_HOSTS: a keyed deployment answers only the names it is reached by
+    (and loopback names); probes answer any Host, as orchestrators probe by address."""
+    client = create_app(
+        configure(embedded, api_keys={"k": "ops"}, allowed_hosts=".example.org,api.tussis.test")
+    ).test_client()
+    key = bearer("k")
+    for host in ("api.tussis.test", "API.Tussis.Test:443", "eu.example.org", "localhost:5000"):
+        assert client.get("/api/v1/jobs", headers={**key, "Host": host}).status_code == 200, host
+    for host in ("rebind.attacker.example", "example.org.attacker.example", "10.0.0.7:5000"):
+        refused = client.get("/api/v1/jobs", headers={**key, "Host": host})
+        assert_error(refused, 400, "host_not_allowed")
+        assert_error(
+            client.get("/api/v1/openapi.json", headers={"Host": host}), 400, "host_not_allowed"
+        )
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200
+    # Unset, a keyed deployment answers any name: the key is what guards it.
+    anyhost = create_app(configure(embedded, api_keys={"k": "ops"})).test_client()
+    assert (
+        anyhost.get("/api/v1/jobs", headers={**key, "Host": "whatever.example"}).status_code == 200
+    )

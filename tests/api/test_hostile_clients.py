@@ -238,3 +238,46 @@ def test_a_non_ascii_metrics_token_is_refused_like_any_wrong_token(open_stack: S
         assert status == 401, body
         assert b'"unauthorized"' in body and headers["www-authenticate"] == "Bearer"
     metric_series(open_stack)  # the right token still works
+
+
+# --- 8. open mode answers loopback names only (DNS rebinding) -----------------------------
+
+
+def test_open_mode_answers_only_loopback_host_names_and_its_own_origin(
+    open_stack: Stack, cough_file: Path
+) -> None:
+    """The review: with no keys, a page on rebind.attacker.example whose name was
+    re-pointed at 127.0.0.1 submitted a job (202) and read the listing. The browser
+    sends the attacker's name as Host and its page's origin as Origin."""
+    url, port = open_stack.url, open_stack.port
+    audio = cough_file.read_bytes()
+    attacker = {
+        "Host": f"rebind.attacker.example:{port}",
+        "Origin": "http://rebind.attacker.example",
+    }
+    for response in (
+        requests.post(f"{url}/api/v1/jobs", files={"audio": ("c.mp3", audio)}, headers=attacker),
+        requests.get(f"{url}/api/v1/jobs", headers=attacker),
+        requests.get(f"{url}/api/v1/jobs", headers={"Host": f"192.0.2.9:{port}"}),
+    ):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "host_not_allowed"
+    # A page elsewhere posting to the loopback address itself (a cross-site form post).
+    forged = requests.post(
+        f"{url}/api/v1/jobs",
+        files={"audio": ("c.mp3", audio)},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert forged.status_code == 403, forged.text
+    assert forged.json()["error"]["code"] == "origin_not_allowed"
+    assert requests.get(f"{url}/api/v1/jobs", timeout=10).json()["jobs"] == []
+    # Loopback names, and the page's own origin, are served.
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}"):
+        assert requests.get(f"{url}/api/v1/jobs", headers={"Host": host}).status_code == 200
+    own = requests.post(
+        f"{url}/api/v1/jobs",
+        files={"audio": ("c.mp3", audio)},
+        headers={"Origin": f"http://localhost:{port}"},
+    )
+    assert own.status_code == 202, own.text
+    assert requests.get(f"{url}/healthz", headers=attacker).status_code == 200  # no data
