@@ -15,6 +15,7 @@ This module talks HTTP only; it never imports the service's code.
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from tussis.csv_cells import lines_of, safe_csv
 from tussis.describe import counts_text
 from tussis.errors import (
     RequestRefused,
@@ -313,20 +315,26 @@ class Connection:
         return self.request("GET", f"/api/v1/batches/{batch_id}/evaluation/{name}").content
 
     def download_results(self, batch_id: str, out: BinaryIO) -> int:
-        """Stream the results CSV into ``out``; returns the bytes written."""
+        """Stream the results CSV into ``out``, every cell made safe to open in a
+        spreadsheet (tussis/csv_cells.py: whichever server wrote it, no cell starts a
+        formula); returns the bytes written."""
         written = 0
         with self.request(
             "GET", f"/api/v1/batches/{batch_id}/results.csv", stream=True
         ) as response:
             try:
-                for chunk in response.iter_content(chunk_size=64 * 1024):
-                    out.write(chunk)
-                    written += len(chunk)
+                chunks = response.iter_content(chunk_size=64 * 1024)
+                for text in safe_csv(lines_of(chunks)):
+                    data = text.encode("utf-8", "surrogateescape")
+                    out.write(data)
+                    written += len(data)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise ServerUnreachable(
                     f"the connection to {self.server} broke while downloading results: "
                     f"{root_cause(exc)}"
                 ) from exc
+            except csv.Error as exc:
+                raise TussisError(f"the results from {self.server} are not CSV: {exc}") from exc
         return written
 
     def write_results(self, batch_id: str, out: Path) -> None:
