@@ -328,7 +328,8 @@ class Settings(BaseSettings):
         "TUSSIS_CALLBACK_ALLOWED_NETWORKS",
         "Comma-separated networks (`10.1.2.0/24`, `127.0.0.1/32`) that batch callbacks may reach "
         "although they are loopback, link-local or private. Every other such address is refused, "
-        "at submission and again at delivery.",
+        "at submission and again at delivery, and so is an address of the host itself unless a "
+        "network here names it alone (`10.1.2.5/32`).",
         (),
         shown_default="empty",
     )
