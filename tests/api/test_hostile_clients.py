@@ -8,6 +8,7 @@ Each test failed before its fix; docs/security.md lists them."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import struct
@@ -20,7 +21,7 @@ import requests
 
 from tests.conftest import base_settings, migrate
 from tests.ops.test_metrics import samples
-from tests.stack import Stack
+from tests.stack import NginxProxy, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +282,78 @@ def test_open_mode_answers_only_loopback_host_names_and_its_own_origin(
     )
     assert own.status_code == 202, own.text
     assert requests.get(f"{url}/healthz", headers=attacker).status_code == 200  # no data
+
+
+# --- 2. slow connections, through the deployment's nginx ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def proxy(open_stack: Stack) -> Iterator[NginxProxy]:
+    nginx = NginxProxy(open_stack.port)
+    nginx.start()
+    yield nginx
+    nginx.stop()
+
+
+def hold_slow_connections(port: int, count: int) -> list[socket.socket]:
+    """The review's tool: connections that send half a request and then nothing."""
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        held.append(sock)
+    return held
+
+
+def test_slow_connections_do_not_take_the_api_down_behind_the_proxy(
+    proxy: NginxProxy, open_stack: Stack, cough_file: Path
+) -> None:
+    """The review: two connections that sent 'GET /healthz HTTP/1.1\\r\\nHost: x\\r\\n'
+    and never finished made /healthz time out for everyone (two sync workers, published
+    directly). Behind nginx, eight such connections cost it eight sockets, not a worker."""
+    held = hold_slow_connections(proxy.port, 8)
+    try:
+        for _ in range(4):  # more requests than gunicorn has workers
+            assert requests.get(f"{proxy.url}/healthz", timeout=10).status_code == 200
+        audio = cough_file.read_bytes()
+        job = requests.post(
+            f"{proxy.url}/api/v1/jobs", files={"audio": ("c.mp3", audio)}, timeout=30
+        )
+        assert job.status_code == 202, job.text
+        # A large upload is streamed through (here chunked, so nginx cannot know its size).
+        body, content_type = multipart("files", "c.mp3", audio)
+        batch = requests.post(
+            f"{proxy.url}/api/v1/batches",
+            data=iter([body[:100], body[100:]]),
+            headers={"Content-Type": content_type},
+            timeout=30,
+        )
+        assert batch.status_code == 202, batch.text
+        assert batch.json()["accepted"] == 1
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_proxy_answers_its_own_refusals_in_the_error_shape(proxy: NginxProxy) -> None:
+    """What nginx refuses itself is JSON in the API's shape, never cached; /metrics is
+    not published through it."""
+    status, headers, body = exchange(
+        proxy.port,
+        b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 50000000\r\n\r\n",
+    )
+    assert status == 413, body
+    assert headers["content-type"] == "application/json"
+    assert headers["cache-control"] == "no-store"
+    assert json.loads(body)["error"] == {
+        "code": "upload_too_large",
+        "message": json.loads(body)["error"]["message"],
+        "status": 413,
+    }
+    metrics = requests.get(f"{proxy.url}/metrics", timeout=10)
+    assert metrics.status_code == 404 and metrics.json()["error"]["code"] == "not_found"
+    # The access log holds the path, never the query string.
+    requests.get(f"{proxy.url}/api/v1/jobs?api_key=tus_do-not-log-me", timeout=10)
+    wait_until(lambda: "/api/v1/jobs " in proxy.log.read_text(), 10, "the access log line")
+    assert "do-not-log-me" not in proxy.log.read_text()
