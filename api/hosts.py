@@ -14,8 +14,9 @@ addresses) cannot be re-pointed by anyone else, so:
 - with keys, a key guards every route, so any name is answered unless
   ``TUSSIS_ALLOWED_HOSTS`` is set: then loopback names and those only.
 
-Probes (``/healthz``, ``/readyz``) carry no data and answer any name: orchestrators
-probe by address.
+Probes (``/healthz``, ``/readyz``) and ``/metrics`` carry no tenant data and answer
+any name: orchestrators and Prometheus reach them by an internal address
+(``api:5000``), and ``/metrics`` has its own token.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flask import request
 
 from api.errors import ApiError
 
-PROBES = frozenset({"/healthz", "/readyz"})
+UNGUARDED = frozenset({"/healthz", "/readyz", "/metrics"})
 # host[:port], the host a name or an address in brackets.
 _HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::\d{1,5})?")
 
@@ -72,8 +73,8 @@ def _host_refused() -> ApiError:
 
 
 def check_host(allowed: tuple[str, ...]) -> None:
-    """Any request but a probe: its Host must be loopback or allowed."""
-    if request.path in PROBES:
+    """Any request but a probe or a scrape: its Host must be loopback or allowed."""
+    if request.path in UNGUARDED:
         return
     name = host_name(request.host)
     if name is None or not matches(name, allowed):

@@ -292,8 +292,8 @@ class Settings(BaseSettings):
         "Comma-separated host names the API answers to besides loopback names (`localhost`, "
         "`127.0.0.1`, `[::1]`): `tussis.example.org`, or `.example.org` for it and its "
         "subdomains. Any other `Host` gets `400 host_not_allowed` (a guard against DNS "
-        "rebinding; `/healthz` and `/readyz` answer any). Unset, a deployment with keys answers"
-        " any name, and an open one (no keys) loopback names only.",
+        "rebinding; `/healthz`, `/readyz` and `/metrics` answer any). Unset, a deployment with "
+        "keys answers any name, and an open one (no keys) loopback names only.",
         (),
         shown_default="empty",
     )

@@ -363,7 +363,8 @@ def test_a_spectrogram_is_never_kept_by_a_cache(embedded: Settings, cough_file: 
 
 def test_allowed_hosts_guard_a_keyed_deployment(embedded: Settings) -> None:
     """TUSSIS_ALLOWED_HOSTS: a keyed deployment answers only the names it is reached by
-    (and loopback names); probes answer any Host, as orchestrators probe by address."""
+    (and loopback names); probes and /metrics answer any Host, as orchestrators and
+    Prometheus reach them by address."""
     client = create_app(
         configure(embedded, api_keys={"k": "ops"}, allowed_hosts=".example.org,api.tussis.test")
     ).test_client()
@@ -377,6 +378,7 @@ def test_allowed_hosts_guard_a_keyed_deployment(embedded: Settings) -> None:
             client.get("/api/v1/openapi.json", headers={"Host": host}), 400, "host_not_allowed"
         )
         assert client.get("/healthz", headers={"Host": host}).status_code == 200
+        assert client.get("/metrics", headers={"Host": host}).status_code == 200
     # Unset, a keyed deployment answers any name: the key is what guards it.
     anyhost = create_app(configure(embedded, api_keys={"k": "ops"})).test_client()
     assert (
