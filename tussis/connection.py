@@ -48,6 +48,9 @@ UPLOAD_READ_TIMEOUT_S = 900.0  # the API decodes every file of a part before it 
 PART_MAX_BYTES = 256 * 1024 * 1024  # a part also ends here, well below the server's limit
 POLL_MIN_S, POLL_MAX_S = 0.5, 10.0
 PAGE_LIMIT = 200
+# How long a batch's evaluation is waited for while a worker computes it (it is done
+# once, then kept): seconds for thousands of items, longer behind a busy queue.
+EVALUATION_WAIT_S = 300.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 LABELS_FIELD = "labels"  # the multipart file with a part's labels CSV
@@ -302,17 +305,32 @@ class Connection:
             if not cursor:
                 return
 
+    def _computed(self, path: str, timeout: float = EVALUATION_WAIT_S) -> requests.Response:
+        """GET ``path``, waiting out ``202`` answers (a worker computes it, once) as
+        ``Retry-After`` says; :class:`WaitTimeout` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.request("GET", path)
+            if response.status_code != 202:
+                return response
+            delay = _retry_after(response) or 1.0
+            if time.monotonic() + delay > deadline:
+                raise WaitTimeout(
+                    f"the server was still computing {path} after {timeout:.0f} s; ask again later",
+                    path.split("/")[4],  # /api/v1/batches/<id>/...
+                )
+            time.sleep(delay)
+
     def get_evaluation(self, batch_id: str) -> dict[str, Any]:
-        """The model's evaluation on a finished batch's labelled items (docs/batches.md);
-        refused with ``batch_not_finished`` before the batch finishes."""
-        answer: dict[str, Any] = self.request(
-            "GET", f"/api/v1/batches/{batch_id}/evaluation"
-        ).json()
+        """The model's evaluation on a finished batch's labelled items (docs/batches.md),
+        waiting while a worker computes it (once); refused with ``batch_not_finished``
+        before the batch finishes."""
+        answer: dict[str, Any] = self._computed(f"/api/v1/batches/{batch_id}/evaluation").json()
         return answer
 
     def get_evaluation_figure(self, batch_id: str, name: str) -> bytes:
         """``roc.png`` or ``calibration.png`` of a batch's evaluation."""
-        return self.request("GET", f"/api/v1/batches/{batch_id}/evaluation/{name}").content
+        return self._computed(f"/api/v1/batches/{batch_id}/evaluation/{name}").content
 
     def download_results(self, batch_id: str, out: BinaryIO) -> int:
         """Stream the results CSV into ``out``, every cell made safe to open in a

@@ -22,6 +22,7 @@ from shared.queue import (
     TASK_ANALYSE,
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
+    TASK_EVALUATE,
     TASK_RETENTION,
     TASK_SPECTROGRAM,
     TASK_SWEEP,
@@ -33,6 +34,7 @@ from shared.queue import (
 from shared.retention import purge
 from shared.tables import utcnow
 from worker import callbacks, metrics, runtime
+from worker.evaluation import evaluate_batch
 from worker.pipeline import Pipeline, draw_spectrogram
 
 log = logging.getLogger("tussis.worker")
@@ -102,6 +104,13 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
 def spectrogram(self: Task, job_id: str) -> bool:
     with _retry_while_database_is_down(self):
         return draw_spectrogram(runtime.current(), job_id)
+
+
+@shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
+def evaluate(self: Task, batch_id: str) -> str | None:
+    """A finished batch's evaluation, computed once and stored (worker/evaluation.py)."""
+    with _retry_while_database_is_down(self):
+        return evaluate_batch(runtime.current(), batch_id)
 
 
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)
