@@ -21,7 +21,7 @@ import requests
 
 from tests.conftest import base_settings, migrate
 from tests.ops.test_metrics import samples
-from tests.stack import NginxProxy, Stack, wait_until
+from tests.stack import NginxProxy, Stack, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,16 @@ def open_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --- raw HTTP ----------------------------------------------------------------------------
 
 
-def exchange(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+def exchange(
+    port: int, request: bytes, timeout: float = 30, half_close: bool = True
+) -> tuple[int, dict[str, str], bytes]:
     """Send ``request`` as is, end the sending side (a body shorter than declared ends
-    there), and read the answer until the server closes: status, headers (lower-case
-    names), body."""
+    there; nginx takes it as the client leaving), and read the answer until the server
+    closes: status, headers (lower-case names), body."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
@@ -351,6 +354,23 @@ def test_the_proxy_answers_its_own_refusals_in_the_error_shape(proxy: NginxProxy
         "message": json.loads(body)["error"]["message"],
         "status": 413,
     }
+    for request, refused, code in (
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),  # no request line to read
+        (b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", 400, "bad_request"),
+    ):
+        status, headers, body = exchange(proxy.port, request, half_close=False)
+        assert (status, json.loads(body)["error"]["code"]) == (refused, code), body
+        assert json.loads(body)["error"]["status"] == refused
+    # The API down (nothing listens where nginx sends requests): 503 with Retry-After.
+    nobody = NginxProxy(free_port())
+    nobody.start()
+    try:
+        down = requests.get(f"{nobody.url}/api/v1/jobs", timeout=10)
+    finally:
+        nobody.stop()
+    assert down.status_code == 503 and down.json()["error"]["code"] == "api_unavailable"
+    assert down.json()["error"]["status"] == 503 and down.headers["Retry-After"] == "5"
     metrics = requests.get(f"{proxy.url}/metrics", timeout=10)
     assert metrics.status_code == 404 and metrics.json()["error"]["code"] == "not_found"
     # The access log holds the path, never the query string.
