@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Container entry point: one image, one role per container.
 #   boot.sh api      the Flask API under gunicorn (gunicorn.conf.py); on 0.0.0.0
-#                    it starts only once an API key exists (`tussis keys create`)
+#                    it starts only once an API key exists (`tussis keys create`).
+#                    Publish it behind a buffering proxy (deploy/nginx.conf, the
+#                    compose `proxy` service), never directly: sync workers serve
+#                    one connection each, so slow clients would hold them all.
 #   boot.sh worker   a Celery worker (analyses jobs)
 #   boot.sh beat     Celery beat: schedules the sweeper that re-publishes jobs
 #                    whose broker message was lost. Run exactly one per deployment.

@@ -70,9 +70,14 @@ def celery_init_app(app: Flask, settings: Settings) -> None:
 def _api_security_headers(response: Response) -> Response:
     """API answers are health data: never cached by a shared cache, never rendered as
     a page, never framed. (The page sets its own policy in api/web.py.) No CORS
-    header is ever sent, so browsers on other origins cannot read the API."""
+    header is ever sent, so browsers on other origins cannot read the API. ``no-store``
+    is set here, over whatever a view said: no answer, a picture included, may outlive
+    a DELETE in a cache. The docs page and its scripts (no tenant data) keep theirs."""
     if request.path.startswith("/api/") or request.path in ("/healthz", "/readyz"):
-        response.headers.setdefault("Cache-Control", "no-store")
+        if request.blueprint == docs_bp.name:
+            response.headers.setdefault("Cache-Control", "no-store")
+        else:
+            response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         if request.blueprint != docs_bp.name:  # the docs page sets its own, in api/docs.py
             response.headers["Content-Security-Policy"] = (

@@ -1,11 +1,13 @@
 """Reading an uploaded ``.zip`` as untrusted input.
 
-Whole-archive limits (not a zip, too many members, too much uncompressed data,
-too much expansion or too high a ratio overall, a malformed ``labels.csv``)
-reject the request; a bad member (unsafe path, nested archive, not audio,
+Whole-archive limits (not a zip, too long a member list, too many members, too
+much uncompressed data, too much expansion or too high a ratio overall, a
+malformed ``labels.csv``) reject the request; a bad member (unsafe path, nested archive, not audio,
 suspicious compression ratio, too large) is reported on its own and the rest
 of the batch goes ahead. Sizes are enforced while reading, not trusted from
-the archive's headers.
+the archive's headers. The member list (the central directory) is measured
+before ``zipfile`` parses it: parsing builds an object per entry, and a 155 MB
+upload can list 3 million entries (2.7 GB in a worker).
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ MANIFEST_NAMES = {"manifest.csv", "labels.csv"}
 # Ratios are only judged on members (and archives) big enough for a bomb to matter;
 # below this, the expansion bound (Limits.max_expansion) covers many small members.
 RATIO_MIN_BYTES = 1024 * 1024
+# The central directory may list this many entries per accepted member (folders and
+# macOS's __MACOSX/ copies are listed too, and not counted as members), in at most this
+# many bytes per entry on average (46 fixed, the name, extra fields): it is read into
+# memory whole, and zipfile builds an object of about 500 bytes per entry it lists.
+ENTRIES_PER_MEMBER = 3
+DIRECTORY_BYTES_PER_ENTRY = 512
+_DIRECTORY_ENTRY = struct.Struct("<4s24xHHH12x")  # signature ... name, extra, comment lengths
 # The longest file name a job records (its filename column).
 MAX_BASENAME = 255
 # What reading a damaged member raises, besides zipfile's own BadZipFile: a corrupt
@@ -57,6 +66,14 @@ class Limits:
     # Most bytes the members may expand to beyond the size of the archive itself: the
     # work a small upload can ask for (decoding is paid per byte) without sending it.
     max_expansion: int
+
+    @property
+    def max_entries(self) -> int:
+        return ENTRIES_PER_MEMBER * self.max_members
+
+    @property
+    def max_directory_bytes(self) -> int:
+        return DIRECTORY_BYTES_PER_ENTRY * self.max_entries
 
 
 @dataclass(frozen=True)
@@ -195,10 +212,56 @@ def _archive_size(zf: zipfile.ZipFile) -> int:
     return size
 
 
+def _too_many_entries(listed: str, limits: Limits) -> ApiError:
+    return ApiError(
+        422,
+        "archive_too_many_members",
+        f"The archive lists {listed}; at most {limits.max_members} files (with their "
+        "folders) are accepted. Send it in several parts.",
+    )
+
+
+def check_directory(fileobj: IO[bytes], limits: Limits) -> None:
+    """Refuse a member list too long to parse, before ``zipfile`` builds it: by the
+    entry count and directory size the end records declare, then by counting the
+    entries the directory really holds (zipfile reads entries until the declared size
+    is used up, whatever count was declared). Reads at most
+    ``limits.max_directory_bytes`` of the upload into memory."""
+    # zipfile's own reader of the end records (and zip64 end records): the check
+    # measures exactly the directory that ZipFile() is about to parse, which a second
+    # parser of these records could be made to disagree with.
+    end = zipfile._EndRecData(fileobj)  # type: ignore[attr-defined]
+    if not end:
+        raise zipfile.BadZipFile("no end of central directory record")
+    declared, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+    if declared > limits.max_entries:
+        raise _too_many_entries(f"{declared} entries", limits)
+    if size > limits.max_directory_bytes:
+        raise _too_many_entries(f"{size / 1024**2:.0f} MiB of entries", limits)
+    # Where ZipFile.__init__ will start reading it (as _RealGetContents computes it).
+    start = end[zipfile._ECD_LOCATION] - size  # type: ignore[attr-defined]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    if start < 0:
+        return  # ZipFile refuses it
+    fileobj.seek(start)
+    directory = fileobj.read(size)
+    entries, at = 0, 0
+    while at + _DIRECTORY_ENTRY.size <= len(directory):
+        signature, name, extra, comment = _DIRECTORY_ENTRY.unpack_from(directory, at)
+        if signature != b"PK\x01\x02":
+            return  # ZipFile refuses it
+        entries += 1
+        if entries > limits.max_entries:
+            raise _too_many_entries(f"more than {limits.max_entries} entries", limits)
+        at += _DIRECTORY_ENTRY.size + name + extra + comment
+
+
 def open_archive(fileobj: IO[bytes], limits: Limits) -> tuple[zipfile.ZipFile, list, dict]:
     try:
         # The uploaded size, not the members' declared compressed sizes, which can lie.
         archive_bytes = fileobj.seek(0, io.SEEK_END)
+        check_directory(fileobj, limits)
         fileobj.seek(0)
         zf = zipfile.ZipFile(fileobj)
     except READ_ERRORS as exc:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
 
-from api import docs
+from api import docs, hosts
 from api.errors import ApiError
 from shared import api_keys
 from shared.config import Settings, SettingsError
@@ -136,6 +136,8 @@ def _authenticate(settings: Settings) -> Caller:
         and not database_has_keys(settings)
     )
     if open_mode:
+        # No key stands in the way: only loopback names and no other site's page.
+        hosts.check_open_mode(settings.allowed_hosts)
         return Caller(ANONYMOUS, f"addr:{request.remote_addr}")
     raise _unauthorized("A valid API key is required: send 'Authorization: Bearer <key>'.")
 

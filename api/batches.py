@@ -38,6 +38,7 @@ from shared.audio import AudioError
 from shared.db import session_scope
 from shared.queue import publish_callback
 from shared.tables import Batch, BatchStatus, Job, utcnow
+from tussis.csv_cells import safe_row
 from tussis.formats import AUDIO_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -465,12 +466,14 @@ def list_items(path: BatchPath, query: PageQuery) -> Response:
 
 
 def _csv_row(job: Job) -> list[Any]:
-    return [
+    # File names, labels and groups are the uploader's text: no cell may start a
+    # spreadsheet formula (tussis/csv_cells.py).
+    return safe_row([
         job.path, job.status, job.diagnosis, job.score,
         "" if job.cough_detected is None else str(job.cough_detected).lower(),
         job.cough_score, job.error_code, job.model_id, job.model_version, job.label,
         job.group, job.audio_sha256, job.id,
-    ]  # fmt: skip
+    ])  # fmt: skip
 
 
 @bp.get(

@@ -68,12 +68,17 @@ LINK = _header('`<...>; rel="next"`: the next page, while there is one.')
 ERRORS: dict[int, dict[str, Any]] = {
     400: {
         "description": "A parameter is invalid (`invalid_limit`, `invalid_cursor`, "
-        "`invalid_parameter`, ...), or an API key was sent in the URL (`api_key_in_url`).",
+        "`invalid_parameter`, ...), an API key was sent in the URL (`api_key_in_url`), or "
+        "the Host is not one this service answers to (`host_not_allowed`).",
     },
     401: {
         "description": "No API key (`unauthorized`), or an unknown or revoked one "
         "(`invalid_api_key`).",
         "headers": {"WWW-Authenticate": _header("`Bearer`.")},
+    },
+    403: {
+        "description": "Open mode (no keys) only: the request comes from a page of another "
+        "origin (`origin_not_allowed`).",
     },
     404: {"description": "No such resource for this API key's owner."},
     409: {"description": "A conflict with the resource's state; see the code."},
@@ -93,9 +98,9 @@ ERRORS: dict[int, dict[str, Any]] = {
     },
 }
 # What any request can be answered by the guards (api/guards.py), whatever it asks.
-GUARDED = (414, 431)
+GUARDED = (400, 414, 431)
 # What every operation that needs a key can answer, whatever it does.
-KEYED = (400, 401, 429, 503)
+KEYED = (400, 401, 403, 429, 503)
 
 # Models referenced from answers by name: their schemas go into the components.
 _REFERENCED: dict[str, type[BaseModel]] = {"Error": schemas.Error}

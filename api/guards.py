@@ -12,6 +12,12 @@ limits before the form is parsed). It answers, in the one error shape:
 - ``400`` for a control character in a query parameter, and ``400 bad_request``
   for a body that breaks while it is read (gunicorn raises its own parse errors,
   such as a bad chunk size, from inside the app's read).
+- ``400 host_not_allowed`` for a Host outside ``TUSSIS_ALLOWED_HOSTS``, when it is
+  set (api/hosts.py; open mode checks its Host in api/auth.py).
+
+The request body is wrapped once, here: it counts the bytes actually read, which
+the upload byte budget (api/limits.py) and the upload metrics charge, since a
+chunked body declares no length.
 
 Form fields (file names, labels) are checked where they are read, with
 :func:`has_control`, because only the views know their meaning.
@@ -21,12 +27,13 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Flask, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from api import hosts
 from api.errors import ApiError
 
 # Below gunicorn's largest request line (8190 bytes with the method and version), so
@@ -109,12 +116,17 @@ def _check_text() -> None:
 
 
 class _ClientBody:
-    """``wsgi.input`` whose read errors are the client's. Werkzeug already answers an
-    OSError or ValueError as a disconnected client (400); gunicorn's parse errors for
-    a broken chunked body are neither, and were answered 500."""
+    """``wsgi.input`` whose read errors are the client's, and which counts what is read.
+
+    Werkzeug already answers an OSError or ValueError as a disconnected client (400);
+    gunicorn's parse errors for a broken chunked body are neither, and were answered
+    500. ``listeners`` hear the size of every read; what they raise (a 429 for a body
+    over the byte budget) ends the request."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self.bytes_read = 0
+        self.listeners: list[Callable[[int], None]] = []
 
     def read(self, *args: Any) -> bytes:
         return self._guarded("read", *args)
@@ -135,7 +147,28 @@ class _ClientBody:
             raise BadRequest(
                 "The request body is malformed (for example, a broken chunked encoding)."
             ) from exc
+        self.bytes_read += len(data)
+        for listener in self.listeners:
+            listener(len(data))
         return data
+
+
+def _body() -> _ClientBody | None:
+    body = request.environ.get("wsgi.input")
+    return body if isinstance(body, _ClientBody) else None
+
+
+def on_body_read(listener: Callable[[int], None]) -> None:
+    """Call ``listener`` with the size of each read of this request's body."""
+    body = _body()
+    if body is not None:
+        body.listeners.append(listener)
+
+
+def body_bytes_read() -> int:
+    """Bytes of this request's body read so far (its declared length if unwrapped)."""
+    body = _body()
+    return body.bytes_read if body is not None else request.content_length or 0
 
 
 def init_app(app: Flask) -> None:
@@ -144,9 +177,13 @@ def init_app(app: Flask) -> None:
     # handler could give it the error shape; no API path has one, so it is a plain 404.
     app.url_map.merge_slashes = False
 
+    allowed_hosts = app.extensions["tussis.settings"].allowed_hosts
+
     @app.before_request
     def _guard_request() -> None:
         _check_size()
+        if allowed_hosts:
+            hosts.check_host(allowed_hosts)
         _check_text()
         if "wsgi.input" in request.environ:
             request.environ["wsgi.input"] = _ClientBody(request.environ["wsgi.input"])

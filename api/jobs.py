@@ -15,7 +15,7 @@ from api.errors import ApiError, upload_too_large
 from api.idempotency import idempotent, replay_job
 from api.paging import PageQuery, invalid_cursor, page_response
 from api.representation import job_to_dict, job_url, model_notes
-from shared import jobs, retention
+from shared import evaluations, jobs, retention
 from shared.audio import AudioError
 from shared.db import session_scope
 from shared.storage import AudioNotFound, spectrogram_key
@@ -148,11 +148,15 @@ def delete_job(path: JobPath) -> tuple[str, int]:
         job = jobs.get_for_owner(session, job_id, owner)
         if job is None and retention.was_deleted(session, job_id, retention.KIND_JOB, owner):
             return "", 204
-        audio_key = _owned(session, job_id, owner).audio_key
+        job = _owned(session, job_id, owner)
+        audio_key, batch_id = job.audio_key, job.batch_id
         # Only the DELETE whose statement removed the row writes the tombstone, so two
         # at once both answer 204 instead of one failing on the tombstone's key.
         if jobs.delete_job(session, job_id):
             retention.record_deletion(session, job_id, retention.KIND_JOB, owner, utcnow())
+            if batch_id is not None:
+                # Its batch's stored evaluation counted it (and may name its path).
+                evaluations.forget(session, batch_id)
     # After the commit: a worker still analysing the job finds its row gone and drops
     # its result. If this storage delete fails, the retention task's orphan pass
     # removes the files later (they are keys with no job row).
@@ -209,9 +213,9 @@ def get_spectrogram(path: JobPath) -> Response:
             png = intake.storage().get(spectrogram_key(key))
         except AudioNotFound as exc:
             raise missing from exc
-        response = Response(png, mimetype="image/png")
-        response.headers["Cache-Control"] = "private, max-age=3600"
-        return response
+        # Cache-Control: no-store, as on every API answer (api/__init__.py): a cached
+        # picture of health data would outlive the job's DELETE.
+        return Response(png, mimetype="image/png")
     if not drawable:
         raise missing
     # Drawn only for those who look at it: the analysis never spends time on it.
@@ -223,5 +227,4 @@ def get_spectrogram(path: JobPath) -> Response:
     )
     response.status_code = 202
     response.headers["Retry-After"] = str(DRAWING_RETRY_S)
-    response.headers["Cache-Control"] = "no-store"
     return response

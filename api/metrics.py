@@ -5,8 +5,10 @@ Under gunicorn every worker process counts into files in ``PROMETHEUS_MULTIPROC_
 so one scrape sees the whole API whichever worker answers. Without that variable
 (``flask run``, the tests' in-process app) the process's own registry is served.
 
-Labels are bounded: the route is the URL rule (``/api/v1/jobs/<job_id>``), never the
-raw path, and no label holds an owner, a key or a job id. Job outcomes are counted
+Labels are bounded, whatever a client sends: the route is the URL rule
+(``/api/v1/jobs/<job_id>``), never the raw path, a request no rule matched counts as
+``unmatched``, a method outside HTTP's usual ones as ``other``; no label holds an
+owner, a key or a job id. Job outcomes are counted
 by the worker (worker/metrics.py): the API never sees a job finish.
 
 ``/metrics`` is outside ``/api/``: no API key and no rate limit, so Prometheus can
@@ -32,6 +34,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from api import guards
 from api.errors import error_response
 from shared import logs
 
@@ -57,7 +60,7 @@ UPLOADS = Counter(
 )
 UPLOAD_BYTES = Counter(
     "tussis_upload_bytes_total",
-    "Request body bytes received by the upload routes, by kind.",
+    "Request body bytes read by the upload routes (chunked bodies too), by kind.",
     ["kind"],
 )
 JOBS_SUBMITTED = Counter(
@@ -74,11 +77,19 @@ UPLOAD_ROUTES = {
     "/api/v1/batches/<batch_id>/items": "batch",
 }
 UNMATCHED = "unmatched"  # a 404 with no rule: one label value, not one per probed path
+# Methods counted under their own name; any other (a client may send any token) is one
+# label value, not one series per made-up method.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 def _route() -> str:
     rule = request.url_rule
     return rule.rule if rule is not None else UNMATCHED
+
+
+def _method() -> str:
+    return request.method if request.method in KNOWN_METHODS else OTHER_METHOD
 
 
 def _start() -> None:
@@ -91,7 +102,7 @@ def _start() -> None:
 
 def _count(response: Response) -> Response:
     started = g.pop("tussis_started", None)
-    route, method, status = _route(), request.method, response.status_code
+    route, method, status = _route(), _method(), response.status_code
     if route == "/metrics":
         return response  # Prometheus's own scrapes would outnumber everything else
     HTTP_REQUESTS.labels(route, method, str(status)).inc()
@@ -101,7 +112,7 @@ def _count(response: Response) -> Response:
     if kind is None or method != "POST":
         return response
     UPLOADS.labels(kind, str(status)).inc()
-    UPLOAD_BYTES.labels(kind).inc(request.content_length or 0)
+    UPLOAD_BYTES.labels(kind).inc(guards.body_bytes_read())
     if status != 202 or not response.is_json:
         return response  # refused, or a replay (200) of an earlier submission
     body = response.get_json(silent=True) or {}
@@ -138,7 +149,10 @@ def metrics() -> Response:
     token = current_app.extensions["tussis.settings"].metrics_token.get_secret_value()
     if token:
         scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip(), token):
+        # Compared as bytes, as api/auth.py does with keys: compare_digest refuses text
+        # that is not ASCII with a TypeError, and a header may carry any Latin-1 byte.
+        sent_bytes = sent.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent_bytes, token.encode()):
             return error_response(
                 401,
                 "unauthorized",

@@ -53,6 +53,7 @@ from shared.long_audio import (
 from shared.queue import publish_recording_work
 from shared.storage import AudioNotFound, AudioStorage
 from shared.tables import TERMINAL_STATUSES, JobStatus, Recording, utcnow
+from tussis.csv_cells import safe_row
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("recordings", __name__, abp_tags=[contract.TAGS["recordings"]])
@@ -652,7 +653,8 @@ def events_csv(path: RecordingPath) -> Response:
         rows = recordings.iter_events(lambda: session_scope(s.database_url), recording_id)
         for count, event in enumerate(rows, start=1):
             clock = iso(started + timedelta(seconds=event.start_s)) if started else ""
-            writer.writerow([event.start_s, event.end_s, event.score, clock])
+            # Numbers and times only, but through the one rule for every CSV cell.
+            writer.writerow(safe_row([event.start_s, event.end_s, event.score, clock]))
             if count % 1000 == 0:
                 yield buf.getvalue()
                 buf.seek(0)
@@ -676,13 +678,15 @@ def timeline(path: RecordingPath) -> Response:
     """A counted recording's timeline (PNG)"""
     s = intake.settings()
     with session_scope(s.database_url) as session:
-        row = _counted(session, path.recording_id, current_owner())
-        result, label = dict(row.result or {}), row.label or row.filename or row.id
-    # Imported here: matplotlib (and shared.metrics' scikit-learn) load into an API
-    # process only once someone asks for a picture.
-    from shared.plots import timeline_png
-
-    png = timeline_png(result.get("ten_minutes", []), result.get("hourly", []), title=label)
+        _counted(session, path.recording_id, current_owner())
+    # Drawn once by the worker that completed the recording (matplotlib never loads in
+    # an API process), in the same step that recorded the result.
+    try:
+        png = storage().get(recordings.timeline_key(path.recording_id))
+    except AudioNotFound as exc:
+        raise ApiError(
+            404, "timeline_not_found", "The recording's timeline is not available."
+        ) from exc
     response = Response(png, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response

@@ -4,7 +4,6 @@ rows, and checked against the declared bodies of api/schemas.py."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from api import schemas
 from shared import batches, jobs
+from shared.model_registry import ModelNote
 from shared.tables import Batch, BatchStatus, Job, JobStatus, ServedModel, utcnow
 
 
@@ -21,23 +21,6 @@ def iso(value: datetime | None) -> str | None:
 
 def job_url(job_id: str) -> str:
     return f"/api/v1/jobs/{job_id}"
-
-
-@dataclass(frozen=True)
-class ModelNote:
-    """What a result repeats from its model's manifest (the one source of truth)."""
-
-    caveat: str | None = None
-    within_source_auc: float | None = None
-
-    @classmethod
-    def of(cls, manifest: Mapping[str, Any]) -> ModelNote:
-        # Older bundles carry neither field; a malformed one is shown as unknown.
-        caveat, auc = manifest.get("caveat"), manifest.get("within_source_auc")
-        return cls(
-            caveat if isinstance(caveat, str) and caveat.strip() else None,
-            float(auc) if isinstance(auc, int | float) and not isinstance(auc, bool) else None,
-        )
 
 
 ModelNotes = Mapping[tuple[str, str], ModelNote]

@@ -259,12 +259,26 @@ class EvaluationLinks(Body):
     calibration: str
 
 
+class Evaluating(Body):
+    """``202`` from a batch's evaluation that a worker is computing now (once: it is
+    stored): ask again after ``Retry-After`` seconds."""
+
+    status: Literal["evaluating"]
+    message: str
+
+
 class Evaluation(Body):
     """A finished batch's labelled items against their scores."""
 
     overall: EvaluationFigures
     groups: dict[str, EvaluationFigures] = Field(
-        description="The same figures per `group`, for items that have one."
+        description="The same figures per `group`, for items that have one: the 50 largest "
+        "groups (by items)."
+    )
+    groups_omitted: int = Field(
+        0,
+        description="Groups beyond the 50 largest, without figures of their own (their items "
+        "count in `overall` and in `group_only_auc`).",
     )
     group_only_auc: Rate = Field(
         description="The AUC of the group alone (each item scored by its group's share of "

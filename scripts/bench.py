@@ -14,6 +14,9 @@ Parts (one or more; ``all``, the default, runs every one):
   coldstart    worker start -> first result, and API + worker started together -> first result
   poc          the proof of concept's way (model per clip, figure -> PNG) against the bare loop
   scale        1, 2, 4 celery worker processes (--concurrency 1 each) on the same zip
+  evaluation   a finished batch's evaluation (--eval-items in --eval-groups groups): computed
+               per request for every group, as the API did, against computed once by a
+               worker (50 largest groups) and a request answered from the stored row
   long         an --hours long 16-bit WAV (8 h: about 920 MB) streamed to a real stack: API
                RSS while streaming, upload finished -> result against decode + one YAMNet
                pass over its windows in --children processes, child RSS (scripts/bench_long.py)
@@ -893,6 +896,64 @@ def bench_scale(counts: list[int], n_files: int) -> dict[int, float]:
     return rates
 
 
+def bench_evaluation(n_items: int, n_groups: int, requests_timed: int = 20) -> None:
+    """Issue 24: the evaluation endpoint's CPU per request, before and after it was
+    computed once by a worker and stored. In-process, on SQLite, no worker needed: the
+    worker's function runs here."""
+    from api import create_app
+    from shared import batches, evaluations
+    from shared.db import session_scope
+    from shared.tables import BatchStatus
+    from tests.conftest import base_settings, migrate
+    from worker.evaluation import Cohort, pictures, report
+
+    rng = np.random.default_rng(1)
+    cohort = Cohort("bench", "1", {"threshold": 0.5, "labels": ["not sick", "sick"]})
+    cohort.labels = rng.integers(0, 2, n_items).tolist()
+    cohort.scores = rng.random(n_items).tolist()
+    cohort.groups = [f"g{i % n_groups}" for i in range(n_items)]
+    print(f"evaluation: {n_items} items in {n_groups} groups")
+
+    def every_group() -> None:  # what each request computed before (bar the O(n x g) split)
+        groups, _ = cohort.group_arrays(limit=n_groups)
+        from shared import metrics
+
+        for gy, gs in groups.values():
+            metrics.summarise(gy, gs, 0.5, 0)
+        metrics.summarise(*cohort.arrays(), 0.5, 0)
+
+    before_ms = timed(every_group, 1)[0]
+    started = time.perf_counter()
+    body = report(cohort)
+    roc, calibration = pictures(cohort)
+    once = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = base_settings(Path(tmp), api_keys={"k": "bench"})
+        migrate(settings.database_url)
+        with session_scope(settings.database_url) as session:
+            batch = batches.create(session, "bench", None)
+            batch.status, batch_id = BatchStatus.COMPLETED, batch.id
+        with session_scope(settings.database_url) as session:
+            evaluations.request(session, batch_id)
+        with session_scope(settings.database_url) as session:
+            asked = evaluations.claimed_at(session, batch_id)
+            assert asked is not None
+            evaluations.store(
+                session, batch_id, evaluations.DEFAULT, asked, body=body,
+                roc_png=roc, calibration_png=calibration,
+            )  # fmt: skip
+        client = create_app(settings).test_client()
+        url = f"/api/v1/batches/{batch_id}/evaluation"
+        headers = {"Authorization": "Bearer k"}
+        assert client.get(url, headers=headers).status_code == 200
+        stored = timed(lambda: client.get(url, headers=headers), requests_timed)
+    line("a request now, from the stored row", stored)
+    print(f"  {'per request before (every group, in the API)':<44} {before_ms / 1000:8.2f} s")
+    print(f"  {'once now, by a worker (50 largest groups)':<44} {once:8.2f} s")
+    ratio = before_ms / statistics.median(stored)
+    print(f"  {'a request before / a request now, same run':<44} {ratio:8.0f}x")
+
+
 def statistics_str(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
@@ -909,6 +970,7 @@ PARTS = [
     "coldstart",
     "poc",
     "scale",
+    "evaluation",
     "decode-strategies",
     "long",
 ]
@@ -941,6 +1003,8 @@ def main() -> None:
         "--scale", default="1,2,4", help="scale: worker processes per run, comma-separated"
     )
     parser.add_argument("--scale-files", type=int, default=200, help="scale: recordings in the zip")
+    parser.add_argument("--eval-items", type=int, default=10_000, help="evaluation: items")
+    parser.add_argument("--eval-groups", type=int, default=5_000, help="evaluation: groups")
     parser.add_argument("--hours", type=float, default=8.0, help="long: the recording's hours")
     parser.add_argument(
         "--minutes", type=float, default=30.0, help="decode-strategies: the MP3's minutes"
@@ -998,6 +1062,8 @@ def main() -> None:
             print(f"bare loop / the proof of concept's way, same clips, same run: {ratio:.1f}x")
     if "scale" in parts:
         bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
+    if "evaluation" in parts:
+        bench_evaluation(args.eval_items, args.eval_groups)
     if "decode-strategies" in parts:
         from bench_long import bench_decode_strategies
 

@@ -21,6 +21,8 @@ stop() {
 trap stop INT TERM EXIT
 
 # Batch uploads decode every file before answering: allow them minutes, not 30 s.
+# On loopback only, for this machine's own use: a deployment publishes gunicorn
+# behind nginx (deploy/nginx.conf), since slow clients hold sync workers.
 gunicorn --bind "$HOST:$PORT" --workers "${TUSSIS_API_WORKERS:-2}" --timeout "${TUSSIS_API_TIMEOUT:-300}" \
     'api:create_app()' &
 pids+=($!)

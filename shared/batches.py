@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared import cursors, jobs
 from shared.db import affected
-from shared.tables import Batch, BatchStatus, Job, JobStatus, utcnow
+from shared.tables import Batch, BatchEvaluation, BatchStatus, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ def remove(session: Session, batch_id: str) -> tuple[list[str], bool]:
     concurrent DELETE got there first)."""
     keys = list(session.scalars(select(Job.audio_key).where(Job.batch_id == batch_id)))
     session.execute(delete(Job).where(Job.batch_id == batch_id))
+    # Also by the foreign key's cascade; explicit, as for the jobs.
+    session.execute(delete(BatchEvaluation).where(BatchEvaluation.batch_id == batch_id))
     removed = affected(session.execute(delete(Batch).where(Batch.id == batch_id))) == 1
     return keys, removed
 

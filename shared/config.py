@@ -338,6 +338,16 @@ class Settings(BaseSettings):
         "127.0.0.1:5000",
         shown_default="`127.0.0.1:5000`",
     )
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = _env(
+        "TUSSIS_ALLOWED_HOSTS",
+        "Comma-separated host names the API answers to besides loopback names (`localhost`, "
+        "`127.0.0.1`, `[::1]`): `tussis.example.org`, or `.example.org` for it and its "
+        "subdomains. Any other `Host` gets `400 host_not_allowed` (a guard against DNS "
+        "rebinding; `/healthz`, `/readyz` and `/metrics` answer any). Unset, a deployment with "
+        "keys answers any name, and an open one (no keys) loopback names only.",
+        (),
+        shown_default="empty",
+    )
     rate_limit: str = _env(
         "TUSSIS_RATE_LIMIT",
         "Requests per API key (per client address in open mode) to `/api/v1`, in "
@@ -349,7 +359,8 @@ class Settings(BaseSettings):
     )
     upload_bytes_per_minute: int = _env(
         "TUSSIS_UPLOAD_BYTES_PER_MINUTE",
-        "Uploaded bytes per API key per minute (job and batch uploads, counted by request size). "
+        "Uploaded bytes per API key per minute (job and batch uploads): a body's declared "
+        "`Content-Length` is charged before it is read, a chunked body's bytes as they arrive. "
         "Keep it at least `TUSSIS_MAX_BATCH_UPLOAD_BYTES`, or the largest batch can never pass.",
         4 * 1024**3,
         gt=0,
@@ -368,7 +379,8 @@ class Settings(BaseSettings):
         "TUSSIS_CALLBACK_ALLOWED_NETWORKS",
         "Comma-separated networks (`10.1.2.0/24`, `127.0.0.1/32`) that batch callbacks may reach "
         "although they are loopback, link-local or private. Every other such address is refused, "
-        "at submission and again at delivery.",
+        "at submission and again at delivery, and so is an address of the host itself unless a "
+        "network here names it alone (`10.1.2.5/32`).",
         (),
         shown_default="empty",
     )
@@ -429,8 +441,9 @@ class Settings(BaseSettings):
     archive_max_members: int = _env(
         "TUSSIS_ARCHIVE_MAX_MEMBERS",
         "Most files in one `.zip` (folders, `__MACOSX/`, `.DS_Store` and `Thumbs.db` not counted),"
-        " else `422 archive_too_many_members`. A batch request may also have at most this many + "
-        "16 multipart parts.",
+        " else `422 archive_too_many_members`; its member list (central directory) may list 3 "
+        "times as many entries in 512 bytes per entry, checked before it is read. A batch request"
+        " may also have at most this many + 16 multipart parts.",
         10000,
         gt=0,
         shown_default="`10000`",
@@ -562,6 +575,13 @@ class Settings(BaseSettings):
             for part in value.split(",")
             if part.strip()
         )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(str(part).strip().lower() for part in value if str(part).strip())
 
     @field_validator("audio_retention", "result_retention", "upload_retention", mode="before")
     @classmethod

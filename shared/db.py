@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, exc, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, exc, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
 
@@ -91,6 +92,25 @@ def is_unavailable(error: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def insert_if_absent(
+    session: Session, model: type[DeclarativeBase], row: dict[str, object]
+) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING; True if this call inserted the row: how a
+    claim by insertion learns whether it won. Not a try/except IntegrityError: that
+    would roll back the caller's whole transaction."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    first_key = inspect(model).primary_key[0]
+    stmt = (
+        insert(model)
+        .values(**row)
+        .on_conflict_do_nothing()
+        # RETURNING, not rowcount: psycopg reports -1 for a skipped-or-not INSERT here.
+        .returning(first_key)
+    )
+    return session.execute(stmt).first() is not None
 
 
 def affected(result: Result[Any]) -> int:

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.db import affected
+from shared.db import affected, insert_if_absent
 from shared.tables import IdempotencyKey, utcnow
 
 KEY_TTL = timedelta(hours=24)
@@ -38,21 +37,6 @@ class Outcome(enum.StrEnum):
 class Claim:
     outcome: Outcome
     resource_id: str | None = None
-
-
-def _insert_if_absent(session: Session, row: dict[str, object]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING; True if this call inserted the row. Not a
-    try/except IntegrityError: that would roll back the caller's whole transaction."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(IdempotencyKey)
-        .values(**row)
-        .on_conflict_do_nothing()
-        # RETURNING, not rowcount: psycopg reports -1 for a skipped-or-not INSERT here.
-        .returning(IdempotencyKey.key)
-    )
-    return session.execute(stmt).first() is not None
 
 
 def claim(
@@ -77,8 +61,10 @@ def claim(
     # A row can vanish between the INSERT and the SELECT (released by a failed request,
     # or pruned); a few rounds settle that.
     for _ in range(3):
-        if _insert_if_absent(
-            session, {"owner": owner, "route": route, "key": key, **fresh, "expires_at": now + ttl}
+        if insert_if_absent(
+            session,
+            IdempotencyKey,
+            {"owner": owner, "route": route, "key": key, **fresh, "expires_at": now + ttl},
         ):
             return Claim(Outcome.CLAIMED)
         # Expired or abandoned: take it over; the new values no longer match the WHERE,

@@ -4,6 +4,8 @@ reads the bundle (``ml.bundle``) and hands its fingerprint and manifest here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -15,6 +17,23 @@ from shared.tables import ServedModel, utcnow
 
 DIAGNOSIS = "diagnosis"
 COUGH_GATE = "cough_gate"
+
+
+@dataclass(frozen=True)
+class ModelNote:
+    """What a result repeats from its model's manifest (the one source of truth)."""
+
+    caveat: str | None = None
+    within_source_auc: float | None = None
+
+    @classmethod
+    def of(cls, manifest: Mapping[str, Any]) -> ModelNote:
+        # Older bundles carry neither field; a malformed one is shown as unknown.
+        caveat, auc = manifest.get("caveat"), manifest.get("within_source_auc")
+        return cls(
+            caveat if isinstance(caveat, str) and caveat.strip() else None,
+            float(auc) if isinstance(auc, int | float) and not isinstance(auc, bool) else None,
+        )
 
 
 def register(session: Session, role: str, fingerprint: str, manifest: dict[str, Any]) -> None:

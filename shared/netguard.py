@@ -2,8 +2,13 @@
 
 A callback URL comes from an API client, and the worker POSTs to it from inside
 our network. So the URL's host is resolved and refused if ANY of its addresses
-is internal (loopback, private, link-local, metadata services, ...), unless an
-operator allowed its network (``TUSSIS_CALLBACK_ALLOWED_NETWORKS``). The API
+is internal (loopback, private, link-local, metadata services, ...) or one of
+this host's own (a public address too: a service of the worker's host that
+listens on every interface, Redis or the metrics port, is reached through it on
+any port), unless an operator allowed its network (``TUSSIS_CALLBACK_ALLOWED_NETWORKS``).
+An allowed network opens the host's own address in it only when it names that
+address alone (``192.0.2.2/32``): allowing "our private network" for receivers
+does not open the host itself. The API
 checks at submission; the worker checks again before each attempt (DNS may have
 changed) and once more on the connected socket (DNS rebinding).
 
@@ -147,17 +152,46 @@ def _kind(address: Address) -> str | None:
     return None
 
 
+OWN_ADDRESS = "this host's own address"
+
+
+def is_own_address(address: Address) -> bool:
+    """Whether ``address`` belongs to this host (loopback aside). The kernel routes a
+    packet to one of its own addresses back to itself, with that very address as the
+    source, so a UDP socket "connected" to it (which sends nothing) reports it as its
+    own address; any other destination gets an outgoing interface's address."""
+    family = socket.AF_INET6 if isinstance(address, ipaddress.IPv6Address) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((str(address), 9))
+            source = ipaddress.ip_address(str(sock.getsockname()[0]).split("%", 1)[0])
+        except (OSError, ValueError):
+            return False  # no route: not ours
+    return source == address and not address.is_loopback
+
+
 def refusal(address: Address, allowed: Iterable[Network] = ()) -> str | None:
     """Why a connection to ``address`` is refused, or None when it is allowed."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # ::ffff:a.b.c.d reaches a.b.c.d: judge (and allow-list) what it reaches.
         address = address.ipv4_mapped
-    if any(address.version == net.version and address in net for net in allowed):
+    own = is_own_address(address)
+    allowing = [net for net in allowed if address.version == net.version and address in net]
+    if allowing:
+        # The host's own address only when the operator named it by itself.
+        if own and not any(net.num_addresses == 1 for net in allowing):
+            return OWN_ADDRESS
         return None
-    return _kind(address)
+    return OWN_ADDRESS if own else _kind(address)
 
 
 def not_allowed(kind: str) -> CallbackUrlError:
+    if kind == OWN_ADDRESS:
+        return CallbackUrlError(
+            ADDRESS_NOT_ALLOWED,
+            f"'callback_url' reaches {OWN_ADDRESS}, where the service's own processes listen; "
+            "callbacks may call it only if the operator allows that address by itself.",
+        )
     return CallbackUrlError(
         ADDRESS_NOT_ALLOWED,
         f"'callback_url' reaches an internal address ({kind}); callbacks may only go to public "

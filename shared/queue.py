@@ -22,6 +22,7 @@ TASK_ANALYSE_CHUNK = "tussis.analyse_chunk"
 TASK_BATCH_CALLBACK = "tussis.batch_callback"
 TASK_RETENTION = "tussis.retention"
 TASK_SPECTROGRAM = "tussis.spectrogram"
+TASK_EVALUATE = "tussis.evaluate_batch"
 
 
 def check_time_limits(settings: Settings) -> None:
@@ -167,6 +168,12 @@ def publish_recording_work(app: Celery, settings: Settings, job_ids: list[str]) 
 def publish_spectrogram(app: Celery, settings: Settings, job_id: str) -> None:
     """Draw a job's picture: asked for by whoever fetches it, never on the analysis path."""
     app.send_task(TASK_SPECTROGRAM, args=[job_id], queue=settings.queue_name)
+
+
+def publish_evaluation(app: Celery, settings: Settings, batch_id: str) -> None:
+    """Compute a finished batch's evaluation once (shared/evaluations.py), beside the
+    batch chunks, never ahead of single jobs."""
+    app.send_task(TASK_EVALUATE, args=[batch_id], queue=settings.batch_queue_name)
 
 
 def publish_callback(app: Celery, settings: Settings, batch_id: str) -> None:

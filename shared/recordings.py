@@ -55,6 +55,12 @@ def pcm_key(recording_id: str) -> str:
     return f"rec-{recording_id}.pcm"
 
 
+def timeline_key(recording_id: str) -> str:
+    """Where the worker keeps a counted recording's timeline (PNG), kept as long as its
+    result (the audio retention leaves it)."""
+    return f"rec-{recording_id}.timeline.png"
+
+
 def upload_part_key(upload_id: str, offset: int) -> str:
     """Where the bytes of a resumable upload that arrived from ``offset`` are stored."""
     return f"up-{upload_id}.{offset:012d}"
@@ -156,7 +162,7 @@ def pcm_parts(row: Recording) -> list[list[Any]]:
 
 
 def stored_keys(row: Recording) -> list[str]:
-    """Every key in the recording store that belongs to this recording."""
+    """The keys of the recording's audio: its upload's parts and its PCM."""
     keys = [str(key) for key, _ in row.audio_parts]
     if row.pcm_key and row.pcm_key not in keys:
         keys.append(row.pcm_key)
@@ -167,7 +173,7 @@ def remove(session: Session, recording_id: str) -> tuple[list[str], bool]:
     """Delete a recording with its work rows and events; returns its storage keys, and
     whether this call deleted the row (False when a concurrent DELETE got there first)."""
     row = session.get(Recording, recording_id)
-    keys = stored_keys(row) if row is not None else []
+    keys = [*stored_keys(row), timeline_key(recording_id)] if row is not None else []
     # Explicitly (SQLite enforces the cascade only with its foreign_keys pragma on).
     session.execute(delete(Job).where(Job.recording_id == recording_id))
     session.execute(delete(RecordingEvent).where(RecordingEvent.recording_id == recording_id))
@@ -399,6 +405,7 @@ def keys_in_use(session: Session, keys: list[str]) -> set[str]:
     live: set[str] = set()
     if recording_ids:
         for row in session.scalars(select(Recording).where(Recording.id.in_(recording_ids))):
+            live.add(timeline_key(row.id))
             if row.audio_deleted_at is None:
                 live.update(stored_keys(row))
     if upload_ids:

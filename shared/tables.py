@@ -247,6 +247,31 @@ class Upload(Base):
     recording_id: Mapped[str | None] = mapped_column(String(36))
 
 
+class BatchEvaluation(Base):
+    """A finished batch's evaluation, computed once by a worker (worker/evaluation.py)
+    and answered from here: a finished batch's items never change (deleting one forgets
+    it). ``variant`` names what was evaluated, ``default`` for the batch's labelled
+    items as they are (room for other views of the same batch, such as a comparison
+    with another batch or the cohort without a model's training items); ``format`` is
+    the computation's version: a row of an older one is computed again when asked for.
+    ``state``: ``pending`` (a worker was asked at ``requested_at``), ``ready`` (``body``
+    and the pictures) or ``refused`` (``body`` is the refusal's code and message)."""
+
+    __tablename__ = "batch_evaluations"
+
+    batch_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    variant: Mapped[str] = mapped_column(String(80), primary_key=True)
+    format: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    body: Mapped[dict | None] = mapped_column(JSON)
+    roc_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+    calibration_png: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
 class AudioBlob(Base):
     """Uploaded audio kept in the database, so a worker on any host can read it."""
 

@@ -315,6 +315,67 @@ class PostgresServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class NginxProxy:
+    """nginx with deploy/nginx.conf (the deployment's own file, as docker-compose.yml
+    runs it) in front of an API on loopback: only its two addresses are replaced,
+    and every path it writes is under a private prefix."""
+
+    CONFIG = PROJECT_ROOT / "deploy" / "nginx.conf"
+    UPSTREAM, LISTEN = "server api:5000;", "listen 8080;"
+
+    def __init__(self, upstream_port: int) -> None:
+        exe = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if Path(p).is_file()), None
+        )
+        require(exe is not None, "nginx is not installed (Debian: nginx-light)")
+        assert exe is not None
+        self.exe = exe
+        self.port = free_port()
+        # Outside pytest's private folders: nginx's workers run as nobody under root.
+        self.prefix = Path(tempfile.mkdtemp(prefix="tussis-nginx-", dir="/tmp"))
+        self.prefix.chmod(0o755)
+        text = self.CONFIG.read_text()
+        assert text.count(self.UPSTREAM) == 1 and text.count(self.LISTEN) == 1
+        text = text.replace(self.UPSTREAM, f"server 127.0.0.1:{upstream_port};")
+        text = text.replace(self.LISTEN, f"listen 127.0.0.1:{self.port};")
+        self.config = self.prefix / "nginx.conf"
+        self.config.write_text(text)
+        self.log = self.prefix / "nginx.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [self.exe, "-p", f"{self.prefix}/", "-c", str(self.config), "-e", "stderr"]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*args, "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT
+            )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {Stack.tail(self.log)}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(up, 10, "nginx to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: finish what it serves
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+
 class MotoServer:
     """moto's standalone S3 server (``moto_server``) on a free loopback port: a real S3
     HTTP endpoint for boto3, as MinIO or AWS would be."""

@@ -15,6 +15,7 @@ This module talks HTTP only; it never imports the service's code.
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from tussis.csv_cells import lines_of, safe_csv
 from tussis.describe import counts_text
 from tussis.errors import (
     RequestRefused,
@@ -46,6 +48,9 @@ UPLOAD_READ_TIMEOUT_S = 900.0  # the API decodes every file of a part before it 
 PART_MAX_BYTES = 256 * 1024 * 1024  # a part also ends here, well below the server's limit
 POLL_MIN_S, POLL_MAX_S = 0.5, 10.0
 PAGE_LIMIT = 200
+# How long a batch's evaluation is waited for while a worker computes it (it is done
+# once, then kept): seconds for thousands of items, longer behind a busy queue.
+EVALUATION_WAIT_S = 300.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 LABELS_FIELD = "labels"  # the multipart file with a part's labels CSV
@@ -300,33 +305,54 @@ class Connection:
             if not cursor:
                 return
 
+    def _computed(self, path: str, timeout: float = EVALUATION_WAIT_S) -> requests.Response:
+        """GET ``path``, waiting out ``202`` answers (a worker computes it, once) as
+        ``Retry-After`` says; :class:`WaitTimeout` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.request("GET", path)
+            if response.status_code != 202:
+                return response
+            delay = _retry_after(response) or 1.0
+            if time.monotonic() + delay > deadline:
+                raise WaitTimeout(
+                    f"the server was still computing {path} after {timeout:.0f} s; ask again later",
+                    path.split("/")[4],  # /api/v1/batches/<id>/...
+                )
+            time.sleep(delay)
+
     def get_evaluation(self, batch_id: str) -> dict[str, Any]:
-        """The model's evaluation on a finished batch's labelled items (docs/batches.md);
-        refused with ``batch_not_finished`` before the batch finishes."""
-        answer: dict[str, Any] = self.request(
-            "GET", f"/api/v1/batches/{batch_id}/evaluation"
-        ).json()
+        """The model's evaluation on a finished batch's labelled items (docs/batches.md),
+        waiting while a worker computes it (once); refused with ``batch_not_finished``
+        before the batch finishes."""
+        answer: dict[str, Any] = self._computed(f"/api/v1/batches/{batch_id}/evaluation").json()
         return answer
 
     def get_evaluation_figure(self, batch_id: str, name: str) -> bytes:
         """``roc.png`` or ``calibration.png`` of a batch's evaluation."""
-        return self.request("GET", f"/api/v1/batches/{batch_id}/evaluation/{name}").content
+        return self._computed(f"/api/v1/batches/{batch_id}/evaluation/{name}").content
 
     def download_results(self, batch_id: str, out: BinaryIO) -> int:
-        """Stream the results CSV into ``out``; returns the bytes written."""
+        """Stream the results CSV into ``out``, every cell made safe to open in a
+        spreadsheet (tussis/csv_cells.py: whichever server wrote it, no cell starts a
+        formula); returns the bytes written."""
         written = 0
         with self.request(
             "GET", f"/api/v1/batches/{batch_id}/results.csv", stream=True
         ) as response:
             try:
-                for chunk in response.iter_content(chunk_size=64 * 1024):
-                    out.write(chunk)
-                    written += len(chunk)
+                chunks = response.iter_content(chunk_size=64 * 1024)
+                for text in safe_csv(lines_of(chunks)):
+                    data = text.encode("utf-8", "surrogateescape")
+                    out.write(data)
+                    written += len(data)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise ServerUnreachable(
                     f"the connection to {self.server} broke while downloading results: "
                     f"{root_cause(exc)}"
                 ) from exc
+            except csv.Error as exc:
+                raise TussisError(f"the results from {self.server} are not CSV: {exc}") from exc
         return written
 
     def write_results(self, batch_id: str, out: Path) -> None:

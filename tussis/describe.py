@@ -111,6 +111,12 @@ def describe_evaluation(evaluation: dict[str, Any], batch_id: str = "") -> str:
             c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
         ]
         lines.append("  " + "  ".join(cells).rstrip())
+    omitted = _count(evaluation.get("groups_omitted"))
+    if omitted:
+        lines.append(
+            f"  ({omitted} smaller groups have no row of their own; their items count in "
+            "'overall' and in the group-only AUC)"
+        )
     lines.append(
         _paragraph(
             "AUC: how well the score ranks positives above negatives (0.5 is chance), with "

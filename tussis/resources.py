@@ -290,7 +290,7 @@ class Evaluation:
     """A finished batch's evaluation (docs/batches.md "Evaluate a labelled batch")."""
 
     overall: Metrics
-    groups: dict[str, Metrics]
+    groups: dict[str, Metrics]  # the 50 largest groups
     group_only_auc: float | None
     model: EvaluatedModel
     threshold: float | None
@@ -299,6 +299,7 @@ class Evaluation:
     label_error_examples: list[dict[str, str]] = field(default_factory=list)
     failed: int = 0
     unlabelled: int = 0
+    groups_omitted: int = 0  # groups beyond the 50 largest: no figures of their own
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -315,6 +316,7 @@ class Evaluation:
             label_error_examples=list(errors.get("examples") or []),
             failed=int(data.get("failed") or 0),
             unlabelled=int(data.get("unlabelled") or 0),
+            groups_omitted=int(data.get("groups_omitted") or 0),
             raw=dict(data),
         )
 

@@ -193,8 +193,7 @@ def on_task_failure(sender: Any = None, exception: BaseException | None = None, 
             batch_ids = {b for b, _ in found if b is not None}
             recording_ids = {r for _, r in found if r is not None}
         for recording_id in recording_ids:
-            with rt.session() as session:
-                recording_work.complete(rt, session, recording_id)
+            recording_work.complete(rt, recording_id)
         for batch_id in batch_ids:
             with rt.session() as session:
                 batches.complete_and_notify(

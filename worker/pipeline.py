@@ -232,8 +232,7 @@ class Pipeline:
             with self.runtime.session() as session:
                 batches.complete_and_notify(session, batch_id, self.publish_callback)
         for recording_id in {i.recording_id for i in items if i.recording_id}:
-            with self.runtime.session() as session:
-                recording_work.complete(self.runtime, session, recording_id)
+            recording_work.complete(self.runtime, recording_id)
 
     def analyse(self, items: list[Claimed]) -> None:
         if self.settings.drill_task_delay_s:

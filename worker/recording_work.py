@@ -22,11 +22,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session
-
 from ml import counting, events
 from ml.events import Event
-from shared import jobs, recordings
+from shared import jobs, plots, recordings
 from shared.audio import AudioError
 from shared.long_audio import PartsReader, Pcm, read_samples, too_long, transcode, wav_pcm
 from shared.storage import AudioNotFound
@@ -247,8 +245,22 @@ def summarise(recording: Recording, rows: list[Job]) -> recordings.Outcome:
     return recordings.Outcome(result=result, events=[(e.start_s, e.end_s, e.score) for e in joined])
 
 
-def complete(runtime: Any, session: Session, recording_id: str) -> bool:
-    done = recordings.complete_if_done(session, recording_id, summarise)
-    if done:
-        log.info("recording %s: finished", recording_id)
-    return done
+def complete(runtime: Any, recording_id: str) -> bool:
+    """Finish the recording if its work is done; the caller whose compare-and-set lands
+    also draws its timeline into the recording store before the result is committed
+    (a failure rolls both back, and the sweeper's next completion tries again)."""
+    with runtime.session() as session:
+        done = recordings.complete_if_done(session, recording_id, summarise)
+        if not done:
+            return False
+        row = session.get(Recording, recording_id)
+        if row is not None and row.status == JobStatus.SUCCEEDED:
+            result = dict(row.result or {})
+            png = plots.timeline_png(
+                result.get("ten_minutes", []),
+                result.get("hourly", []),
+                title=row.label or row.filename or row.id,
+            )
+            runtime.recording_storage.put(recordings.timeline_key(recording_id), png)
+    log.info("recording %s: finished", recording_id)
+    return True

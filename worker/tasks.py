@@ -22,6 +22,7 @@ from shared.queue import (
     TASK_ANALYSE,
     TASK_ANALYSE_CHUNK,
     TASK_BATCH_CALLBACK,
+    TASK_EVALUATE,
     TASK_RETENTION,
     TASK_SPECTROGRAM,
     TASK_SWEEP,
@@ -34,6 +35,7 @@ from shared.queue import (
 from shared.retention import purge
 from shared.tables import utcnow
 from worker import callbacks, metrics, recording_work, runtime
+from worker.evaluation import evaluate_batch
 from worker.pipeline import Pipeline, draw_spectrogram
 
 log = logging.getLogger("tussis.worker")
@@ -114,6 +116,13 @@ def spectrogram(self: Task, job_id: str) -> bool:
         return draw_spectrogram(runtime.current(), job_id)
 
 
+@shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
+def evaluate(self: Task, batch_id: str) -> str | None:
+    """A finished batch's evaluation, computed once and stored (worker/evaluation.py)."""
+    with _retry_while_database_is_down(self):
+        return evaluate_batch(runtime.current(), batch_id)
+
+
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)
 def batch_callback(self: Task, batch_id: str) -> None:
     """POST the completion notice; retried with jittered exponential backoff, never
@@ -169,8 +178,7 @@ def sweep(self: Task) -> int:
     with rt.session() as session:
         unfinished = recordings.unfinished(session)
     for recording_id in unfinished:
-        with rt.session() as session:
-            recording_work.complete(rt, session, recording_id)
+        recording_work.complete(rt, recording_id)
     with rt.session() as session:
         # A retry's message is held by a worker until it is due, so a broker restart
         # loses it: a callback overdue by a minute is sent again (claim_callback lets

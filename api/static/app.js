@@ -737,6 +737,15 @@
         showEvaluation(run, url, response.body);
         return;
       }
+      if (response.status === 202) {
+        // A worker computes it once (then it is kept): ask again as Retry-After says.
+        if (attempt < 300) {
+          later(run, retryAfterMs(response.retryAfter), function () {
+            loadEvaluation(run, url, attempt + 1);
+          });
+        }
+        return;
+      }
       if (response.status === 401) {
         askForKey(response, function () {
           loadEvaluation(run, url, 0);
@@ -795,6 +804,10 @@
     var summary = overall.n + " labelled recording" + (overall.n === 1 ? "" : "s") +
       " scored by " + model.id + " · version " + model.version;
     if (ev.threshold != null) summary += ", which answers positive at " + pct(ev.threshold) + " or more";
+    if (ev.groups_omitted) {
+      summary += ". The " + ev.groups_omitted + " smaller groups have no row of their own (their " +
+        "recordings count in All labelled)";
+    }
     setText("evaluation-summary", summary + ".");
 
     var body = $("evaluation-rows");
@@ -804,6 +817,7 @@
     Object.keys(groups).sort().forEach(function (name) {
       evaluationRow(body, "Group " + name, groups[name] || {}, true);
     });
+
     show("evaluation-numbers", true);
 
     if (Object.keys(groups).length) {

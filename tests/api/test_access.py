@@ -316,6 +316,34 @@ def test_uploaded_bytes_are_limited_per_key(embedded: Settings, cough_file: Path
     assert upload(client, audio, bearer("b")).status_code == 202
 
 
+def test_a_chunked_body_is_charged_while_it_is_read(
+    embedded: Settings, cough_files: list[Path]
+) -> None:
+    """No Content-Length to charge up front: the bytes are charged as they arrive, and a
+    body that outgrows the budget is refused part-way, its files unstored."""
+    from urllib3 import encode_multipart_formdata
+
+    budget = 600 * 1024
+    app = create_app(configure(embedded, api_keys={"c": "carol"}, upload_bytes_per_minute=budget))
+    client = app.test_client()
+    files, size = [], 0
+    for f in cough_files:
+        files.append(("files", (f.name, f.read_bytes())))
+        size += f.stat().st_size
+        if size > 2 * budget:
+            break
+    body, content_type = encode_multipart_formdata(files)
+    chunked = {
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,  # what gunicorn says of a chunked body
+        "CONTENT_TYPE": content_type,
+        "HTTP_AUTHORIZATION": "Bearer c",
+    }
+    refused = client.open("/api/v1/batches", method="POST", environ_overrides=chunked)
+    assert_error(refused, 429, "rate_limited")
+    assert client.get("/api/v1/batches", headers=bearer("c")).get_json()["batches"] == []
+
+
 # --- response headers -----------------------------------------------------------------
 
 
@@ -335,3 +363,52 @@ def test_api_answers_carry_security_headers_and_no_cors(embedded: Settings) -> N
         assert not any(h.lower().startswith("access-control-") for h, _ in response.headers.items())
     page = client.get("/")
     assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_a_spectrogram_is_never_kept_by_a_cache(embedded: Settings, cough_file: Path) -> None:
+    """The review: the picture was served `private, max-age=3600`, so a browser kept a
+    picture of health data an hour after its DELETE. Every API answer is `no-store`."""
+    from shared.db import session_scope
+    from shared.storage import make_storage, spectrogram_key
+    from shared.tables import Job, JobStatus
+
+    client = create_app(embedded).test_client()
+    job_id = upload(client, cough_file.read_bytes()).get_json()["id"]
+    with session_scope(embedded.database_url) as session:  # as the worker leaves it
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status, job.has_spectrogram = JobStatus.SUCCEEDED, True
+        key = job.audio_key
+    make_storage(embedded.storage_url, embedded.database_url).put(
+        spectrogram_key(key), b"\x89PNG\r\n\x1a\n"
+    )
+    picture = client.get(f"/api/v1/jobs/{job_id}/spectrogram.png")
+    assert picture.status_code == 200 and picture.mimetype == "image/png"
+    assert picture.headers["Cache-Control"] == "no-store"
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    assert_error(client.get(f"/api/v1/jobs/{job_id}/spectrogram.png"), 404, "job_not_found")
+
+
+def test_allowed_hosts_guard_a_keyed_deployment(embedded: Settings) -> None:
+    """TUSSIS_ALLOWED_HOSTS: a keyed deployment answers only the names it is reached by
+    (and loopback names); probes and /metrics answer any Host, as orchestrators and
+    Prometheus reach them by address."""
+    client = create_app(
+        configure(embedded, api_keys={"k": "ops"}, allowed_hosts=".example.org,api.tussis.test")
+    ).test_client()
+    key = bearer("k")
+    for host in ("api.tussis.test", "API.Tussis.Test:443", "eu.example.org", "localhost:5000"):
+        assert client.get("/api/v1/jobs", headers={**key, "Host": host}).status_code == 200, host
+    for host in ("rebind.attacker.example", "example.org.attacker.example", "10.0.0.7:5000"):
+        refused = client.get("/api/v1/jobs", headers={**key, "Host": host})
+        assert_error(refused, 400, "host_not_allowed")
+        assert_error(
+            client.get("/api/v1/openapi.json", headers={"Host": host}), 400, "host_not_allowed"
+        )
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200
+        assert client.get("/metrics", headers={"Host": host}).status_code == 200
+    # Unset, a keyed deployment answers any name: the key is what guards it.
+    anyhost = create_app(configure(embedded, api_keys={"k": "ops"})).test_client()
+    assert (
+        anyhost.get("/api/v1/jobs", headers={**key, "Host": "whatever.example"}).status_code == 200
+    )

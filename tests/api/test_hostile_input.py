@@ -8,6 +8,7 @@ one that refuses NUL bytes in text, which is how they once reached a 500."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -261,6 +262,37 @@ def test_odd_labels_csv_shapes_are_not_errors(client: FlaskClient) -> None:
     assert response.status_code == 202, response.get_data(as_text=True)
     items = client.get(f"/api/v1/batches/{response.get_json()['id']}/items").get_json()
     assert [i["label"] for i in items["items"]] == ["sick"]
+
+
+# --- what comes back: the results CSV -------------------------------------------------------
+
+FORMULAS = ["=1+1", "+cmd|' /C calc'!A0", "-2+3", "@SUM(1+1)"]
+
+
+def test_results_csv_cells_never_start_a_spreadsheet_formula(client: FlaskClient) -> None:
+    """The review: file names such as =HYPERLINK(...), +cmd.mp3, -2+3.mp3, @SUM(1+1).mp3
+    and a label or group =1+1 came back verbatim in results.csv, where a spreadsheet
+    runs them. OWASP's rule: such a cell is written behind an apostrophe."""
+    names = ['=HYPERLINK("evil.example","open").wav', "+cmd.wav", "-2+3.wav", "@SUM(1+1).wav"]
+    members = {name: pcm16_wav(noise(SECONDS, seed=i)) for i, name in enumerate(names)}
+    members["labels.csv"] = (
+        "path,label,group\n"
+        + "".join(
+            f'"{n.replace(chr(34), 2 * chr(34))}",{f},{f}\n'
+            for n, f in zip(names, FORMULAS, strict=True)
+        )
+    ).encode()
+    response = post_zip(client, make_zip(members))
+    assert response.status_code == 202, response.get_data(as_text=True)
+    text = client.get(response.get_json()["links"]["results"]).get_data(as_text=True)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 4
+    for row in rows:
+        for column, cell in row.items():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), (column, cell)
+    assert sorted(r["path"] for r in rows) == sorted("'" + n for n in names)
+    assert sorted(r["label"] for r in rows) == sorted("'" + f for f in FORMULAS)
+    assert sorted(r["group"] for r in rows) == sorted("'" + f for f in FORMULAS)
 
 
 # --- sizes: URLs and headers --------------------------------------------------------------

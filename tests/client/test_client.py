@@ -482,9 +482,14 @@ def test_submit_sends_labels_and_results_shows_the_evaluation(
         rel: labels.get(rel, (None, None)) for rel in files
     }
 
-    evaluation = requests.get(
-        f"{stack.url}/api/v1/batches/{report['batch_id']}/evaluation", timeout=30
-    ).json()
+    # The first request asks the worker, which computes it once (202 until then).
+    url = f"{stack.url}/api/v1/batches/{report['batch_id']}/evaluation"
+    evaluation = wait_until(
+        lambda: (r := requests.get(url, timeout=30)).status_code != 202 and r.json(),
+        120,
+        "the worker's evaluation",
+        0.2,
+    )
     overall = evaluation["overall"]
     assert set(evaluation["groups"]) == {"site-a", "site-b"}
     # Every labelled item is counted once: scored, a label error, refused by the gate or failed.

@@ -7,13 +7,18 @@ rate limit, tests/client/test_library.py the real stack.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +177,72 @@ def test_an_unreachable_server_is_reported_after_a_few_quick_retries(scripted) -
     with pytest.raises(ServerUnreachable, match="cannot reach"):
         Client(url).models()
     assert time.monotonic() - started < 10
+
+
+def test_the_results_csv_written_never_starts_a_formula_whatever_the_server_sent(
+    tmp_path: Path,
+) -> None:
+    """``tussis results`` and ``Batch.to_csv`` apply the CSV cell rule themselves
+    (tussis/csv_cells.py), so a file they write is safe to open in a spreadsheet even
+    from a server that predates it. This one plays such a server."""
+    from tests.stack import BIN
+
+    older = (
+        b"path,status,label,group,score\r\n"
+        b'"=HYPERLINK(""http://evil.example"",""open"").wav",succeeded,=1+1,@SUM(1+1),0.25\r\n'
+        b'+cmd.wav,failed,-2+3,"multi\nline",-0.5\r\n'
+        b"plain.wav,succeeded,sick,site-a,1e-3\r\n"
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path.endswith("/results.csv"):
+                body, kind = older, "text/csv"
+            else:
+                body, kind = (
+                    json.dumps({"id": "b1", "status": "completed"}).encode(),
+                    "application/json",
+                )
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSIS_")}
+    try:
+        out = tmp_path / "results.csv"
+        written = subprocess.run(
+            [str(BIN / "tussis"), "results", "b1", "--server", url, "--out", str(out)],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        printed = subprocess.run(
+            [str(BIN / "tussis"), "results", "b1", "--server", url],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        library = Client(url).batch("b1").to_csv(tmp_path / "library.csv")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert written.returncode == 0 and printed.returncode == 0, (written.stderr, printed.stderr)
+    expected = [
+        ["path", "status", "label", "group", "score"],
+        [
+            '\'=HYPERLINK("http://evil.example","open").wav',
+            "succeeded",
+            "'=1+1",
+            "'@SUM(1+1)",
+            "0.25",
+        ],
+        ["'+cmd.wav", "failed", "'-2+3", "multi\nline", "-0.5"],
+        ["plain.wav", "succeeded", "sick", "site-a", "1e-3"],
+    ]
+    assert list(csv.reader(out.open(newline=""))) == expected
+    assert list(csv.reader(io.StringIO(printed.stdout, newline=""))) == expected
+    assert list(csv.reader(library.open(newline=""))) == expected

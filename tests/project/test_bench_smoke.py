@@ -79,6 +79,29 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
     assert re.search(r"celery child 1 \(models loaded\)\s+\d+\.\d MiB", out), out
 
 
+def test_the_benchmark_runs_its_evaluation_part() -> None:
+    """The evaluation part (issue 24) needs no stack: a small cohort, in-process."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "scripts/bench.py",
+            "evaluation",
+            "--eval-items",
+            "300",
+            "--eval-groups",
+            "60",
+        ],
+        cwd=PROJECT_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TUSSIS_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert re.search(r"a request now, from the stored row\s+median\s+\d+\.\d+ ms", run.stdout)
+    assert re.search(r"a request before / a request now, same run\s+\d+x", run.stdout), run.stdout
+
+
 @pytest.mark.integration
 def test_the_long_recording_benchmark_parts_run(tmp_path: object) -> None:
     """`bench.py long` (a short recording through a real embedded stack, against the bare

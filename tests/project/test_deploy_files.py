@@ -161,7 +161,7 @@ def test_prometheus_scrapes_the_api_and_each_worker_on_the_configured_port(
     api = jobs["tussis-api"]
     assert api["metrics_path"] == "/metrics"
     assert api["static_configs"][0]["targets"] == ["api:5000"]
-    assert "5000:5000" in compose["services"]["api"]["ports"]
+    assert "ports" not in compose["services"]["api"]  # only the proxy is published
     worker = jobs["tussis-worker"]["dns_sd_configs"][0]
     assert worker["names"] == ["worker"]
     assert str(worker["port"]) == compose["x-app"]["environment"]["TUSSIS_WORKER_METRICS_PORT"]
@@ -190,3 +190,54 @@ def test_the_dashboard_queries_only_metrics_the_code_declares() -> None:
     # Every declared metric has a panel.
     unshown = sorted(declared - {base(name) for name in used})
     assert not unshown, f"metrics without a panel: {unshown}"
+
+
+# --- the proxy in front of the API ------------------------------------------------------
+
+NGINX_CONF = DEPLOY / "nginx.conf"
+
+
+def nginx_directives(block: str) -> dict[str, list[str]]:
+    """``name -> [values]`` of the simple directives in one ``location`` block of
+    deploy/nginx.conf (``server`` for the server block's own)."""
+    text = re.sub(r"#.*", "", NGINX_CONF.read_text())
+    if block == "server":
+        body = text.split("server {", 1)[1]
+        body = re.sub(r"location[^{]*\{[^}]*\}", "", body)
+    else:
+        body = re.search(r"location\s+" + re.escape(block) + r"\s*\{([^}]*)\}", text).group(1)  # type: ignore[union-attr]
+    found: dict[str, list[str]] = {}
+    for name, value in re.findall(r"^\s*([a-z_]+)\s+([^;{]*);", body, re.M):
+        found.setdefault(name, []).append(value.strip())
+    return found
+
+
+def test_only_the_proxy_is_published_and_it_runs_the_deploy_config(
+    compose: dict[str, Any],
+) -> None:
+    proxy = compose["services"]["proxy"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in proxy["volumes"]}
+    assert mounts["./deploy/nginx.conf"] == "/etc/nginx/tussis.conf"
+    dockerfile = (DEPLOY / proxy["build"]["dockerfile"]).read_text()
+    assert "nginx-light" in dockerfile and "/etc/nginx/tussis.conf" in dockerfile
+    assert proxy["ports"] == ["5000:8080"]
+    published = [name for name, s in compose["services"].items() if s.get("ports")]
+    assert sorted(published) == ["prometheus", "proxy"]
+    assert "server api:5000;" in NGINX_CONF.read_text()
+    assert "listen 8080;" in NGINX_CONF.read_text()
+
+
+def test_the_proxy_outwaits_long_polls_and_batch_intake_and_streams_large_uploads() -> None:
+    def seconds(value: str) -> int:
+        return int(value.removesuffix("s"))
+
+    server = nginx_directives("server")
+    # Prefer: wait=N holds a poll up to 60 s (docs/api.md).
+    assert seconds(server["proxy_read_timeout"][0]) > 60
+    for location in ("/api/v1/batches", "/api/v1/recordings"):
+        upload = nginx_directives(location)
+        assert upload["proxy_request_buffering"] == ["off"], location
+        assert upload["client_max_body_size"] == ["2g"], location
+        # The API answers a batch once every file is checked: gunicorn's --timeout.
+        assert seconds(upload["proxy_read_timeout"][0]) > 300, location
+    assert server["proxy_http_version"] == ["1.1"]  # chunked bodies stream, not spool

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -27,7 +28,7 @@ from shared.config import Settings
 from shared.tables import Batch, BatchStatus, utcnow
 from tests.api.conftest import assert_error
 from tests.api.test_batches import post_files
-from tests.conftest import base_settings, configure
+from tests.conftest import base_settings, configure, require
 from worker import callbacks
 from worker.runtime import Runtime
 
@@ -38,7 +39,12 @@ SECRET = "s3cret"
 class Receiver:
     """An HTTP server on 127.0.0.1 that records every request, whatever its method."""
 
-    def __init__(self, statuses: list[int] | None = None, location: str | None = None) -> None:
+    def __init__(
+        self,
+        statuses: list[int] | None = None,
+        location: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.statuses = list(statuses or [204])
         self.location = location
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
@@ -61,7 +67,7 @@ class Receiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.server = HTTPServer((host, 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
@@ -182,6 +188,67 @@ def test_submission_accepts_an_internal_address_in_the_allow_list(
     response = post_files(client, [("a.mp3", cough_file.read_bytes())], callback_url=url)
     assert response.status_code == 202, response.get_data(as_text=True)
     assert response.get_json()["callback"]["url"] == url
+
+
+def own_address() -> ipaddress.IPv4Address:
+    """This host's address towards the outside: the source the kernel picks for a
+    packet to TEST-NET-3 (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("203.0.113.1", 9))
+        except OSError:
+            require(False, "this host has no route outside loopback")
+        address = ipaddress.IPv4Address(sock.getsockname()[0])
+    require(not address.is_loopback, "this host has no address outside loopback")
+    return address
+
+
+def test_the_hosts_own_addresses_are_refused_even_inside_an_allowed_network(
+    settings: Settings, cough_file: Path, receivers: list[Receiver]
+) -> None:
+    """The review: the guard allowed the host's own public address on any port, so a
+    callback could reach a service of the worker's host that listens on every
+    interface (Redis, the worker's metrics port). Here a service listens on all
+    interfaces, and the operator allowed the private network around the host's own
+    address for their receivers: that must not open the host itself."""
+    own = own_address()
+    service = start(receivers, host="0.0.0.0")
+    url = f"http://{own}:{service.server.server_port}/hook"
+    network = (ipaddress.ip_network(f"{own}/24", strict=False),)
+
+    refused = post_files(
+        api_client(settings, callback_allowed_networks=network),
+        [("a.mp3", cough_file.read_bytes())],
+        callback_url=url,
+    )
+    assert_error(refused, 400, "callback_address_not_allowed")
+    assert "this host's own address" in refused.get_json()["error"]["message"]
+    # Not in any allow-list: named as the host's own (a public one would be caught here).
+    unlisted = post_files(
+        api_client(settings), [("a.mp3", cough_file.read_bytes())], callback_url=url
+    )
+    assert "this host's own address" in unlisted.get_json()["error"]["message"]
+
+    # At delivery (and on the connected socket) the same.
+    rt = Runtime(configure(settings, callback_allowed_networks=network, callback_secret=SECRET))
+    batch_id = completed_batch(rt, url)
+    assert callbacks.deliver(rt, batch_id) is None
+    assert row(rt, batch_id).callback_state == batches.CALLBACK_FAILED
+    with callbacks.guarded_session(network) as session, pytest.raises(netguard.CallbackUrlError):
+        session.post(url, data=b"{}", timeout=5, allow_redirects=False)
+    assert service.requests == []
+
+    # Named by itself, the address is the operator's explicit choice.
+    exact = (ipaddress.ip_network(f"{own}/32"),)
+    accepted = post_files(
+        api_client(settings, callback_allowed_networks=exact),
+        [("a.mp3", cough_file.read_bytes())],
+        callback_url=url,
+    )
+    assert accepted.status_code == 202, accepted.get_data(as_text=True)
+    with callbacks.guarded_session(exact) as session:
+        assert session.post(url, data=b"{}", timeout=5).status_code == 204
+    assert len(service.requests) == 1
 
 
 # --- delivery -----------------------------------------------------------------------
