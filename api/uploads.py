@@ -75,6 +75,18 @@ class UploadState(BaseModel):
     recording: str | None = Field(description="The recording's URL once the upload is complete.")
 
 
+@bp.after_request
+def _discovery(response: Response) -> Response:
+    """tus discovery: an ``OPTIONS`` request (answered by Flask itself) says the
+    protocol version, the extensions and the largest upload."""
+    if request.method == "OPTIONS" and response.status_code < 300:
+        response.headers["Tus-Resumable"] = TUS_VERSION
+        response.headers["Tus-Version"] = TUS_VERSION
+        response.headers["Tus-Extension"] = TUS_EXTENSIONS
+        response.headers["Tus-Max-Size"] = str(intake.settings().max_recording_bytes)
+    return response
+
+
 def _tus(response: Response) -> Response:
     response.headers["Tus-Resumable"] = TUS_VERSION
     response.headers["Cache-Control"] = "no-store"

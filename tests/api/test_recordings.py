@@ -293,6 +293,14 @@ def test_a_resumable_upload_resumes_and_becomes_a_recording(
     assert_nothing_left(rec_settings)
 
 
+def test_tus_discovery(client: FlaskClient, rec_settings: Settings) -> None:
+    answer = client.options("/api/v1/uploads")
+    assert answer.status_code < 300
+    assert answer.headers["Tus-Version"] == "1.0.0"
+    assert answer.headers["Tus-Extension"] == "creation,termination"
+    assert answer.headers["Tus-Max-Size"] == str(rec_settings.max_recording_bytes)
+
+
 def test_tus_refusals_and_termination(client: FlaskClient, rec_settings: Settings) -> None:
     assert_error(
         client.post("/api/v1/uploads", headers={"Upload-Length": "10"}),
