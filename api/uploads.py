@@ -305,8 +305,10 @@ def append(path: UploadPath) -> Response:
         )
     if row.recording_id or row.offset >= row.length:
         raise ApiError(409, "upload_finished", "This upload is complete; nothing more to send.")
-    # The clips' body limit is the app's; a PATCH may carry what is left of the upload.
-    request.max_content_length = row.length - row.offset
+    # The clips' body limit is the app's. Under a server that marks its input terminated
+    # (gunicorn), Werkzeug refuses a read once the limit is reached, even the read that
+    # finds the end: one byte of room, so a PATCH of exactly what is left goes through.
+    request.max_content_length = row.length - row.offset + 1
     too_many = ApiError(
         413,
         "upload_too_large",

@@ -32,10 +32,14 @@ def long_stack(
         settings = base_settings(tmp_path, model_bundle=DEFAULT_MODEL)
         migrate(settings.database_url)
     else:
+        # A database of its own: no API key in it, so the stack serves loopback openly
+        # (the session's shared database holds other tests' keys).
+        database_url = normalise_database_url(request.getfixturevalue("fresh_postgres_url"))
+        migrate(database_url)
         settings = base_settings(
             tmp_path,
             model_bundle=DEFAULT_MODEL,
-            database_url=normalise_database_url(request.getfixturevalue("postgres_url")),
+            database_url=database_url,
             broker_url=request.getfixturevalue("redis_url"),
             recording_storage_url=request.getfixturevalue("s3_url"),
             s3_endpoint_url=request.getfixturevalue("s3_endpoint"),
