@@ -1,16 +1,16 @@
-"""``tussis train-cough-gate``: the detector that says whether a recording
-contains a cough at all, before any diagnosis is attempted.
+"""``tussis train-cough-gate``: the cough detector, which says whether a recording
+contains a cough at all before any diagnosis is attempted, and finds the coughs of
+long recordings.
 
-It scores every YAMNet window (0.975 s, every 0.48 s) with a logistic head on
-the window's embedding and its 521 AudioSet class scores (as logits), next to
-the same for the whole recording (mean and maximum logits, mean embedding), and
-takes the maximum over windows: a single cough inside a long, mostly silent
-recording is enough, the windows that pass are where the cough is
-(``Prediction.segments``), and a cough-like burst in a recording of speech or
-sneezing is judged with that context.
+It scores every YAMNet window (0.975 s, every 0.48 s) from that window's embedding
+and 521 AudioSet class scores (as logits), with one of the designs of
+``ml.detector``, and takes the maximum over windows: a single cough inside a long,
+mostly silent recording is enough, and the windows that pass are where the cough
+is (``Prediction.segments``). A window's score depends on that window alone, so a
+long recording scored in segments gives the same scores as scored whole.
 
-Training is multiple-instance: a cough recording says that *some* window holds
-a cough, not which. Its positive windows are the two loudest-ranked by YAMNet's
+Training is multiple-instance: a cough recording says that *some* window holds a
+cough, not which. Its positive windows are the two loudest-ranked by YAMNet's
 own ``Cough`` score among windows within 15 dB of the recording's loudest; every
 window of a non-cough recording is negative, and so is the room tone around a
 cough padded with silence. Coughs are augmented with every condition of
@@ -19,9 +19,12 @@ and the room), so that none of those conditions alone means "cough".
 
 Recordings are split into train, validation and test by recording (by
 participant where the file names say who recorded them); recordings of an
-evaluation-only source (``ml.gate_data``) always go to test. The threshold keeps
-97 % of validation coughs in every condition; every figure in the card is
-measured on the test split, which nothing was chosen on.
+evaluation-only source (``ml.gate_data``) always go to test. Every design is
+fitted on train; each gets the threshold that keeps 97 % of validation coughs in
+every condition, and the design accepting the fewest validation non-coughs per
+category (then overall) is shipped. The counting threshold is chosen apart, on
+long recordings made from the validation split (``ml.long_recordings``,
+``ml.counting``). Every figure in the card is measured on data nothing was chosen on.
 """
 
 from __future__ import annotations

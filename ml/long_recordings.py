@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import csv
 import json
-import wave
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +52,7 @@ from ml import conditions, events
 from ml.cough_gate import Clip, read_coughs, read_labelled, split_of
 from ml.counting import Span, write_annotation
 from ml.gate_data import EVAL_ONLY_PREFIX, RECORD
+from ml.negatives import write_wav
 from shared.audio import AudioError, decode
 
 RATE = events.SAMPLE_RATE
@@ -293,7 +293,7 @@ def make_long_recordings(
                 annotation += [
                     Span(round((at + s) / RATE, 3), round((at + e) / RATE, 3)) for s, e in runs
                 ]
-        _write_wav(out / f"{name}.wav", audio)
+        write_wav(out / f"{name}.wav", audio)
         write_annotation(out / f"{name}.csv", sorted(annotation, key=lambda s: s.start_s))
         with open(out / f"{name}.placed.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(Placed.__dataclass_fields__))
@@ -335,12 +335,3 @@ def make_long_recordings(
     }
     (out / "SET.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
-
-
-def _write_wav(path: Path, samples: Sequence[float] | np.ndarray) -> None:
-    pcm = (np.clip(np.asarray(samples), -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(pcm.tobytes())

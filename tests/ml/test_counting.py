@@ -4,7 +4,6 @@ and scored a segment at a time giving what the whole recording gives."""
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from ml import counting, events, yamnet
 from ml.counting import Recording, Span
+from ml.negatives import write_wav
 
 SR = yamnet.SAMPLE_RATE
 
@@ -96,14 +96,6 @@ def test_the_counting_threshold_is_the_most_sensitive_within_the_false_positive_
     assert counting.choose_threshold(recs, 0.0, (0.2, 0.35))[0] == 0.35
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-
-
 def _bursts(seconds: float, at: list[float], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(int(seconds * SR)) * 1e-3).astype(np.float32)
@@ -125,7 +117,7 @@ def test_a_recording_read_a_segment_at_a_time_gives_the_whole_recordings_events(
     tmp_path: Path, windows_per_segment: int
 ) -> None:
     x = _bursts(200.0, [3.0, 59.9, 60.1, 121.3, 199.5])
-    _write_wav(tmp_path / "r.wav", x)
+    write_wav(tmp_path / "r.wav", x)
     pcm = np.frombuffer((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes(), "<i2")
     whole = (pcm / 32768.0).astype(np.float32)  # what the file decodes to
     calls: list[int] = []
@@ -149,7 +141,7 @@ def test_a_recording_read_a_segment_at_a_time_gives_the_whole_recordings_events(
 
 
 def test_evaluating_a_folder_needs_an_annotation_beside_each_recording(tmp_path: Path) -> None:
-    _write_wav(tmp_path / "a.wav", np.zeros(SR, np.float32))
+    write_wav(tmp_path / "a.wav", np.zeros(SR, np.float32))
     with pytest.raises(ValueError, match=r"no annotation a\.csv"):
         counting.long_recordings(tmp_path)
     (tmp_path / "a.csv").write_text("start_s,end_s\n")

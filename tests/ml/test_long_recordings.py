@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from ml import events
 from ml.cough_gate import read_labelled, split_of
 from ml.counting import read_annotation
 from ml.long_recordings import make_long_recordings
+from ml.negatives import write_wav
 from shared.audio import decode
 
 RATE = 16000
@@ -23,11 +23,7 @@ RATE = 16000
 
 def _wav(path: Path, samples: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    write_wav(path, samples)
 
 
 @pytest.fixture(scope="module")
