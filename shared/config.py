@@ -233,11 +233,12 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = _env(
         "TUSSIS_RETRY_AFTER",
-        "The `Retry-After` value (in seconds) on `202` responses and on polls of unfinished jobs "
-        "and batches.",
-        2,
-        ge=0,
-        shown_default="`2`",
+        "The longest `Retry-After` (in seconds) on `202` responses and on polls of unfinished "
+        "jobs and batches. Below it, the value is estimated from the queue (see "
+        "[Retry-After](api.md#retry-after)); it is never below 1.",
+        30,
+        ge=1,
+        shown_default="`30`",
     )
     worker_concurrency: int = _env(
         "TUSSIS_WORKER_CONCURRENCY",
@@ -286,6 +287,17 @@ class Settings(BaseSettings):
         "otherwise it refuses to start.",
         "127.0.0.1:5000",
         shown_default="`127.0.0.1:5000`",
+    )
+    api_threads: int = _env(
+        "TUSSIS_API_THREADS",
+        "Threads per gunicorn worker process (`gthread` workers, `gunicorn.conf.py`). A long poll "
+        "(`Prefer: wait`) holds one while it waits, but no database connection; each process "
+        "keeps 8 of them for other requests, so one process holds up to this minus 8 waiting "
+        "clients (docs/performance.md).",
+        300,
+        ge=2,
+        le=2000,
+        shown_default="`300`",
     )
     rate_limit: str = _env(
         "TUSSIS_RATE_LIMIT",

@@ -127,6 +127,10 @@ class Job(Base):
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_batch_seq", "batch_id", "batch_seq"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # A queued job's position, and the oldest queued single jobs (coalescing).
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # The completion rate of the last minute (Retry-After).
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     @property

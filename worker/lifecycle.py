@@ -189,10 +189,14 @@ def on_task_failure(sender: Any = None, exception: BaseException | None = None, 
             )
             found = session.scalars(select(Job.batch_id).where(Job.id.in_(job_ids)))
             batch_ids = {b for b in found if b is not None}
+        rt.notifier.jobs(job_ids)
         for batch_id in batch_ids:
             with rt.session() as session:
                 batches.complete_and_notify(
-                    session, batch_id, lambda b: publish_callback(sender.app, rt.settings, b)
+                    session,
+                    batch_id,
+                    lambda b: publish_callback(sender.app, rt.settings, b),
+                    rt.notifier.batch,
                 )
         metrics.job_finished("failed", "timeout", count=n)
         log.warning("hard time limit: %d job(s) recorded as timeout", n)

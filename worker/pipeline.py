@@ -109,6 +109,7 @@ class Pipeline:
                 **details,
             )
         if ok:
+            self.runtime.notifier.jobs([item.job_id])
             metrics.job_finished("failed", code)
         else:
             log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
@@ -139,6 +140,7 @@ class Pipeline:
             return
         log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
         if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
+            self.runtime.notifier.jobs([job_id])
             metrics.job_finished("failed", "worker_lost")
             claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
 
@@ -197,7 +199,9 @@ class Pipeline:
                     )
         for batch_id in {i.batch_id for i in items if i.batch_id}:
             with self.runtime.session() as session:
-                batches.complete_and_notify(session, batch_id, self.publish_callback)
+                batches.complete_and_notify(
+                    session, batch_id, self.publish_callback, self.runtime.notifier.batch
+                )
 
     def analyse(self, items: list[Claimed]) -> None:
         if self.settings.drill_task_delay_s:
@@ -286,6 +290,7 @@ class Pipeline:
                     cough_segments=gate_verdict.segments,
                 )
             if ok:
+                self.runtime.notifier.jobs([item.job_id])
                 metrics.job_finished("succeeded")
             else:
                 log.warning(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from shared import notify
 from shared.config import Settings
 from shared.db import session_scope
 from shared.jobs import this_worker_id
@@ -41,6 +42,8 @@ class Runtime:
         self.settings = settings
         self.storage: AudioStorage = make_storage(settings.storage_url, settings.database_url)
         self.served_fingerprints: list[str] = []
+        # Wakes the API's long polls once a job or batch is finished (after the commit).
+        self.notifier = notify.Publisher(settings)
         self._models: Models | None = None
         self._error: Exception | None = None
         self._lock = threading.Lock()

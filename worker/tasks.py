@@ -154,7 +154,9 @@ def sweep(self: Task) -> int:
         running = batches.running_batches(session)
     for batch_id in running:
         with rt.session() as session:
-            batches.complete_and_notify(session, batch_id, _callback_publisher(self))
+            batches.complete_and_notify(
+                session, batch_id, _callback_publisher(self), rt.notifier.batch
+            )
     with rt.session() as session:
         # A retry's message is held by a worker until it is due, so a broker restart
         # loses it: a callback overdue by a minute is sent again (claim_callback lets
