@@ -249,9 +249,12 @@ def get_spectrogram(path: JobPath) -> Response:
         return response
     if not drawable:
         raise missing
-    # Drawn only for those who look at it: the analysis never spends time on it.
-    # A repeated request while it is drawn queues another task that finds it done.
-    intake.publish_spectrogram(job_id)
+    # Drawn only for those who look at it: the analysis never spends time on it. One
+    # render is queued at a time: repeated requests while it is drawn queue nothing.
+    with session_scope(settings.database_url) as session:
+        ask = jobs.ask_for_spectrogram(session, job_id)
+    if ask:
+        intake.publish_spectrogram(job_id)
     response = jsonify(
         status="drawing",
         message="The spectrogram is being drawn; ask again in a moment.",

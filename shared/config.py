@@ -431,6 +431,17 @@ class Settings(BaseSettings):
         16,
         shown_default="`16`",
     )
+    coalesce_jobs: int = _env(
+        "TUSSIS_COALESCE_JOBS",
+        "When a worker child takes a single job's message, it also claims up to this many other "
+        "queued single jobs (oldest first) and runs them together through the batch pipeline, "
+        "one model call for all. With one job queued it runs alone, at once. `0` runs each "
+        "single job on its own.",
+        15,
+        ge=0,
+        le=500,
+        shown_default="`15`",
+    )
     callback_secret: SecretStr = _env(
         "TUSSIS_CALLBACK_SECRET",
         "The key that signs batch callbacks: the Standard Webhooks `webhook-signature` and the "

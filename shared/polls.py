@@ -13,10 +13,11 @@ the row on it), or an owner already known (a bootstrap key, open mode).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from functools import cache
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Row,
     Select,
     and_,
+    bindparam,
     case,
     func,
     select,
@@ -32,8 +34,6 @@ from sqlalchemy.orm import aliased
 
 from shared.batches import Counts
 from shared.tables import ApiKey, Batch, Job, JobStatus
-
-T = TypeVar("T")
 
 # What a job's body shows (api/representation.py job_to_dict), and nothing else: not
 # the owner, the audio key, the lease or the worker.
@@ -108,22 +108,29 @@ class Polled:
     rows: list[Any] = field(default_factory=list)
 
 
-def _keyed(access: Access, columns: Sequence[Any], target: Any, on: ColumnElement[bool]) -> Select:
+def _keyed(keyed: bool, columns: Sequence[Any], target: Any, on: ColumnElement[bool]) -> Select:
     """``SELECT key columns, columns FROM api_keys LEFT JOIN target ON on AND owner = key's``
-    for a database key; ``SELECT columns FROM target WHERE on AND owner = ...`` otherwise."""
-    if access.key_hash is not None:
+    for a database key (``:key_hash``); ``SELECT columns FROM target WHERE on AND owner =
+    :owner`` otherwise."""
+    if keyed:
         return (
             select(*_KEY_COLUMNS, *columns)
             .select_from(ApiKey)
             .outerjoin(target, and_(on, target.owner == ApiKey.owner))
-            .where(ApiKey.key_hash == access.key_hash, ApiKey.revoked.is_(False))
+            .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked.is_(False))
         )
-    return select(*columns).select_from(target).where(on, target.owner == access.owner)
+    return select(*columns).select_from(target).where(on, target.owner == bindparam("owner"))
 
 
-def _run(conn: Connection, access: Access, statement: Select, present: str) -> Polled:
-    rows = list(conn.execute(statement).all())
-    if access.key_hash is None:
+def _run(
+    conn: Connection, access: Access, build: Callable[[bool], Select], present: str, **params: Any
+) -> Polled:
+    keyed = access.key_hash is not None
+    values = {**params, **({"key_hash": access.key_hash} if keyed else {"owner": access.owner})}
+    # The statements are built once per process (they only take parameters), so a poll
+    # spends nothing on building SQL.
+    rows = list(conn.execute(build(keyed), values).all())
+    if not keyed:
         return Polled(True, None, rows)
     if not rows:
         return Polled(False)
@@ -146,33 +153,41 @@ def _ahead() -> Any:
     return case((Job.status == JobStatus.QUEUED, count), else_=None).label("ahead")
 
 
+@cache
+def _job_statement(keyed: bool) -> Select:
+    return _keyed(keyed, (*JOB_COLUMNS, _ahead()), Job, Job.id == bindparam("job_id"))
+
+
 def job(conn: Connection, access: Access, job_id: str) -> Polled:
     """The key and the job (``rows``: none, or the one job row, with ``ahead``)."""
-    statement = _keyed(access, (*JOB_COLUMNS, _ahead()), Job, Job.id == job_id)
-    return _run(conn, access, statement, "id")
+    return _run(conn, access, _job_statement, "id", job_id=job_id)
 
 
-def batch(conn: Connection, access: Access, batch_id: str) -> Polled:
-    """The key, the batch and its items' counts by status (``rows``: one per status the
-    items are in, each repeating the batch's columns; one with ``item_status`` None for
-    a batch without items; none when there is no such batch)."""
+@cache
+def _batch_statement(keyed: bool) -> Select:
     counts = (
         select(
             Job.status.label("item_status"),
             func.count().label("item_count"),
             func.max(Job.finished_at).label("last_finished_at"),
         )
-        .where(Job.batch_id == batch_id)
+        .where(Job.batch_id == bindparam("batch_id"))
         .group_by(Job.status)
         .subquery()
     )
-    statement = _keyed(
-        access,
+    return _keyed(
+        keyed,
         (*BATCH_COLUMNS, counts.c.item_status, counts.c.item_count, counts.c.last_finished_at),
         Batch,
-        Batch.id == batch_id,
+        Batch.id == bindparam("batch_id"),
     ).outerjoin(counts, Batch.id.is_not(None))
-    return _run(conn, access, statement, "id")
+
+
+def batch(conn: Connection, access: Access, batch_id: str) -> Polled:
+    """The key, the batch and its items' counts by status (``rows``: one per status the
+    items are in, each repeating the batch's columns; one with ``item_status`` None for
+    a batch without items; none when there is no such batch)."""
+    return _run(conn, access, _batch_statement, "id", batch_id=batch_id)
 
 
 def batch_counts(rows: Sequence[Any]) -> Counts:
@@ -182,18 +197,30 @@ def batch_counts(rows: Sequence[Any]) -> Counts:
     )
 
 
+@cache
+def _items_statement(keyed: bool) -> Select:
+    columns = (Batch.id.label("found_batch"), *JOB_COLUMNS, Job.batch_seq)
+    return (
+        _keyed(keyed, columns, Batch, Batch.id == bindparam("batch_id"))
+        .outerjoin(Job, and_(Job.batch_id == Batch.id, Job.batch_seq > bindparam("after_seq")))
+        .order_by(Job.batch_seq)
+        .limit(bindparam("page_limit"))
+    )
+
+
 def items(conn: Connection, access: Access, batch_id: str, after_seq: int, limit: int) -> Polled:
     """The key, whether the batch is the caller's, and up to ``limit`` of its items after
     ``after_seq`` in upload order (``rows``: none when there is no such batch; else the
     items, or one row with ``id`` None for an empty page)."""
-    columns = (Batch.id.label("found_batch"), *JOB_COLUMNS, Job.batch_seq)
-    statement = (
-        _keyed(access, columns, Batch, Batch.id == batch_id)
-        .outerjoin(Job, and_(Job.batch_id == Batch.id, Job.batch_seq > after_seq))
-        .order_by(Job.batch_seq)
-        .limit(limit)
+    return _run(
+        conn,
+        access,
+        _items_statement,
+        "found_batch",
+        batch_id=batch_id,
+        after_seq=after_seq,
+        page_limit=limit,
     )
-    return _run(conn, access, statement, "found_batch")
 
 
 def page_items(rows: Sequence[Row[Any]]) -> list[Row[Any]]:

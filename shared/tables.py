@@ -118,6 +118,8 @@ class Job(Base):
     label: Mapped[str | None] = mapped_column(String(255))
     group: Mapped[str | None] = mapped_column(String(255))
     has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When a render of its picture was last queued: at most one is pending per job.
+    spectrogram_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Set when retention (or DELETE) removed the audio and spectrogram; the result stays.
     audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -146,10 +146,11 @@ class Pipeline:
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
         ready = []
+        # A chunk's audio in one read (one round trip on the database store).
+        stored = self.runtime.storage.get_many(item.audio_key for item in items)
         for item in items:
-            try:
-                data = self.runtime.storage.get(item.audio_key)
-            except AudioNotFound:
+            data = stored.get(item.audio_key)
+            if data is None:
                 self.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
                 continue
             try:
@@ -163,14 +164,45 @@ class Pipeline:
             ready.append(item)
         return ready
 
-    def run(self, job_ids: list[str]) -> None:
+    def run(self, job_ids: list[str], coalesce: int = 0) -> None:
+        """Analyse ``job_ids`` (a single job's delivery, or a batch chunk's). A single
+        job's first attempt takes up to ``coalesce`` other queued single jobs with it
+        (:meth:`coalesce`)."""
+        held = list(job_ids)
         try:
-            self._run(job_ids)
+            self._run(job_ids, coalesce, held)
         finally:
-            self.runtime.heartbeat.release(job_ids)
+            self.runtime.heartbeat.release(held)
 
-    def _run(self, job_ids: list[str]) -> None:
+    def coalesce(self, items: list[Claimed], limit: int) -> list[Claimed]:
+        """Other queued single jobs claimed to run in one chunk with ``items`` (a single
+        job claimed for its first attempt; a retry runs alone, so that a recording that
+        kills its worker takes no others with it)."""
+        if limit <= 0 or len(items) != 1 or items[0].done or items[0].attempt != 1:
+            return []
+        with self.runtime.session() as session:
+            more = jobs.claim_queued_singles(
+                session,
+                self.worker_id,
+                limit,
+                lease_s=self.settings.lease_s,
+                exclude=items[0].job_id,
+            )
+        if more:
+            self.runtime.heartbeat.hold([c.job_id for c in more])
+            log.info(
+                "job %s: %d more queued job(s) claimed with it: %s",
+                items[0].job_id,
+                len(more),
+                [c.job_id for c in more],
+            )
+        return [Claimed(c.job_id, c.attempt, c.audio_key, None) for c in more]
+
+    def _run(self, job_ids: list[str], coalesce: int, held: list[str]) -> None:
         items = self.claim(job_ids)
+        extra = self.coalesce(items, coalesce)
+        held.extend(c.job_id for c in extra)
+        items += extra
         active = [i for i in items if not i.done]
         try:
             if active:

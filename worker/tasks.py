@@ -74,7 +74,8 @@ def _callback_publisher(task: Task) -> Callable[[str], None]:
 @shared_task(name=TASK_ANALYSE, bind=True, max_retries=None)
 def analyse_job(self: Task, job_id: str) -> None:
     with _retry_while_database_is_down(self):
-        Pipeline(runtime.current(), _callback_publisher(self)).run([job_id])
+        rt = runtime.current()
+        Pipeline(rt, _callback_publisher(self)).run([job_id], coalesce=rt.settings.coalesce_jobs)
 
 
 @shared_task(name=TASK_ANALYSE_CHUNK, bind=True, max_retries=None)
