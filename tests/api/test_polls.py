@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, event, make_url
+from sqlalchemy import Engine, event, make_url, select
 
 from api import create_app
 from api.waiting import MAX_WAIT_S, capacity, requested_wait
@@ -135,7 +135,8 @@ def test_a_revoked_key_fails_on_its_next_poll(
 ) -> None:
     job_id = submit(client)
     batch_id = submit_batch(client)
-    urls = [f"/api/v1/jobs/{job_id}", f"/api/v1/batches/{batch_id}", f"/api/v1/batches/{batch_id}/items"]  # fmt: skip
+    batch_url = f"/api/v1/batches/{batch_id}"
+    urls = [f"/api/v1/jobs/{job_id}", batch_url, f"{batch_url}/items"]
     for url in urls:
         assert client.get(url).status_code == 200
     with session_scope(settings.database_url) as session:
@@ -187,16 +188,16 @@ def test_304_for_an_unchanged_batch_and_item_page_then_200_after_an_item_changes
     client: FlaskClient, settings: Settings
 ) -> None:
     batch_id = submit_batch(client)
-    for url in (f"/api/v1/batches/{batch_id}", f"/api/v1/batches/{batch_id}/items"):
-        etag = client.get(url).headers["ETag"]
-        assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
-    tags = {url: client.get(url).headers["ETag"] for url in (f"/api/v1/batches/{batch_id}", f"/api/v1/batches/{batch_id}/items")}  # fmt: skip
+    urls = (f"/api/v1/batches/{batch_id}", f"/api/v1/batches/{batch_id}/items")
+    tags = {}
+    for url in urls:
+        tags[url] = client.get(url).headers["ETag"]
+        assert client.get(url, headers={"If-None-Match": tags[url]}).status_code == 304
     with session_scope(settings.database_url) as session:
-        first = (
-            session.query(Job.id).filter(Job.batch_id == batch_id).order_by(Job.batch_seq).first()
-        )
-    assert first is not None
-    finish(settings, first.id)
+        first = session.scalars(
+            select(Job.id).where(Job.batch_id == batch_id).order_by(Job.batch_seq).limit(1)
+        ).one()
+    finish(settings, first)
     for url, etag in tags.items():
         response = client.get(url, headers={"If-None-Match": etag})
         assert response.status_code == 200, url
