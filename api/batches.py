@@ -79,8 +79,9 @@ _UPLOADED = contract.json_answer(
 )
 
 CSV_COLUMNS = [
-    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
-    "model_id", "model_version", "label", "group", "sha256", "job_id",
+    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "cough_threshold",
+    "error_code", "error_message", "model_id", "model_version", "label", "group", "sha256",
+    "job_id",
 ]  # fmt: skip
 
 
@@ -539,8 +540,8 @@ def _csv_row(job: Job) -> list[Any]:
     return [
         job.path, job.status, job.diagnosis, job.score,
         "" if job.cough_detected is None else str(job.cough_detected).lower(),
-        job.cough_score, job.error_code, job.model_id, job.model_version, job.label,
-        job.group, job.audio_sha256, job.id,
+        job.cough_score, job.cough_threshold, job.error_code, job.error_message,
+        job.model_id, job.model_version, job.label, job.group, job.audio_sha256, job.id,
     ]  # fmt: skip
 
 

@@ -301,6 +301,7 @@ def succeed(
     cough_detected: bool | None = None,
     cough_score: float | None = None,
     cough_segments: list[list[float]] | None = None,
+    cough_threshold: float | None = None,
 ) -> bool:
     return _finish(
         session,
@@ -317,6 +318,7 @@ def succeed(
         cough_detected=cough_detected,
         cough_score=cough_score,
         cough_segments=cough_segments,
+        cough_threshold=cough_threshold,
     )
 
 

@@ -101,6 +101,8 @@ class Job(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     cough_detected: Mapped[bool | None] = mapped_column(Boolean)
     cough_score: Mapped[float | None] = mapped_column(Float)
+    # The gate's threshold when it judged this recording: cough_score >= it is a cough.
+    cough_threshold: Mapped[float | None] = mapped_column(Float)
     # [[start_s, end_s], ...]: where the gate found a cough; on a refusal, the
     # window it scored highest (what it looked at).
     cough_segments: Mapped[list[list[float]] | None] = mapped_column(JSON)

@@ -36,6 +36,7 @@ class GateVerdict:
     detected: bool | None = None
     score: float | None = None
     segments: list[list[float]] | None = None
+    threshold: float | None = None
 
 
 # A score that is not a number (audio the API's checks let through, such as extreme
@@ -268,7 +269,9 @@ class Pipeline:
                 # Where the cough is; on a refusal, the window the gate liked best.
                 looked_at = verdict.segments if detected else (verdict.peak,)
                 segments = [list(s) for s in looked_at if s is not None] or None
-                cough[item.job_id] = GateVerdict(detected, verdict.score, segments)
+                cough[item.job_id] = GateVerdict(
+                    detected, verdict.score, segments, gate.manifest.threshold
+                )
                 if detected:
                     passed.append(item)
             ready = passed
@@ -283,6 +286,7 @@ class Pipeline:
                     cough_detected=False,
                     cough_score=verdict_of.score,
                     cough_segments=verdict_of.segments,
+                    cough_threshold=verdict_of.threshold,
                 )
         if not ready:
             return
@@ -320,6 +324,7 @@ class Pipeline:
                     cough_detected=gate_verdict.detected,
                     cough_score=gate_verdict.score,
                     cough_segments=gate_verdict.segments,
+                    cough_threshold=gate_verdict.threshold,
                 )
             if ok:
                 self.runtime.notifier.jobs([item.job_id])

@@ -452,7 +452,7 @@
       });
       setText(
         "result-cough",
-        coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, "at")
+        coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, " at")
       );
       setText("result-model", result.model_id + " · version " + result.model_version);
       showModelNote(result);
@@ -495,7 +495,9 @@
     var parts = segments.map(function (s) {
       return s[0].toFixed(1) + "–" + s[1].toFixed(1) + " s";
     });
-    return " " + lead + " " + parts.join(", ");
+    // ``lead`` brings its own spacing: " at", or "; it looked hardest at" (no space
+    // before the semicolon).
+    return lead + " " + parts.join(", ");
   }
 
   function coughText(detected, score) {
