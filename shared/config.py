@@ -217,8 +217,9 @@ class Settings(BaseSettings):
     requeue_after_s: float = _env(
         "TUSSIS_REQUEUE_AFTER",
         "The sweeper re-publishes a `queued` job that has not been published for this many seconds"
-        " (for a batch item: since it was accepted), and re-queues a callback not attempted this "
-        "long after its batch finished.",
+        " (for a batch item: since it was accepted). A batch's callback is re-queued once it is "
+        "overdue by the smaller of this and 60 s: never attempted that long after its batch "
+        "finished, or a retry that long past its planned time.",
         600.0,
         gt=0,
         shown_default="`600`",
