@@ -413,9 +413,10 @@ def wait_for_batch(
         first = True
         while True:
             left = None if deadline is None else deadline - time.monotonic()
-            wait = max(1, min(BATCH_WAIT_S, int(left))) if left is not None else BATCH_WAIT_S
-            answer = client.poll(path, wait=wait if long_polls else None, etag=etag)
-            long_polls = answer.waited
+            # Whole seconds, never past the caller's deadline (under one: a plain poll).
+            wait = BATCH_WAIT_S if left is None else min(BATCH_WAIT_S, int(left))
+            answer = client.poll(path, wait=wait if long_polls and wait else None, etag=etag)
+            long_polls = answer.waited or (long_polls and not wait)
             if answer.data is not None:
                 batch, etag = answer.data, answer.etag
             bar.total = int(batch.get("total") or 0)
@@ -433,7 +434,7 @@ def wait_for_batch(
                     f"batch {batch_id} is still {batch.get('status')} after {timeout:g} s",
                     batch_id,
                 )
-            if long_polls:
+            if answer.waited:
                 continue  # the server held the answer: ask again at once
             delay = min(max(answer.retry_after or 1.0, POLL_MIN_S), POLL_MAX_S)
             if deadline is not None:

@@ -159,8 +159,14 @@ class Job:
                 raise WaitTimeout(
                     f"job {self.id} is still {self.status} after {timeout:g} s", self.id
                 )
+            # Whole seconds, never past the caller's deadline.
+            wait = JOB_WAIT_S if left is None else min(JOB_WAIT_S, int(left))
+            if long_polls and not wait and left is not None:
+                # Under a second left: one plain look, then the deadline.
+                if not self.reload().done:
+                    time.sleep(left)
+                continue
             if long_polls:
-                wait = JOB_WAIT_S if left is None else max(1, min(JOB_WAIT_S, int(left)))
                 answer = self._owner().poll(path, wait=wait, etag=etag)
                 if answer.data is not None:
                     self._update(answer.data, answer.retry_after)

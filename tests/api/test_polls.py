@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from shared.tables import Job, JobStatus, utcnow
 from tests.api.conftest import assert_error
 from tests.api.test_jobs import queued_messages
 from tests.audio_samples import noise, pcm16_wav
+from tests.conftest import base_settings, migrate
 
 
 @pytest.fixture
@@ -312,3 +314,37 @@ def test_a_picture_asked_for_many_times_is_rendered_once(
         job.spectrogram_asked_at = utcnow().replace(year=2000)
     client.get(f"/api/v1/jobs/{job_id}/spectrogram.png")
     assert queued_messages(settings) == before + 2
+
+
+# --- Retry-After -----------------------------------------------------------------------
+
+
+def test_retry_after_comes_from_the_place_in_the_queue_and_the_completion_rate(
+    tmp_path: Path,
+) -> None:
+    """On a database of its own (the place in the queue counts every owner's jobs)."""
+    from api import pacing
+
+    settings = base_settings(tmp_path, api_keys={"k": "pacer"})
+    migrate(settings.database_url)
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer k"
+    ids = [submit(client) for _ in range(4)]
+    pacing._rate.clear()
+    # Nothing finished in the last minute: a second per job ahead.
+    assert client.get(f"/api/v1/jobs/{ids[3]}").headers["Retry-After"] == "4"
+    assert client.get(f"/api/v1/jobs/{ids[0]}").headers["Retry-After"] == "1"
+    # Thirty finished in the last minute (0.5/s): 3 ahead + itself take 8 s.
+    done = [submit(client) for _ in range(30)]
+    for job_id in done:
+        finish(settings, job_id)
+    pacing._rate.clear()
+    assert client.get(f"/api/v1/jobs/{ids[3]}").headers["Retry-After"] == "8"
+    # Running: a short value; bounded by TUSSIS_RETRY_AFTER.
+    with session_scope(settings.database_url) as session:
+        jobs.claim(session, ids[0], "w", max_attempts=3, lease_s=60)
+    assert client.get(f"/api/v1/jobs/{ids[0]}").headers["Retry-After"] == "1"
+    pacing._rate.clear()
+    capped = create_app(settings.changed(retry_after_s=5)).test_client()
+    capped.environ_base["HTTP_AUTHORIZATION"] = "Bearer k"
+    assert capped.get(f"/api/v1/jobs/{ids[3]}").headers["Retry-After"] == "5"

@@ -307,9 +307,11 @@ def test_one_uploaded_recording_shows_its_result(
         polls: list[dict[str, str]] = []
         page.on(
             "request",
-            lambda r: polls.append(r.headers)
-            if re.fullmatch(r"/api/v1/jobs/[0-9a-f-]+", urlsplit(r.url).path)
-            else None,
+            lambda r: (
+                polls.append(r.headers)
+                if re.fullmatch(r"/api/v1/jobs/[0-9a-f-]+", urlsplit(r.url).path)
+                else None
+            ),
         )
         _expect()(page.get_by_text("Research tool — not a diagnosis.")).to_be_visible()
         accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", cough_file))
