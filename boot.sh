@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Container entry point: one image, one role per container.
-#   boot.sh api      the Flask API under gunicorn (gunicorn.conf.py); on 0.0.0.0
+#   boot.sh api      the Flask API under gunicorn (gunicorn.conf.py: gthread workers,
+#                    TUSSIS_API_THREADS threads each, for long polls); on 0.0.0.0
 #                    it starts only once an API key exists (`tussis keys create`)
 #   boot.sh worker   a Celery worker (analyses jobs)
 #   boot.sh beat     Celery beat: schedules the sweeper that re-publishes jobs

@@ -140,8 +140,7 @@ def _authenticate(settings: Settings) -> Caller:
         caller = Caller(None, f"key:{key_hash[:16]}", key_hash)
         if request.endpoint in CHECKED_BY_THE_READ:
             return caller
-        found = read_once(settings.database_url, lambda conn: api_keys.lookup(conn, key_hash))
-        return _settled(caller, found)
+        return _checked(caller)
     open_mode = (
         not settings.key_owners
         and all(is_loopback_bind(b) for b in settings.bind_addresses)
@@ -153,13 +152,33 @@ def _authenticate(settings: Settings) -> Caller:
     raise _unauthorized("A valid API key is required: send 'Authorization: Bearer <key>'.")
 
 
+def _checked(caller: Caller) -> Caller:
+    """A database key's caller, its key looked up on its own (one read)."""
+    assert caller.key_hash is not None
+    key_hash = caller.key_hash
+    url = current_app.extensions["tussis.settings"].database_url
+    return _settled(caller, read_once(url, lambda conn: api_keys.lookup(conn, key_hash)))
+
+
 def _settled(caller: Caller, found: KeyUse | None) -> Caller:
-    """The caller of a database key once its read found it (or 401 when it did not)."""
+    """The caller of a database key once a read found it (or 401 when it did not)."""
     if found is None:
         raise _unauthorized("This API key is not valid (unknown or revoked).", "invalid_api_key")
+    if caller.owner is not None:
+        return caller  # settled by an earlier read of this request (a long poll's)
     assert caller.key_hash is not None
     _record_use_later(caller.key_hash, found.last_used_at)
     return Caller(found.owner, caller.limit_key, caller.key_hash)
+
+
+def _set_caller(caller: Caller) -> str:
+    """This request's caller from now on; its owner is named in its log lines."""
+    if g.get("tussis_caller") is not caller:
+        g.tussis_caller = caller
+        assert caller.owner is not None
+        bind_owner(caller.owner)
+    assert caller.owner is not None
+    return caller.owner
 
 
 def _record_use_later(key_hash: str, last_used_at: datetime | None) -> None:
@@ -188,9 +207,10 @@ def _record_use_later(key_hash: str, last_used_at: datetime | None) -> None:
 
 
 def poll_access() -> Access:
-    """Who asks, for a poll's read: the database key to check in it, or the owner."""
+    """Who asks, for a poll's read: the database key to check in it (every read of a
+    long poll checks it again), or the owner of a bootstrap key or open mode."""
     caller = current_caller()
-    if caller.owner is None:
+    if caller.key_hash is not None:
         return Access(key_hash=caller.key_hash)
     return Access(owner=caller.owner)
 
@@ -198,12 +218,10 @@ def poll_access() -> Access:
 def settle(polled: Polled) -> str:
     """After a poll's read: the caller's owner, or 401 when its key was not found."""
     caller = current_caller()
-    if caller.owner is not None:
+    if caller.key_hash is None:
+        assert caller.owner is not None
         return caller.owner
-    settled = g.tussis_caller = _settled(caller, polled.key if polled.valid else None)
-    assert settled.owner is not None
-    bind_owner(settled.owner)
-    return settled.owner
+    return _set_caller(_settled(caller, polled.key if polled.valid else None))
 
 
 def bind_owner(owner: str) -> None:
@@ -229,11 +247,5 @@ def current_caller() -> Caller:
 def current_owner() -> str:
     caller = current_caller()
     if caller.owner is None:  # a poll's view asked before its read: check the key now
-        url = current_app.extensions["tussis.settings"].database_url
-        assert caller.key_hash is not None
-        key_hash = caller.key_hash
-        found = read_once(url, lambda conn: api_keys.lookup(conn, key_hash))
-        caller = g.tussis_caller = _settled(caller, found)
-        assert caller.owner is not None
-        bind_owner(caller.owner)
+        return _set_caller(_checked(caller))
     return caller.owner

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -30,8 +31,9 @@ from shared.tables import TERMINAL_STATUSES, Batch, BatchStatus, Job
 log = logging.getLogger(__name__)
 
 Backend = Literal["redis", "postgres", "poll"]
-# A listener that lost its connection tries again after this long.
+# A listener that lost its connection tries again after this long, doubling to the max.
 RECONNECT_S = 1.0
+RECONNECT_MAX_S = 30.0
 # How often a listener looks up from its connection (to notice it should stop).
 LISTEN_SLICE_S = 1.0
 
@@ -135,22 +137,27 @@ def listen(settings: Settings, on_keys: Callable[[list[str]], None], stop: threa
     """Call ``on_keys`` with the keys of every notification until ``stop`` is set,
     reconnecting after errors (redis and postgres backends; blocking: run it in a thread)."""
     kind = backend(settings)
+    if kind == "poll":
+        raise ValueError("the poll backend has nothing to listen to")
+    failures = 0
     while not stop.is_set():
+        started = time.monotonic()
         try:
             if kind == "redis":
                 _listen_redis(settings, on_keys, stop)
-            elif kind == "postgres":
-                _listen_postgres(settings, on_keys, stop)
             else:
-                raise ValueError("the poll backend has nothing to listen to")
-        except ValueError:
-            raise
+                _listen_postgres(settings, on_keys, stop)
         except Exception as exc:
+            # Long polls still end at their wait's end meanwhile; back off so that an
+            # outage is a few log lines, not one a second.
+            failures = 1 if time.monotonic() - started > RECONNECT_MAX_S else failures + 1
+            delay = min(RECONNECT_MAX_S, RECONNECT_S * 2 ** (failures - 1))
             log.warning(
-                "change notifications: listener lost its connection (%s); reconnecting",
+                "change notifications: listener lost its connection (%s); again in %.0f s",
                 type(exc).__name__,
+                delay,
             )
-            stop.wait(RECONNECT_S)
+            stop.wait(delay)
 
 
 def _listen_redis(
