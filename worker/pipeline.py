@@ -171,7 +171,10 @@ class Pipeline:
         (:meth:`coalesce`)."""
         held = list(job_ids)
         try:
-            self._run(job_ids, coalesce, held)
+            items = self.claim(job_ids)
+            extra = self.coalesce(items, coalesce)
+            held += [c.job_id for c in extra]
+            self._run(items + extra)
         finally:
             self.runtime.heartbeat.release(held)
 
@@ -199,11 +202,7 @@ class Pipeline:
             )
         return [Claimed(c.job_id, c.attempt, c.audio_key, None) for c in more]
 
-    def _run(self, job_ids: list[str], coalesce: int, held: list[str]) -> None:
-        items = self.claim(job_ids)
-        extra = self.coalesce(items, coalesce)
-        held.extend(c.job_id for c in extra)
-        items += extra
+    def _run(self, items: list[Claimed]) -> None:
         active = [i for i in items if not i.done]
         try:
             if active:
