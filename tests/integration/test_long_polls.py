@@ -23,6 +23,8 @@ from tests.stack import Stack, wait_until
 pytestmark = pytest.mark.integration
 
 MODEL = PROJECT_ROOT / "models" / "default"  # the shipped YAMNet bundle: no training
+TOKEN = "long-polls-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(params=["embedded", "services"])
@@ -39,7 +41,9 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
             model_bundle=MODEL,
             cough_gate_bundle=None,
         )
-    s = Stack(settings, tmp_path)
+    # A bootstrap key: the suite's shared PostgreSQL database may hold other tests'
+    # database keys, which close open mode.
+    s = Stack(settings, tmp_path, TUSSIS_API_KEYS=f"long-polls:{TOKEN}")
     yield s
     s.stop()
 
@@ -52,13 +56,13 @@ def waiters(stack: Stack) -> float:
 
 def test_a_long_poll_is_answered_when_a_real_worker_commits(stack: Stack, cough_file: Path) -> None:
     stack.start_api()
-    job_id = stack.submit(cough_file.read_bytes()).json()["id"]
+    job_id = stack.submit(cough_file.read_bytes(), headers=AUTH).json()["id"]
     answer: dict[str, Any] = {}
 
     def long_poll() -> None:
         started = time.monotonic()
         response = requests.get(
-            f"{stack.url}/api/v1/jobs/{job_id}", headers={"Prefer": "wait=60"}, timeout=90
+            f"{stack.url}/api/v1/jobs/{job_id}", headers={"Prefer": "wait=60", **AUTH}, timeout=90
         )
         answer.update(response=response, seconds=time.monotonic() - started)
 
@@ -78,9 +82,10 @@ def test_a_long_poll_is_answered_when_a_real_worker_commits(stack: Stack, cough_
 
 def test_a_waiter_whose_client_hangs_up_frees_its_slot(stack: Stack, cough_file: Path) -> None:
     stack.start_api()  # no worker: the job stays queued, so its long polls wait
-    job_id = stack.submit(cough_file.read_bytes()).json()["id"]
+    job_id = stack.submit(cough_file.read_bytes(), headers=AUTH).json()["id"]
     request = (
-        f"GET /api/v1/jobs/{job_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nPrefer: wait=60\r\n\r\n"
+        f"GET /api/v1/jobs/{job_id} HTTP/1.1\r\nHost: 127.0.0.1\r\nPrefer: wait=60\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n"
     ).encode()
     clients = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(3)]
     for sock in clients:
@@ -93,7 +98,7 @@ def test_a_waiter_whose_client_hangs_up_frees_its_slot(stack: Stack, cough_file:
     assert time.monotonic() - hung_up < 60  # long before their waits would have ended
     # The slots are free: a new long poll waits as asked (and ends with the job's state).
     again = requests.get(
-        f"{stack.url}/api/v1/jobs/{job_id}", headers={"Prefer": "wait=1"}, timeout=30
+        f"{stack.url}/api/v1/jobs/{job_id}", headers={"Prefer": "wait=1", **AUTH}, timeout=30
     )
     assert again.status_code == 200 and again.headers["Preference-Applied"] == "wait=1"
     assert again.json()["status"] == "queued"
