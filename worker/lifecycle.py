@@ -10,7 +10,6 @@ around a kombu bug that would end the worker when the broker restarts.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -18,7 +17,6 @@ from celery.exceptions import TimeLimitExceeded
 from sqlalchemy import select
 
 from ml.bundle import BundleError, fingerprint, read_manifest
-from ml.spectrogram import warm_up
 from shared import batches, jobs, logs, model_registry
 from shared.db import dispose_engines
 from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, publish_callback
@@ -114,18 +112,12 @@ def init_child(**_: Any) -> None:
         models = runtime.current().load_models()
     except Exception:
         return  # logged by load_models; jobs fail with model_unavailable
-    params = models.diagnosis.manifest.spectrogram
     if models.diagnosis.manifest.backbone_name == "inception_v3":
         # Its model sees the spectrogram: load the renderer (librosa, scipy and numba's
-        # compiled code, about 2 to 12 s) before the first job.
-        warm_up(params)
-    else:
-        # A YAMNet bundle listens to the waveform: its child takes jobs at once, and loads
-        # the renderer beside them, so that the first picture someone asks for does not
-        # hold the analysis pool for seconds (it did: 12 s, with the next job behind it).
-        threading.Thread(
-            target=warm_up, args=(params,), name="renderer-warm-up", daemon=True
-        ).start()
+        # compiled code, 2 to 12 s) before the first job. A YAMNet bundle listens to the
+        # waveform: its child loads the renderer only when a picture is asked for, beside
+        # its jobs (worker.runtime.Runtime.renderer_ready).
+        runtime.current().warm_renderer()
     for model in filter(None, (models.diagnosis, models.cough_gate)):
         model.warm_up()
     metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)

@@ -99,10 +99,17 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
     Pipeline(rt, _callback_publisher(self)).run(job_ids)
 
 
+# A picture asked for before the child's renderer is loaded is asked again this later.
+RENDERER_RETRY_S = 1.0
+
+
 @shared_task(name=TASK_SPECTROGRAM, bind=True, max_retries=None)
 def spectrogram(self: Task, job_id: str) -> bool:
+    rt = runtime.current()
+    if not rt.renderer_ready():
+        raise self.retry(countdown=RENDERER_RETRY_S)
     with _retry_while_database_is_down(self):
-        return draw_spectrogram(runtime.current(), job_id)
+        return draw_spectrogram(rt, job_id)
 
 
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)
