@@ -153,6 +153,18 @@ class Claim:
     attempt: int = 0
 
 
+def _claimed(worker_id: str, now: datetime, lease_s: float) -> dict[Any, Any]:
+    """What a claim writes: running, one attempt more, this worker, a lease."""
+    return {
+        Job.status: JobStatus.RUNNING,
+        Job.attempts: Job.attempts + 1,
+        Job.worker: worker_id,
+        Job.started_at: now,
+        Job.updated_at: now,
+        Job.lease_expires_at: now + timedelta(seconds=lease_s),
+    }
+
+
 def claim(
     session: Session,
     job_id: str,
@@ -197,18 +209,7 @@ def claim(
             )
         )
         return Claim(ClaimOutcome.GAVE_UP, job)
-    result = session.execute(
-        update(Job)
-        .where(guard)
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker_id,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-        )
-    )
+    result = session.execute(update(Job).where(guard).values(_claimed(worker_id, now, lease_s)))
     if affected(result) != 1:
         return Claim(ClaimOutcome.BUSY, job)
     session.expire(job)
@@ -255,14 +256,7 @@ def claim_queued_singles(
     rows = session.execute(
         update(Job)
         .where(Job.id.in_(candidates), Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker_id,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-        )
+        .values(_claimed(worker_id, now, lease_s))
         .returning(Job.id, Job.attempts, Job.audio_key, Job.created_at)
         .execution_options(synchronize_session=False)
     ).all()
