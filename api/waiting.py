@@ -212,6 +212,11 @@ class Hub:
             data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
+        except ValueError:
+            # A TLS socket (gunicorn serving HTTPS itself) cannot be peeked at: leave it
+            # to its wait's end.
+            self._unwatch(waiter)
+            return
         except OSError:
             data = b""
         if data:
