@@ -580,7 +580,16 @@ Exit codes:
   130  interrupted (Ctrl-C); the state file is kept, so running
        the same command again resumes without re-uploading anything"""
 
-_READ_EPILOG = """\b
+_STATUS_EPILOG = """\b
+Exit codes:
+  0    done
+  2    usage error
+  3    cannot reach the server
+  4    the server refused the request (e.g. batch_not_found; its code and
+       message are shown)
+  130  interrupted (Ctrl-C)"""
+
+_RESULTS_EPILOG = """\b
 Exit codes:
   0    done
   2    usage error
@@ -717,7 +726,7 @@ def submit(
     raise SystemExit(report.exit_code)
 
 
-@main.command(epilog=_READ_EPILOG)
+@main.command(epilog=_STATUS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
@@ -740,7 +749,7 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
         click.echo(describe_batch(batch))
 
 
-@main.command(epilog=_READ_EPILOG)
+@main.command(epilog=_RESULTS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option(

@@ -76,7 +76,8 @@ def _callback_publisher(task: Task) -> Callable[[str], None]:
 @shared_task(name=TASK_ANALYSE, bind=True, max_retries=None)
 def analyse_job(self: Task, job_id: str) -> None:
     with _retry_while_database_is_down(self):
-        Pipeline(runtime.current(), _callback_publisher(self)).run([job_id])
+        rt = runtime.current()
+        Pipeline(rt, _callback_publisher(self)).run([job_id], coalesce=rt.settings.coalesce_jobs)
 
 
 @shared_task(name=TASK_ANALYSE_CHUNK, bind=True, max_retries=None)
@@ -100,10 +101,17 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
     Pipeline(rt, _callback_publisher(self)).run(job_ids)
 
 
+# A picture asked for before the child's renderer is loaded is asked again this later.
+RENDERER_RETRY_S = 1.0
+
+
 @shared_task(name=TASK_SPECTROGRAM, bind=True, max_retries=None)
 def spectrogram(self: Task, job_id: str) -> bool:
+    rt = runtime.current()
+    if not rt.renderer_ready():
+        raise self.retry(countdown=RENDERER_RETRY_S)
     with _retry_while_database_is_down(self):
-        return draw_spectrogram(runtime.current(), job_id)
+        return draw_spectrogram(rt, job_id)
 
 
 @shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
@@ -163,7 +171,9 @@ def sweep(self: Task) -> int:
         running = batches.running_batches(session)
     for batch_id in running:
         with rt.session() as session:
-            batches.complete_and_notify(session, batch_id, _callback_publisher(self))
+            batches.complete_and_notify(
+                session, batch_id, _callback_publisher(self), rt.notifier.batch
+            )
     with rt.session() as session:
         # A retry's message is held by a worker until it is due, so a broker restart
         # loses it: a callback overdue by a minute is sent again (claim_callback lets
