@@ -124,9 +124,8 @@ def init_app(app: Flask, settings: Settings, blueprints: list[Blueprint]) -> Lim
         app=app,
         storage_uri=settings.rate_limit_storage_url,
         # A counter per window (the current and the previous one, weighted): O(1) per
-        # request. The moving window kept one entry per unit of cost, so the upload-bytes
-        # limit pushed one list element per uploaded byte (a 100 KB recording: 100,000
-        # elements into Redis, or into a Python list, on every upload).
+        # request, where a moving window keeps one entry per request (the byte budget
+        # above is such a counter too, for the same reason).
         strategy="sliding-window-counter",
         # Off: its header hook rewrites every Retry-After (the 202's polling hint too).
         headers_enabled=False,
