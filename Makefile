@@ -84,15 +84,31 @@ clean:
 # gate also learns from, and is measured on, real recordings that `tussis
 # gate-data` gathers from public git repositories pinned in ml/gate_data.py (about
 # 200 MB, never committed); GATE_MIRROR=DIR reads local OWNER+NAME/repo copies instead.
+# The long recordings that choose (validation) and measure (test) the counting
+# threshold are built from the same data (tussis make-long-recordings; 1.3 GB in
+# var/long). PREVIOUS_GATE=DIR measures a gate being replaced beside the new one.
 SHARED_DIR ?= ../shared
 GATE_DATA ?= var/gate-data
 GATE_MIRROR ?=
+LONG_RECORDINGS ?= var/long
+PREVIOUS_GATE ?=
+LONG_OPTIONS = --coughs $(SHARED_DIR)/data/covid19-cough --labelled $(GATE_DATA) --count 8 --minutes 30
 models: install
 	$(BIN)/tussis gate-data --out $(GATE_DATA) $(if $(GATE_MIRROR),--mirror $(GATE_MIRROR))
 	$(BIN)/tussis make-negatives --out var/negatives-train --per-kind 60 --seed 1
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/validation --split validation \
+		--seed 1 $(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/test --split test --seed 2 \
+		$(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/test-with-evaluation-only \
+		--split test --seed 3 --with-evaluation-only $(LONG_OPTIONS)
 	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
 		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite --labelled $(GATE_DATA) \
-		--negatives var/negatives-train --out models/cough-gate --version 2026.12.03.2
+		--negatives var/negatives-train --out models/cough-gate --version 2026.12.06 \
+		--counting-validation $(LONG_RECORDINGS)/validation \
+		--counting-test $(LONG_RECORDINGS)/test \
+		--counting-test $(LONG_RECORDINGS)/test-with-evaluation-only \
+		$(if $(PREVIOUS_GATE),--previous $(PREVIOUS_GATE)) --cache var/feature-cache --no-progress
 	$(MAKE) default-model
 
 # The diagnosis bundle alone, with the options model-selection chose (see

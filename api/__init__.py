@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
-from api import auth, contract, guards, limits, metrics
+from api import auth, contract, guards, limits, metrics, waiting
 from api.batches import bp as batches_bp
 from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
@@ -27,7 +27,7 @@ from api.schemas import Error
 from api.served_models import bp as models_bp
 from api.uploads import bp as uploads_bp
 from api.web import bp as web_bp
-from shared import logs
+from shared import logs, notify
 from shared.config import Settings, load_settings
 from shared.queue import make_celery
 from shared.storage import make_storage
@@ -115,6 +115,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["tussis.recording_storage"] = make_storage(
         settings.recording_storage_url, settings.database_url, endpoint
     )
+    # Long polls wait here (api/waiting.py); the batches the API itself completes (an
+    # empty one closed) are announced as the worker announces the rest.
+    app.extensions["tussis.waiters"] = waiting.Hub(settings, settings.api_threads)
+    app.extensions["tussis.notifier"] = notify.Publisher(settings)
     celery_init_app(app, settings)
     register_error_handlers(app)
     metrics.init_app(app)  # first, so that it times and counts every request

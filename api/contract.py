@@ -64,6 +64,31 @@ RETRY_AFTER = _header("Seconds to wait before the next poll or retry.", "integer
 LOCATION = _header("The created (or replayed) resource's URL.")
 REPLAYED = _header("`true`: this answer replays an earlier request with the same key.")
 LINK = _header('`<...>; rel="next"`: the next page, while there is one.')
+ETAG = _header(
+    "A strong validator of this answer's state: send it back as `If-None-Match` to get "
+    "`304` while nothing changed."
+)
+PREFERENCE_APPLIED = _header("`wait=N`: the server held the answer as `Prefer: wait=N` asked.")
+NOT_MODIFIED: dict[str, Any] = {
+    "description": "Not modified: the state is still the one `If-None-Match` names. No body.",
+    "headers": {"ETag": ETAG, "Retry-After": RETRY_AFTER, "Preference-Applied": PREFERENCE_APPLIED},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The `ETag` of the state the client has: `304 Not Modified` while it is "
+    "still current.",
+    "schema": {"type": "string", "maxLength": 1024},
+}
+PREFER_WAIT = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240, N up to 60): answer as soon as the resource has "
+    "finished, or after N seconds with its state then (`Preference-Applied: wait=N`).",
+    "schema": {"type": "string", "maxLength": 1024},
+}
 
 ERRORS: dict[int, dict[str, Any]] = {
     400: {

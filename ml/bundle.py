@@ -193,7 +193,13 @@ def write_bundle(path: Path, manifest: Manifest, head: Head) -> None:
         weights=head.weights,
         bias=np.float32(head.bias),
     )
-    (path / MANIFEST).write_text(
+    write_manifest(path, manifest)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """``manifest.json`` alone (a detector bundle writes its own weights: ml.detector)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / MANIFEST).write_text(
         json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n"
     )
 

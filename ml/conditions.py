@@ -24,7 +24,7 @@ DIGITAL_PAD_S = 2.0
 EVENT_S = 0.6
 
 
-def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
+def pink(n: int, rng: np.random.Generator) -> np.ndarray:
     """1/f noise: closer to rooms, fans and traffic than white noise."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n)
@@ -40,7 +40,7 @@ def original(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def padded_with_silence(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pad = int(PAD_S * SAMPLE_RATE)
-    room = _pink(len(x) + 2 * pad, rng) * ROOM_NOISE_RMS
+    room = pink(len(x) + 2 * pad, rng) * ROOM_NOISE_RMS
     room[pad : pad + len(x)] += x
     return room
 
@@ -69,7 +69,7 @@ def single_event(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def noise_10db(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     signal_power = float(np.mean(x.astype(np.float64) ** 2)) + 1e-12
-    noise = _pink(len(x), rng) * np.sqrt(signal_power / 10 ** (NOISE_SNR_DB / 10))
+    noise = pink(len(x), rng) * np.sqrt(signal_power / 10 ** (NOISE_SNR_DB / 10))
     return (x + noise).astype(np.float32)
 
 

@@ -1,16 +1,16 @@
-"""``tussis train-cough-gate``: the detector that says whether a recording
-contains a cough at all, before any diagnosis is attempted.
+"""``tussis train-cough-gate``: the cough detector, which says whether a recording
+contains a cough at all before any diagnosis is attempted, and finds the coughs of
+long recordings.
 
-It scores every YAMNet window (0.975 s, every 0.48 s) with a logistic head on
-the window's embedding and its 521 AudioSet class scores (as logits), next to
-the same for the whole recording (mean and maximum logits, mean embedding), and
-takes the maximum over windows: a single cough inside a long, mostly silent
-recording is enough, the windows that pass are where the cough is
-(``Prediction.segments``), and a cough-like burst in a recording of speech or
-sneezing is judged with that context.
+It scores every YAMNet window (0.975 s, every 0.48 s) from that window's embedding
+and 521 AudioSet class scores (as logits), with one of the designs of
+``ml.detector``, and takes the maximum over windows: a single cough inside a long,
+mostly silent recording is enough, and the windows that pass are where the cough
+is (``Prediction.segments``). A window's score depends on that window alone, so a
+long recording scored in segments gives the same scores as scored whole.
 
-Training is multiple-instance: a cough recording says that *some* window holds
-a cough, not which. Its positive windows are the two loudest-ranked by YAMNet's
+Training is multiple-instance: a cough recording says that *some* window holds a
+cough, not which. Its positive windows are the two loudest-ranked by YAMNet's
 own ``Cough`` score among windows within 15 dB of the recording's loudest; every
 window of a non-cough recording is negative, and so is the room tone around a
 cough padded with silence. Coughs are augmented with every condition of
@@ -19,9 +19,12 @@ and the room), so that none of those conditions alone means "cough".
 
 Recordings are split into train, validation and test by recording (by
 participant where the file names say who recorded them); recordings of an
-evaluation-only source (``ml.gate_data``) always go to test. The threshold keeps
-97 % of validation coughs in every condition; every figure in the card is
-measured on the test split, which nothing was chosen on.
+evaluation-only source (``ml.gate_data``) always go to test. Every design is
+fitted on train; each gets the threshold that keeps 97 % of validation coughs in
+every condition, and the design accepting the fewest validation non-coughs per
+category (then overall) is shipped. The counting threshold is chosen apart, on
+long recordings made from the validation split (``ml.long_recordings``,
+``ml.counting``). Every figure in the card is measured on data nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import json
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,10 +43,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ml import conditions, yamnet
-from ml.backbones import CONTEXT_FEATURES, YamnetBackbone, window_features, with_context
-from ml.bundle import SPLIT_FILE, Head, Manifest, write_bundle
+from ml import conditions, detector, yamnet
+from ml.backbones import (
+    CONTEXT_FEATURES,
+    WINDOW_FEATURES,
+    YamnetBackbone,
+    window_features,
+    with_context,
+)
+from ml.bundle import SPLIT_FILE, Head, Manifest, read_head, read_manifest, write_manifest
 from ml.datasets import file_sha256, load_dataset
+from ml.detector import WindowDetector
 from ml.gate_data import EVAL_ONLY_PREFIX, RECORD
 from ml.selection import fit_logistic
 from ml.spectrogram import SpectrogramParams
@@ -58,7 +68,13 @@ KEEP_VALIDATION_COUGHS = 0.97
 POSITIVE_WINDOWS = 2  # per cough recording and condition
 LOUD_DB = 15.0  # a positive window is within this of the recording's loudest
 PAD_QUIET_DB = 35.0  # a padded cough's windows this far below its loudest are room tone
-HEAD_C = 0.003  # inverse L2 strength; chosen on the validation split only
+HEAD_C_GRID = (0.001, 0.003, 0.01)  # the window head's inverse L2 strength
+# The designs' settings (ml.detector), each fitted and the best chosen on validation.
+CLASS_LOGIT_COMPONENTS = (0, 16, 64)
+CLASS_LOGIT_L2 = 1e-3
+ANCHOR_CAPS = (4.0, 8.0)
+VETO_QUANTILES = (0.999, 1.0)
+DETECTOR_FILE = "detector.npz"
 NEGATIVE_CONDITIONS = (
     "original",
     "phone_band",
@@ -214,38 +230,153 @@ def instances(item: Windows) -> tuple[list[int], list[int]]:
     return ranked[:POSITIVE_WINDOWS], negatives
 
 
-def fit_head(items: Iterable[Windows], c: float = HEAD_C) -> Head:
+def training_rows(items: Iterable[Windows], context: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The training windows (:func:`instances`) as rows and 0/1 labels; with the
+    recording's context appended (``with_context``) when ``context``."""
     xs, ys = [], []
     for item in items:
         pos, neg = instances(item)
-        rows = with_context(item.features)
+        rows = with_context(item.features) if context else item.features
         xs += [rows[pos], rows[neg]]
         ys += [np.ones(len(pos)), np.zeros(len(neg))]
-    return fit_logistic(np.concatenate(xs), np.concatenate(ys), c, max_iter=5000)
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def clip_score(head: Head, item: Windows) -> float:
-    return float(head.scores(with_context(item.features)).max())
+def native_detector() -> WindowDetector:
+    """YAMNet's own ``Cough`` class, untrained (its logit is the row's column)."""
+    width = detector.EMBEDDING + 521
+    weights = np.zeros(width)
+    weights[detector.COUGH_COLUMN] = 1.0
+    return WindowDetector("native", Head(np.zeros(width), np.ones(width), weights, 0.0))
 
 
-def choose_threshold(head: Head, validation: Sequence[Windows]) -> float:
+def loud_windows(items: Iterable[Windows]) -> np.ndarray:
+    """Every window within ``LOUD_DB`` of its recording's loudest, of these recordings."""
+    rows = [i.features[i.loudness_db >= i.loudness_db.max() - LOUD_DB] for i in items]
+    return np.concatenate(rows) if rows else np.zeros((0, detector.EMBEDDING + 521), np.float32)
+
+
+def fit_designs(train: Sequence[Windows]) -> list[WindowDetector]:
+    """Every design of ``ml.detector`` fitted on the training split, in the order
+    ties are broken (the simpler first). Each scores a window from that window alone,
+    so a long recording cut into segments anywhere gives the same scores (ml.events);
+    the previous gates' recording context (the clip's mean and maximum logits and
+    mean embedding) made a window's score depend on what else was passed with it."""
+    rows, y = training_rows(train, context=False)
+    # A veto never fires on any loud window of any training cough (q = 1) or on all
+    # but one in a thousand of them.
+    coughs = loud_windows(i for i in train if i.clip.label)
+    mean, components = detector.principal_components(
+        rows[:: max(1, len(rows) // 20000), : detector.EMBEDDING], max(CLASS_LOGIT_COMPONENTS)
+    )
+    groups = detector.group_logits(rows)
+    out = [native_detector()]
+    for k in CLASS_LOGIT_COMPONENTS:
+        projected = (rows[:, : detector.EMBEDDING] - mean) @ components[:k].T
+        head = detector.fit_constrained_logistic(
+            np.hstack([groups, projected]),
+            y,
+            np.concatenate([detector.SIGNS, np.zeros(k, np.int8)]),
+            CLASS_LOGIT_L2,
+        )
+        out.append(
+            WindowDetector(
+                f"class-logit head, {k} embedding components",
+                head,
+                inputs="groups",
+                components=components[:k].astype(np.float32),
+                component_mean=mean.astype(np.float32),
+            )
+        )
+    heads = {c: fit_logistic(rows, y, c, max_iter=5000) for c in HEAD_C_GRID}
+    for c, head in heads.items():
+        out.append(WindowDetector(f"window head (C={c:g})", head))
+    for c, head in heads.items():
+        for cap in ANCHOR_CAPS:
+            out.append(
+                WindowDetector(
+                    f"window head (C={c:g}) anchored to YAMNet's Cough + {cap:g}", head, cap=cap
+                )
+            )
+    for vetoed, named in (("non-voice confusers", detector.NOT_VOICE),
+                          ("all confusers", detector.CONFUSERS)):  # fmt: skip
+        for q in VETO_QUANTILES:
+            margins = detector.veto_margins(coughs, named, q)
+            for c, head in heads.items():
+                out.append(
+                    WindowDetector(
+                        f"window head (C={c:g}) + veto on {vetoed} (q={q:g})", head, veto=margins
+                    )
+                )
+    return out
+
+
+Scorer = Callable[[np.ndarray], np.ndarray]  # window rows -> window scores
+
+
+def bundle_scorer(bundle: Path) -> tuple[Scorer, Manifest]:
+    """How a gate bundle scores window rows, for any gate written so far: a detector
+    (``ml.detector``), or a logistic head on the rows, with the recording's context
+    appended where its features say so (the gates before the detector)."""
+    manifest = read_manifest(bundle)
+    if "detector" in manifest.backbone:
+        return WindowDetector.load(Path(bundle) / manifest.head).scores, manifest
+    head = read_head(bundle, manifest)
+    if manifest.backbone.get("features") == CONTEXT_FEATURES:
+        return (lambda rows: head.scores(with_context(rows))), manifest
+    return head.scores, manifest
+
+
+def clip_scores(model: WindowDetector | Scorer, items: Sequence[Windows]) -> np.ndarray:
+    """Each recording's score: its best window's."""
+    score = model.scores if isinstance(model, WindowDetector) else model
+    return np.array([float(score(i.features).max()) for i in items])
+
+
+def choose_threshold(scores: np.ndarray, validation: Sequence[Windows]) -> float:
     """Keep ``KEEP_VALIDATION_COUGHS`` of validation coughs in every condition."""
     by_condition: dict[str, list[float]] = defaultdict(list)
-    for item in validation:
+    for score, item in zip(scores, validation, strict=True):
         if item.clip.label:
-            by_condition[item.condition].append(clip_score(head, item))
-    return min(
-        float(np.quantile(scores, 1 - KEEP_VALIDATION_COUGHS)) for scores in by_condition.values()
-    )
+            by_condition[item.condition].append(float(score))
+    return min(float(np.quantile(s, 1 - KEEP_VALIDATION_COUGHS)) for s in by_condition.values())
 
 
-def rates(head: Head, items: Sequence[Windows], threshold: float) -> dict[str, Any]:
+def category(clip: Clip) -> str:
+    """A non-cough recording's category across sources (synthetic kinds apart)."""
+    return clip.category
+
+
+def objective(scores: np.ndarray, items: Sequence[Windows], threshold: float) -> dict[str, float]:
+    """What a design is chosen on (validation): non-coughs accepted, averaged over
+    categories (as recorded); then over recordings; and the worst condition's
+    share of coughs refused."""
+    accepted: dict[str, list[bool]] = defaultdict(list)
+    refused: dict[str, list[bool]] = defaultdict(list)
+    for score, item in zip(scores, items, strict=True):
+        if item.clip.label:
+            refused[item.condition].append(bool(score < threshold))
+        elif item.condition == "original":
+            accepted[category(item.clip)].append(bool(score >= threshold))
+    every = [a for v in accepted.values() for a in v]
+    return {
+        "non_coughs_accepted_per_category": round(
+            float(np.mean([np.mean(v) for v in accepted.values()])) if accepted else 0.0, 4
+        ),
+        "non_coughs_accepted": round(float(np.mean(every)) if every else 0.0, 4),
+        "worst_condition_coughs_refused": round(
+            max((float(np.mean(v)) for v in refused.values()), default=0.0), 4
+        ),
+    }
+
+
+def rates(scores: np.ndarray, items: Sequence[Windows], threshold: float) -> dict[str, Any]:
     """Coughs refused per source and condition; non-coughs accepted per category
     and source."""
     refused: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     accepted: dict[str, list[bool]] = defaultdict(list)
-    for item in items:
-        passed = clip_score(head, item) >= threshold
+    for score, item in zip(scores, items, strict=True):
+        passed = bool(score >= threshold)
         if item.clip.label:
             refused[item.clip.source][item.condition].append(not passed)
         elif item.condition == "original":
@@ -260,6 +391,29 @@ def rates(head: Head, items: Sequence[Windows], threshold: float) -> dict[str, A
             for category, v in sorted(accepted.items())
         },
     }
+
+
+def summary(scores: np.ndarray, items: Sequence[Windows], threshold: float) -> dict[str, Any]:
+    """A design's test figures in brief: coughs refused per condition and non-coughs
+    accepted per category, trained-on sources and evaluation-only ones apart."""
+    out: dict[str, Any] = {}
+    for part, keep in (("sources", False), ("evaluation_only", True)):
+        refused: dict[str, list[bool]] = defaultdict(list)
+        accepted: dict[str, list[bool]] = defaultdict(list)
+        for score, item in zip(scores, items, strict=True):
+            if item.clip.source.startswith(EVAL_ONLY_PREFIX) != keep:
+                continue
+            if item.clip.label:
+                refused[item.condition].append(bool(score < threshold))
+            elif item.condition == "original":
+                accepted[category(item.clip)].append(bool(score >= threshold))
+        out[part] = {
+            "coughs_refused": {c: round(float(np.mean(v)), 4) for c, v in refused.items()},
+            "non_coughs_accepted": {
+                c: [int(np.sum(v)), len(v)] for c, v in sorted(accepted.items())
+            },
+        }
+    return out
 
 
 def format_rates(report: dict[str, Any]) -> str:
@@ -278,6 +432,39 @@ def format_rates(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_designs(designs: dict[str, Any], chosen: str) -> str:
+    lines = ["designs (chosen on validation: non-coughs accepted per category, then overall):"]
+    for name, d in designs.items():
+        v = d["validation"]
+        mark = "*" if name == chosen else " "
+        lines.append(
+            f" {mark} {name[:60]:<60} threshold {d['threshold']:.3f}  "
+            f"per category {v['non_coughs_accepted_per_category']:.3f}  "
+            f"overall {v['non_coughs_accepted']:.3f}  "
+            f"worst refused {v['worst_condition_coughs_refused']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+def gather_items(
+    coughs_dir: Path,
+    negatives_dir: Path,
+    labelled_dirs: Sequence[Path],
+    options: TrainOptions,
+) -> tuple[list[Clip], list[Windows], dict[str, str]]:
+    """Every recording the gate learns from or is measured on, with its windows."""
+    if options.yamnet_model is None:
+        raise ValueError("the cough gate needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
+    backbone = YamnetBackbone(
+        options.yamnet_model, features=WINDOW_FEATURES, url=options.yamnet_url
+    )
+    clips = read_coughs(coughs_dir) + read_synthetic(negatives_dir)
+    for folder in labelled_dirs:
+        clips += read_labelled(folder)
+    items, rejected = extract_windows(clips, backbone, options.cache_dir, options.progress)
+    return clips, items, rejected
+
+
 def train_cough_gate(
     coughs_dir: Path,
     negatives_dir: Path,
@@ -286,28 +473,55 @@ def train_cough_gate(
     name: str = "cough-gate",
     version: str | None = None,
     labelled_dirs: Sequence[Path] = (),
+    counting_validation: Path | None = None,
+    counting_test: Sequence[Path] = (),
+    previous: Path | None = None,
 ) -> dict[str, Any]:
-    """Train, choose the threshold on validation, report on test, write the bundle."""
-    if options.yamnet_model is None:
-        raise ValueError("the cough gate needs --yamnet-model (or TUSSIS_YAMNET_MODEL)")
-    backbone = YamnetBackbone(
-        options.yamnet_model, features=CONTEXT_FEATURES, url=options.yamnet_url
-    )
-    clips = read_coughs(coughs_dir) + read_synthetic(negatives_dir)
-    for folder in labelled_dirs:
-        clips += read_labelled(folder)
-    items, rejected = extract_windows(clips, backbone, options.cache_dir, options.progress)
+    """Fit every design, choose one and its threshold on validation, report them all
+    on test, write the chosen one as the bundle. With ``counting_validation`` (long
+    recordings made from the validation split, ``tussis make-long-recordings``), also
+    choose the counting threshold there and measure it on each ``counting_test`` set.
+    ``previous``, a gate bundle this one replaces, is measured beside it on the same
+    test recordings and long recordings (its card's figures were on its own split)."""
+    clips, items, rejected = gather_items(coughs_dir, negatives_dir, labelled_dirs, options)
     parts: dict[str, list[Windows]] = defaultdict(list)
     for item in items:
         parts[split_of(item.clip, options.seed)].append(item)
-    head = fit_head(parts["train"])
-    threshold = choose_threshold(head, parts["validation"])
+    candidates = fit_designs(parts["train"])
+    designs: dict[str, Any] = {}
+    best: tuple[float, float] | None = None
+    chosen = candidates[0]
+    for candidate in candidates:
+        validation = clip_scores(candidate, parts["validation"])
+        threshold = choose_threshold(validation, parts["validation"])
+        judged = objective(validation, parts["validation"], threshold)
+        designs[candidate.design] = {
+            "threshold": round(threshold, 6),
+            "validation": judged,
+            "test": summary(clip_scores(candidate, parts["test"]), parts["test"], threshold),
+        }
+        key = (judged["non_coughs_accepted_per_category"], judged["non_coughs_accepted"])
+        if best is None or key < best:
+            best, chosen = key, candidate
+    threshold = designs[chosen.design]["threshold"]
     report = {
         "threshold": threshold,
-        "test": rates(head, parts["test"], threshold),
-        "validation": rates(head, parts["validation"], threshold),
+        "design": chosen.design,
+        "designs": designs,
+        "test": rates(clip_scores(chosen, parts["test"]), parts["test"], threshold),
+        "validation": rates(
+            clip_scores(chosen, parts["validation"]), parts["validation"], threshold
+        ),
         "rejected_as_unusable": rejected,
     }
+    if previous is not None:
+        score_previous, old = bundle_scorer(previous)
+        report["previous"] = {
+            "name": old.name,
+            "version": old.version,
+            "threshold": old.threshold,
+            "test": rates(clip_scores(score_previous, parts["test"]), parts["test"], old.threshold),
+        }
     split_counts = {
         k: {
             "coughs": len({i.clip.sha256 for i in v if i.clip.label}),
@@ -320,19 +534,21 @@ def train_cough_gate(
         version=version or datetime.now(UTC).strftime("%Y.%m.%d"),
         backbone={
             "name": "yamnet",
-            "features": CONTEXT_FEATURES,
+            "features": WINDOW_FEATURES,
             "pooling": "max",
+            "detector": chosen.design,
         },
         spectrogram=SpectrogramParams(),
         labels=LABELS,
         threshold=threshold,
+        head=DETECTOR_FILE,
         card={
-            "intended_use": "Decides whether a recording contains a cough before diagnosis. "
-            + DISCLAIMER,
+            "intended_use": "Decides whether a recording contains a cough before diagnosis, "
+            "and finds the coughs of long recordings. " + DISCLAIMER,
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "method": "logistic head on each YAMNet window (embedding and class-score logits, "
-            "with the recording's mean and maximum logits and mean embedding), maximum over "
-            "windows; multiple-instance training (see ml/cough_gate.py)",
+            "method": f"{chosen.design}: a score for each YAMNet window from the one YAMNet "
+            "pass (embedding and AudioSet class logits), maximum over windows for a clip "
+            "(ml/detector.py, ml/cough_gate.py)",
             "data": {
                 "coughs": Path(coughs_dir).name,
                 "labelled": [Path(d).name for d in labelled_dirs],
@@ -352,13 +568,108 @@ def train_cough_gate(
             "split": split_counts,
             "threshold_rule": f"keeps {KEEP_VALIDATION_COUGHS:.0%} of validation coughs in "
             "every condition",
+            "design_rule": "the design accepting the fewest validation non-coughs per category "
+            "(then overall) at its own threshold",
             "metrics": report,
         },
     )
     out = Path(out)
-    write_bundle(out, manifest, head)
+    write_manifest(out, manifest)
+    chosen.save(out / DETECTOR_FILE)
     by_split: dict[str, set[str]] = defaultdict(set)
     for clip in clips:
         by_split[split_of(clip, options.seed)].add(clip.sha256)
     (out / SPLIT_FILE).write_text(json.dumps({k: sorted(v) for k, v in by_split.items()}) + "\n")
+    if counting_validation is not None:
+        report["counting"] = choose_counting_threshold(
+            out, options, counting_validation, counting_test, previous
+        )
     return report
+
+
+def choose_counting_threshold(
+    bundle: Path,
+    options: TrainOptions,
+    validation: Path,
+    tests: Sequence[Path],
+    previous: Path | None = None,
+) -> dict[str, Any]:
+    """The counting threshold with the highest episode sensitivity at or below
+    ``ml.counting.MAX_FP_PER_HOUR`` on the validation long recordings, written into
+    the bundle's manifest with what it gives on each test set."""
+    from ml import counting
+    from ml.bundle import read_manifest
+    from ml.model import load_model
+
+    assert options.yamnet_model is not None
+    model = load_model(bundle, yamnet_model=options.yamnet_model, yamnet_url=options.yamnet_url)
+    key = counting.model_digest(bundle)
+    cache = Path(options.cache_dir) / "long-recordings" if options.cache_dir else None
+
+    def measured(folder: Path) -> list[counting.Recording]:
+        return counting.read_set(folder, model.window_scores, key, cache, options.progress)
+
+    on_validation = measured(validation)
+    threshold, sweep = counting.choose_threshold(
+        on_validation, counting.MAX_FP_PER_HOUR, counting.THRESHOLD_GRID
+    )
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "rule": "the highest episode sensitivity on the validation long recordings with at "
+        f"most {counting.MAX_FP_PER_HOUR:g} false positives per hour",
+        "segment_windows": counting.SEGMENT_WINDOWS,
+        "tolerance_s": counting.TOLERANCE_S,
+        "validation": {
+            "set": _set_record(validation),
+            "sweep": sweep,
+            "at_threshold": _brief(counting.score(on_validation, threshold)),
+        },
+        "test": {
+            Path(folder).name: {
+                "set": _set_record(folder),
+                "at_threshold": _brief(counting.score(measured(folder), threshold)),
+                "at_gate_threshold": _brief(
+                    counting.score(measured(folder), model.manifest.threshold)
+                ),
+            }
+            for folder in tests
+        },
+    }
+    if previous is not None:
+        # The previous gate counted with its clip threshold (it had no other), on the
+        # same segments; its recording context makes its scores depend on them.
+        old = load_model(previous, yamnet_model=options.yamnet_model, yamnet_url=options.yamnet_url)
+        old_key = counting.model_digest(previous)
+        result["previous"] = {
+            Path(folder).name: _brief(
+                counting.score(
+                    counting.read_set(folder, old.window_scores, old_key, cache, False),
+                    old.manifest.event_threshold,
+                )
+            )
+            for folder in [validation, *tests]
+        }
+    manifest = read_manifest(bundle)
+    card = {**manifest.card, "counting": result}
+    write_manifest(bundle, replace(manifest, counting_threshold=threshold, card=card))
+    return result
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "per_recording"}
+
+
+def _set_record(folder: Path) -> dict[str, Any]:
+    record = Path(folder) / "SET.json"
+    if not record.is_file():
+        return {"folder": Path(folder).name}
+    data = json.loads(record.read_text())
+    return {
+        "folder": Path(folder).name,
+        "split": data.get("split"),
+        "seed": data.get("seed"),
+        "with_evaluation_only": data.get("with_evaluation_only"),
+        "recordings": len(data.get("recordings", [])),
+        "cough_events": sum(r["cough_events"] for r in data.get("recordings", [])),
+        "other_sounds": sum(r["other_sounds"] for r in data.get("recordings", [])),
+    }

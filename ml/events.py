@@ -72,23 +72,49 @@ def runs(above: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def frame_db(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Energy in dB of each whole 10 ms frame of ``samples`` (a partial last frame is
+    left out): what onsets and offsets are refined on."""
+    part = np.asarray(samples, dtype=np.float64)
+    hop = max(1, round(FRAME_S * sample_rate))
+    frames = len(part) // hop
+    energy = np.mean(part[: frames * hop].reshape(frames, hop) ** 2, axis=1)
+    return np.asarray(10 * np.log10(energy + 1e-20))
+
+
+def _loud_frames(db: np.ndarray) -> tuple[int, int] | None:
+    """First and one past the last frame within ``ENERGY_DB`` of the loudest; None
+    for silence."""
+    if len(db) == 0 or float(db.max()) <= _SILENT_DB:
+        return None
+    loud = np.flatnonzero(db >= float(db.max()) - ENERGY_DB)
+    return int(loud[0]), int(loud[-1]) + 1
+
+
 def refine(
     samples: np.ndarray, start: int, stop: int, sample_rate: int = SAMPLE_RATE
 ) -> tuple[int, int]:
     """The loud part of ``samples[start:stop]``: from the first to the end of the
     last 10 ms frame within ``ENERGY_DB`` of the loudest frame. Silence keeps the span."""
-    part = np.asarray(samples[start:stop], dtype=np.float64)
+    part = np.asarray(samples[start:stop])
     hop = max(1, round(FRAME_S * sample_rate))
-    frames = len(part) // hop
-    if frames == 0:
+    span = _loud_frames(frame_db(part, sample_rate))
+    if span is None:
         return start, stop
-    energy = np.mean(part[: frames * hop].reshape(frames, hop) ** 2, axis=1)
-    db = 10 * np.log10(energy + 1e-20)
-    peak = float(db.max())
-    if peak <= _SILENT_DB:
+    return start + span[0] * hop, start + min(len(part), span[1] * hop)
+
+
+def _refine_frames(energies_db: np.ndarray, start: int, stop: int) -> tuple[int, int]:
+    """:func:`refine` from :func:`frame_db` of the whole audio instead of its samples:
+    ``start`` is a multiple of the frame (every window starts on one), so the frames
+    of ``samples[start:stop]`` are the audio's frames from ``start // hop``."""
+    hop = round(FRAME_S * SAMPLE_RATE)
+    first = start // hop
+    frames = max(0, min((stop - start) // hop, len(energies_db) - first))
+    span = _loud_frames(energies_db[first : first + frames])
+    if span is None:
         return start, stop
-    loud = np.flatnonzero(db >= peak - ENERGY_DB)
-    return start + int(loud[0]) * hop, start + min(len(part), (int(loud[-1]) + 1) * hop)
+    return start + span[0] * hop, start + span[1] * hop
 
 
 def detect(
@@ -97,11 +123,14 @@ def detect(
     samples: np.ndarray | None = None,
     first_window: int = 0,
     sample_rate: int = SAMPLE_RATE,
+    energies_db: np.ndarray | None = None,
 ) -> list[Event]:
     """Events among consecutive windows' ``scores``, the first of which is window
     ``first_window`` of the recording. ``samples``, when given, are 16 kHz audio
     starting at that window's start (a segment's own audio): onsets and offsets
-    are then refined by energy; without it an event spans its windows."""
+    are then refined by energy; without it an event spans its windows.
+    ``energies_db``, :func:`frame_db` of that same audio, refines them the same way
+    without the samples (a long recording's frames take 1/160 of its samples)."""
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"events are detected on {SAMPLE_RATE} Hz audio, not {sample_rate}")
     scores = np.asarray(scores, dtype=np.float64)
@@ -111,6 +140,8 @@ def detect(
         start, stop = window_span(first, last)
         if samples is not None:
             start, stop = refine(samples, start, min(stop, len(samples)))
+        elif energies_db is not None:
+            start, stop = _refine_frames(energies_db, start, stop)
         events.append(
             Event(
                 start_s=round((base + start) / SAMPLE_RATE, 3),

@@ -20,6 +20,7 @@ from ml.backbones import (
     inception_from_bundle,
 )
 from ml.bundle import BundleError, Head, Manifest, read_head, read_manifest
+from ml.detector import WindowDetector
 from ml.preprocess import Preprocessed
 
 __all__ = ["Model", "ModelUnavailable", "Prediction", "load_model", "shares_yamnet_pass"]
@@ -50,7 +51,9 @@ def merge_windows(starts: Sequence[float], length: float) -> tuple[Segment, ...]
 
 
 class Model:
-    def __init__(self, path: Path, manifest: Manifest, backbone: Backbone, head: Head) -> None:
+    def __init__(
+        self, path: Path, manifest: Manifest, backbone: Backbone, head: Head | WindowDetector
+    ) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.backbone = backbone
@@ -91,6 +94,8 @@ class Model:
     def scores(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         if self.window_pooled:
             return np.array([self.window_scores(w).max() for w in waveforms])
+        if isinstance(self.head, WindowDetector):
+            raise BundleError(f"{self.id}: a detector scores windows, not pooled clips")
         return self.head.scores(self.embed(waveforms))
 
     def predict(self, waveforms: Sequence[np.ndarray]) -> list[Prediction]:
@@ -152,7 +157,13 @@ def load_model(
 ) -> Model:
     path = Path(path)
     manifest = read_manifest(path)
-    head = read_head(path, manifest)
+    # A cough detector bundle (ml.detector) names its design; its file holds more
+    # than a logistic head (class groups, a veto, a cap).
+    head: Head | WindowDetector = (
+        WindowDetector.load(path / manifest.head)
+        if "detector" in manifest.backbone
+        else read_head(path, manifest)
+    )
     if manifest.backbone_name == InceptionV3Backbone.name:
         backbone: Backbone = inception_from_bundle(path, manifest, inception_weights, threads)
     elif manifest.backbone_name == YamnetBackbone.name:

@@ -268,8 +268,9 @@ class Settings(BaseSettings):
     requeue_after_s: float = _env(
         "TUSSIS_REQUEUE_AFTER",
         "The sweeper re-publishes a `queued` job that has not been published for this many seconds"
-        " (for a batch item: since it was accepted), and re-queues a callback not attempted this "
-        "long after its batch finished.",
+        " (for a batch item: since it was accepted). A batch's callback is re-queued once it is "
+        "overdue by the smaller of this and 60 s: never attempted that long after its batch "
+        "finished, or a retry that long past its planned time.",
         600.0,
         gt=0,
         shown_default="`600`",
@@ -284,11 +285,12 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = _env(
         "TUSSIS_RETRY_AFTER",
-        "The `Retry-After` value (in seconds) on `202` responses and on polls of unfinished jobs "
-        "and batches.",
-        2,
-        ge=0,
-        shown_default="`2`",
+        "The longest `Retry-After` (in seconds) on `202` responses and on polls of unfinished "
+        "jobs and batches. Below it, the value is estimated from the queue (see "
+        "[Retry-After](api.md#retry-after)); it is never below 1.",
+        30,
+        ge=1,
+        shown_default="`30`",
     )
     worker_concurrency: int = _env(
         "TUSSIS_WORKER_CONCURRENCY",
@@ -347,6 +349,17 @@ class Settings(BaseSettings):
         "keys answers any name, and an open one (no keys) loopback names only.",
         (),
         shown_default="empty",
+    )
+    api_threads: int = _env(
+        "TUSSIS_API_THREADS",
+        "Threads per gunicorn worker process (`gthread` workers, `gunicorn.conf.py`). A long poll "
+        "(`Prefer: wait`) holds one while it waits, but no database connection; each process "
+        "keeps 8 of them for other requests, so one process holds up to this minus 8 waiting "
+        "clients (docs/performance.md).",
+        300,
+        ge=2,
+        le=2000,
+        shown_default="`300`",
     )
     rate_limit: str = _env(
         "TUSSIS_RATE_LIMIT",
@@ -482,6 +495,17 @@ class Settings(BaseSettings):
         " in one call. Values below 1 count as 1.",
         16,
         shown_default="`16`",
+    )
+    coalesce_jobs: int = _env(
+        "TUSSIS_COALESCE_JOBS",
+        "When a worker child takes a single job's message, it also claims up to this many other "
+        "queued single jobs (oldest first) and runs them together through the batch pipeline, "
+        "one model call for all. With one job queued it runs alone, at once. `0` runs each "
+        "single job on its own.",
+        15,
+        ge=0,
+        le=500,
+        shown_default="`15`",
     )
     callback_secret: SecretStr = _env(
         "TUSSIS_CALLBACK_SECRET",

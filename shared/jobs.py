@@ -194,6 +194,18 @@ class Claim:
     attempt: int = 0
 
 
+def _claimed(worker_id: str, now: datetime, lease_s: float) -> dict[Any, Any]:
+    """What a claim writes: running, one attempt more, this worker, a lease."""
+    return {
+        Job.status: JobStatus.RUNNING,
+        Job.attempts: Job.attempts + 1,
+        Job.worker: worker_id,
+        Job.started_at: now,
+        Job.updated_at: now,
+        Job.lease_expires_at: now + timedelta(seconds=lease_s),
+    }
+
+
 def claim(
     session: Session,
     job_id: str,
@@ -238,23 +250,60 @@ def claim(
             )
         )
         return Claim(ClaimOutcome.GAVE_UP, job)
-    result = session.execute(
-        update(Job)
-        .where(guard)
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker_id,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-        )
-    )
+    result = session.execute(update(Job).where(guard).values(_claimed(worker_id, now, lease_s)))
     if affected(result) != 1:
         return Claim(ClaimOutcome.BUSY, job)
     session.expire(job)
     job = session.get(Job, job_id)
     return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """A queued single job claimed together with another's delivery."""
+
+    job_id: str
+    attempt: int
+    audio_key: str
+
+
+def claim_queued_singles(
+    session: Session, worker_id: str, limit: int, *, lease_s: float, exclude: str
+) -> list[Coalesced]:
+    """Claim up to ``limit`` other queued single jobs, oldest first, for one worker's
+    chunk: the same conditional claim as :func:`claim` (queued -> running, one more
+    attempt, this worker, a lease), for many rows in one statement. On PostgreSQL the
+    candidates are locked ``FOR UPDATE SKIP LOCKED``, so workers claiming at once take
+    different jobs instead of waiting on each other; SQLite runs one writer at a time,
+    and the ``status`` condition lets each job go to one claimer only. Only jobs never
+    tried (``attempts`` 0): a job that was in a chunk whose worker died runs alone.
+    Their own messages find them running or finished, and do nothing."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    candidates = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            Job.batch_id.is_(None),
+            Job.recording_id.is_(None),  # a long recording's work has its own tasks
+            Job.attempts == 0,
+            Job.id != exclude,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(candidates), Job.status == JobStatus.QUEUED)
+        .values(_claimed(worker_id, now, lease_s))
+        .returning(Job.id, Job.attempts, Job.audio_key, Job.created_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
+    return [Coalesced(r.id, r.attempts, r.audio_key) for r in ordered]
 
 
 def _finish(session: Session, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
@@ -288,6 +337,7 @@ def succeed(
     cough_detected: bool | None = None,
     cough_score: float | None = None,
     cough_segments: list[list[float]] | None = None,
+    cough_threshold: float | None = None,
 ) -> bool:
     return _finish(
         session,
@@ -304,6 +354,7 @@ def succeed(
         cough_detected=cough_detected,
         cough_score=cough_score,
         cough_segments=cough_segments,
+        cough_threshold=cough_threshold,
     )
 
 
@@ -386,6 +437,30 @@ def any_running(session: Session, job_ids: list[str]) -> bool:
             .where(Job.id.in_(job_ids), Job.status == JobStatus.RUNNING)
         )
     )
+
+
+# A render asked for longer ago than this is presumed lost (its message, or its worker)
+# and may be asked for again.
+SPECTROGRAM_PENDING_S = 60.0
+
+
+def ask_for_spectrogram(session: Session, job_id: str) -> bool:
+    """True for the one caller that may queue a render of the job's picture now: none
+    is pending (asked for within ``SPECTROGRAM_PENDING_S``). A client asking every
+    second while it is drawn queues one render, not one per request."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.spectrogram_asked_at.is_(None),
+                Job.spectrogram_asked_at < now - timedelta(seconds=SPECTROGRAM_PENDING_S),
+            ),
+        )
+        .values(spectrogram_asked_at=now)
+    )
+    return affected(result) == 1
 
 
 def mark_spectrogram(session: Session, job_id: str) -> None:

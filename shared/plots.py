@@ -89,7 +89,7 @@ def timeline_png(
     ten_minutes: Sequence[dict[str, Any]], hourly: Sequence[dict[str, Any]], title: str = ""
 ) -> bytes:
     """A long recording's coughs per 10 minutes (bars) and per hour (steps), from the bins
-    its result carries (``ml.counting``); the x axis is clock time when the bins have it."""
+    its result carries (``ml.rates``); the x axis is clock time when the bins have it."""
     fig, ax = _figure(9, 3.6)
     clock = bool(ten_minutes) and "start" in ten_minutes[0]
 
@@ -121,4 +121,48 @@ def timeline_png(
     ax.set_ylabel("coughs")
     ax.set_title(title[:80])
     ax.legend(loc="upper right")
+    return _png(fig)
+
+
+def count_agreement_png(
+    annotated: Sequence[float], detected: Sequence[float], unit: str = "episodes per hour"
+) -> bytes:
+    """Counts against their annotation, one point per period: detected against
+    annotated (the diagonal is perfect agreement), and Bland-Altman (the difference
+    against the mean, with the mean difference and its 95 % limits of agreement)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    a = np.asarray(annotated, dtype=np.float64)
+    d = np.asarray(detected, dtype=np.float64)
+    fig = Figure(figsize=(10, 4.6), dpi=100)
+    left, right = fig.subplots(1, 2)
+    top = float(max(a.max(initial=0.0), d.max(initial=0.0))) * 1.05 + 1.0
+    left.scatter(a, d, s=18, alpha=0.8)
+    left.plot([0, top], [0, top], ":", color="grey", label="perfect agreement")
+    if len(a) >= 3 and a.std() > 0 and d.std() > 0:
+        r = float(np.corrcoef(a, d)[0, 1])
+        left.set_title(f"Detected against annotated (r = {r:.3f}, n = {len(a)})")
+    else:
+        left.set_title(f"Detected against annotated (n = {len(a)})")
+    left.set_xlim(0, top)
+    left.set_ylim(0, top)
+    left.set_xlabel(f"annotated {unit}")
+    left.set_ylabel(f"detected {unit}")
+    left.legend(loc="upper left", fontsize=8)
+    mean, diff = (a + d) / 2, d - a
+    right.scatter(mean, diff, s=18, alpha=0.8)
+    if len(diff):
+        bias, sd = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+        right.axhline(bias, color="black", linewidth=1, label=f"mean difference {bias:+.1f}")
+        for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+            right.axhline(limit, color="black", linewidth=0.8, linestyle="--")
+        right.plot([], [], "k--", linewidth=0.8, label=f"95 % limits ±{1.96 * sd:.1f}")
+    right.axhline(0, color="grey", linewidth=0.6, linestyle=":")
+    right.set_xlabel(f"mean of annotated and detected {unit}")
+    right.set_ylabel("detected - annotated")
+    right.set_title("Bland-Altman")
+    right.legend(loc="upper left", fontsize=8)
     return _png(fig)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from shared.db import session_scope
 from shared.tables import AudioBlob
@@ -118,6 +119,13 @@ class AudioStorage(Protocol):
         """Store every ``key: data`` of ``items`` at once: all of them, or (raising) none."""
         ...
 
+    def put_new(self, session: Session, items: Mapping[str, bytes]) -> None:
+        """Store ``items`` under keys never used before, as part of ``session``'s
+        transaction where the store is the database (committed with the job rows in one
+        commit, or not at all); a file store writes them now (``put_many``), and the
+        caller deletes them if its transaction fails."""
+        ...
+
     def get(self, key: str) -> bytes: ...
 
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
@@ -157,6 +165,11 @@ class DatabaseStorage:
                     delete(AudioBlob).where(AudioBlob.key.in_(keys[start : start + _LIST_PAGE]))
                 )
             session.add_all(AudioBlob(key=key, data=data) for key, data in items.items())
+
+    def put_new(self, session: Session, items: Mapping[str, bytes]) -> None:
+        # New keys (job ids): nothing to replace, so plain INSERTs, batched by the
+        # session's flush into one statement with the job rows' own.
+        session.add_all(AudioBlob(key=key, data=data) for key, data in items.items())
 
     def get(self, key: str) -> bytes:
         with session_scope(self.database_url) as session:
@@ -253,6 +266,9 @@ class FileStorage:
         except BaseException:
             self.delete_many(written)
             raise
+
+    def put_new(self, session: Session, items: Mapping[str, bytes]) -> None:
+        self.put_many(items)
 
     def get(self, key: str) -> bytes:
         try:
@@ -406,6 +422,10 @@ class S3Storage:
         except BaseException:
             self.delete_many(written)
             raise
+
+    def put_new(self, session: Session, items: Mapping[str, bytes]) -> None:
+        # Not the database: written now, and deleted by the caller if its rows fail.
+        self.put_many(items)
 
     def get(self, key: str) -> bytes:
         try:

@@ -103,6 +103,8 @@ class Job(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     cough_detected: Mapped[bool | None] = mapped_column(Boolean)
     cough_score: Mapped[float | None] = mapped_column(Float)
+    # The gate's threshold when it judged this recording: cough_score >= it is a cough.
+    cough_threshold: Mapped[float | None] = mapped_column(Float)
     # [[start_s, end_s], ...]: where the gate found a cough; on a refusal, the
     # window it scored highest (what it looked at).
     cough_segments: Mapped[list[list[float]] | None] = mapped_column(JSON)
@@ -120,6 +122,8 @@ class Job(Base):
     label: Mapped[str | None] = mapped_column(String(255))
     group: Mapped[str | None] = mapped_column(String(255))
     has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When a render of its picture was last queued: at most one is pending per job.
+    spectrogram_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Set when retention (or DELETE) removed the audio and spectrogram; the result stays.
     audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # A long recording's work items (shared/recordings.py): its one decoding pass
@@ -137,6 +141,10 @@ class Job(Base):
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_batch_seq", "batch_id", "batch_seq"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # A queued job's position, and the oldest queued single jobs (coalescing).
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # The completion rate of the last minute (Retry-After).
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     @property

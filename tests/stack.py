@@ -71,6 +71,8 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
             "TUSSIS_RATE_LIMIT": settings.rate_limit,
             "TUSSIS_YAMNET_MODEL": str(settings.yamnet_model),
             "TUSSIS_COUGH_GATE_BUNDLE": str(settings.cough_gate_bundle or "off"),
+            "TUSSIS_COALESCE_JOBS": str(settings.coalesce_jobs),
+            "TUSSIS_API_THREADS": str(settings.api_threads),
         }
     )
     env.update({k: str(v) for k, v in extra.items()})

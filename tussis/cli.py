@@ -353,6 +353,26 @@ def gate_data(out: Path, mirror: Path | None) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--version", "version", default=None)
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--counting-validation",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Long recordings of the validation split (make-long-recordings): the counting "
+    "threshold is chosen on them.",
+)
+@click.option(
+    "--counting-test",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Long recordings of the test split, measured at the chosen counting threshold; "
+    "repeatable.",
+)
+@click.option(
+    "--previous",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A gate bundle this one replaces: measured beside it on the same test data.",
+)
 @click.option("--no-progress", is_flag=True)
 @_common_model_options
 @_model_errors
@@ -363,12 +383,16 @@ def train_cough_gate_command(
     out: Path,
     version: str | None,
     seed: int,
+    counting_validation: Path | None,
+    counting_test: tuple[Path, ...],
+    previous: Path | None,
     no_progress: bool,
     yamnet_model: Path | None,
     inception_weights: str | None,
     cache_dir: Path | None,
 ) -> None:
-    """Train the cough gate and calibrate its threshold (server install)."""
+    """Train the cough detector, choose its design, the gate's threshold and the
+    counting threshold on validation data, and report on test data (server install)."""
     settings = _settings()
     from ml.cough_gate import train_cough_gate
     from ml.training import TrainOptions
@@ -380,13 +404,164 @@ def train_cough_gate_command(
         cache_dir=cache_dir or settings.data_dir / "feature-cache",
         progress=not no_progress,
     )
-    from ml.cough_gate import format_rates
+    from ml.cough_gate import format_designs, format_rates
 
     report = train_cough_gate(
-        coughs_dir, negatives_dir, out, options, version=version, labelled_dirs=labelled_dirs
+        coughs_dir,
+        negatives_dir,
+        out,
+        options,
+        version=version,
+        labelled_dirs=labelled_dirs,
+        counting_validation=counting_validation,
+        counting_test=counting_test,
+        previous=previous,
     )
-    click.echo(f"bundle written to {out}; threshold {report['threshold']:.4f}")
+    click.echo(format_designs(report["designs"], report["design"]))
+    click.echo(f"bundle written to {out}: {report['design']}; threshold {report['threshold']:.4f}")
     click.echo(format_rates(report["test"]))
+    if "counting" in report:
+        from ml.counting import format_report
+
+        counting = report["counting"]
+        click.echo(f"counting threshold {counting['threshold']:g} ({counting['rule']})")
+        click.echo("validation long recordings:")
+        click.echo(format_report({**counting["validation"]["at_threshold"]}))
+        for name, measured in counting["test"].items():
+            click.echo(f"test long recordings {name}:")
+            click.echo(format_report(measured["at_threshold"]))
+
+
+@main.command("make-long-recordings")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--split",
+    type=click.Choice(["validation", "test"]),
+    required=True,
+    help="Whose recordings to place: validation (to choose on) or test (to report).",
+)
+@click.option("--seed", default=0, show_default=True, help="Placement seed.")
+@click.option("--count", default=8, show_default=True, help="Long recordings to make.")
+@click.option("--minutes", default=30.0, show_default=True, help="Length of each.")
+@click.option(
+    "--coughs",
+    "coughs_dir",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="The cough data set (e.g. ../shared/data/covid19-cough).",
+)
+@click.option(
+    "--labelled",
+    "labelled_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="What `tussis gate-data` gathered (Coswara's coughs, other sounds, backgrounds).",
+)
+@click.option(
+    "--with-evaluation-only",
+    is_flag=True,
+    help="Also place the evaluation-only sources' sounds (test split only).",
+)
+@_model_errors
+def make_long_recordings_command(
+    out: Path,
+    split: str,
+    seed: int,
+    count: int,
+    minutes: float,
+    coughs_dir: Path,
+    labelled_dir: Path,
+    with_evaluation_only: bool,
+) -> None:
+    """Build long recordings with coughs at known times and their annotations (server
+    install): NAME.wav with NAME.csv (start_s,end_s of each cough)."""
+    _settings()
+    from ml.long_recordings import make_long_recordings
+
+    record = make_long_recordings(
+        out,
+        coughs_dir,
+        labelled_dir,
+        split,
+        seed=seed,
+        count=count,
+        minutes=minutes,
+        with_evaluation_only=with_evaluation_only,
+    )
+    events = sum(r["cough_events"] for r in record["recordings"])
+    others = sum(r["other_sounds"] for r in record["recordings"])
+    click.echo(
+        f"wrote {len(record['recordings'])} long recordings to {out}: {events} cough events, "
+        f"{others} other sounds"
+    )
+
+
+@main.command("evaluate-counting")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Long recordings, each with an annotation NAME.csv (start_s,end_s) beside it.",
+)
+@click.option(
+    "--gate",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="The detector bundle (default: TUSSIS_COUGH_GATE_BUNDLE).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Window-score threshold (default: the bundle's counting threshold).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write report.json and count-agreement.png.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--no-progress", is_flag=True)
+@_common_model_options
+@_model_errors
+def evaluate_counting_command(
+    data_dir: Path,
+    gate: Path | None,
+    threshold: float | None,
+    out: Path | None,
+    as_json: bool,
+    no_progress: bool,
+    yamnet_model: Path | None,
+    inception_weights: str | None,
+    cache_dir: Path | None,
+) -> None:
+    """Count the coughs of annotated long recordings and measure the counts (server
+    install): episode sensitivity, false positives per hour, precision, hourly rates."""
+    settings = _settings()
+    from ml.counting import evaluate_counting, format_report
+
+    gate = gate or settings.cough_gate_bundle
+    if gate is None:
+        raise click.ClickException("no detector: pass --gate or set TUSSIS_COUGH_GATE_BUNDLE")
+    report = evaluate_counting(
+        data_dir,
+        gate,
+        yamnet_model or settings.yamnet_model,
+        yamnet_url=settings.yamnet_url,
+        threshold=threshold,
+        out=out,
+        cache_dir=cache_dir,
+        progress=not no_progress,
+    )
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"detector {report['detector']['name']} {report['detector']['version']}")
+    click.echo(format_report(report))
+    if out is not None:
+        click.echo(f"written {out / 'report.json'} and {out / 'count-agreement.png'}")
 
 
 # --- client commands: a running Tussis server's batch API over HTTP (tussis/client.py) ---
@@ -405,7 +580,16 @@ Exit codes:
   130  interrupted (Ctrl-C); the state file is kept, so running
        the same command again resumes without re-uploading anything"""
 
-_READ_EPILOG = """\b
+_STATUS_EPILOG = """\b
+Exit codes:
+  0    done
+  2    usage error
+  3    cannot reach the server
+  4    the server refused the request (e.g. batch_not_found; its code and
+       message are shown)
+  130  interrupted (Ctrl-C)"""
+
+_RESULTS_EPILOG = """\b
 Exit codes:
   0    done
   2    usage error
@@ -630,7 +814,7 @@ def count(
     raise SystemExit(1 if failed else 0)
 
 
-@main.command(epilog=_READ_EPILOG)
+@main.command(epilog=_STATUS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
@@ -653,7 +837,7 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
         click.echo(describe_batch(batch))
 
 
-@main.command(epilog=_READ_EPILOG)
+@main.command(epilog=_RESULTS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option(

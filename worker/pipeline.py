@@ -36,6 +36,7 @@ class GateVerdict:
     detected: bool | None = None
     score: float | None = None
     segments: list[list[float]] | None = None
+    threshold: float | None = None
 
 
 # A score that is not a number (audio the API's checks let through, such as extreme
@@ -129,6 +130,7 @@ class Pipeline:
                 **details,
             )
         if ok:
+            self.runtime.notifier.jobs([item.job_id])
             metrics.job_finished("failed", code)
         else:
             log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
@@ -168,6 +170,7 @@ class Pipeline:
             return
         log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
         if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
+            self.runtime.notifier.jobs([job_id])
             metrics.job_finished("failed", "worker_lost")
             claimed.append(
                 Claimed(job_id, 0, "", c.job.batch_id, done=True, recording_id=c.job.recording_id)
@@ -175,10 +178,11 @@ class Pipeline:
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
         ready = []
+        # A chunk's audio in one read (one round trip on the database store).
+        stored = self.runtime.storage.get_many(item.audio_key for item in items)
         for item in items:
-            try:
-                data = self.runtime.storage.get(item.audio_key)
-            except AudioNotFound:
+            data = stored.get(item.audio_key)
+            if data is None:
                 self.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
                 continue
             try:
@@ -192,14 +196,44 @@ class Pipeline:
             ready.append(item)
         return ready
 
-    def run(self, job_ids: list[str]) -> None:
+    def run(self, job_ids: list[str], coalesce: int = 0) -> None:
+        """Analyse ``job_ids`` (a single job's delivery, or a batch chunk's). A single
+        job's first attempt takes up to ``coalesce`` other queued single jobs with it
+        (:meth:`coalesce`)."""
+        held = list(job_ids)
         try:
-            self._run(job_ids)
+            items = self.claim(job_ids)
+            extra = self.coalesce(items, coalesce)
+            held += [c.job_id for c in extra]
+            self._run(items + extra)
         finally:
-            self.runtime.heartbeat.release(job_ids)
+            self.runtime.heartbeat.release(held)
 
-    def _run(self, job_ids: list[str]) -> None:
-        items = self.claim(job_ids)
+    def coalesce(self, items: list[Claimed], limit: int) -> list[Claimed]:
+        """Other queued single jobs claimed to run in one chunk with ``items`` (a single
+        job claimed for its first attempt; a retry runs alone, so that a recording that
+        kills its worker takes no others with it)."""
+        if limit <= 0 or len(items) != 1 or items[0].done or items[0].attempt != 1:
+            return []
+        with self.runtime.session() as session:
+            more = jobs.claim_queued_singles(
+                session,
+                self.worker_id,
+                limit,
+                lease_s=self.settings.lease_s,
+                exclude=items[0].job_id,
+            )
+        if more:
+            self.runtime.heartbeat.hold([c.job_id for c in more])
+            log.info(
+                "job %s: %d more queued job(s) claimed with it: %s",
+                items[0].job_id,
+                len(more),
+                [c.job_id for c in more],
+            )
+        return [Claimed(c.job_id, c.attempt, c.audio_key, None) for c in more]
+
+    def _run(self, items: list[Claimed]) -> None:
         active = [i for i in items if not i.done]
         try:
             if active:
@@ -230,7 +264,9 @@ class Pipeline:
         # completion for a batch and a long recording (shared.jobs.complete_parent).
         for batch_id in {i.batch_id for i in items if i.batch_id}:
             with self.runtime.session() as session:
-                batches.complete_and_notify(session, batch_id, self.publish_callback)
+                batches.complete_and_notify(
+                    session, batch_id, self.publish_callback, self.runtime.notifier.batch
+                )
         for recording_id in {i.recording_id for i in items if i.recording_id}:
             recording_work.complete(self.runtime, recording_id)
 
@@ -275,7 +311,9 @@ class Pipeline:
                 # Where the cough is; on a refusal, the window the gate liked best.
                 looked_at = verdict.segments if detected else (verdict.peak,)
                 segments = [list(s) for s in looked_at if s is not None] or None
-                cough[item.job_id] = GateVerdict(detected, verdict.score, segments)
+                cough[item.job_id] = GateVerdict(
+                    detected, verdict.score, segments, gate.manifest.threshold
+                )
                 if detected:
                     passed.append(item)
             ready = passed
@@ -290,6 +328,7 @@ class Pipeline:
                     cough_detected=False,
                     cough_score=verdict_of.score,
                     cough_segments=verdict_of.segments,
+                    cough_threshold=verdict_of.threshold,
                 )
         if not ready:
             return
@@ -327,8 +366,10 @@ class Pipeline:
                     cough_detected=gate_verdict.detected,
                     cough_score=gate_verdict.score,
                     cough_segments=gate_verdict.segments,
+                    cough_threshold=gate_verdict.threshold,
                 )
             if ok:
+                self.runtime.notifier.jobs([item.job_id])
                 metrics.job_finished("succeeded")
             else:
                 log.warning(

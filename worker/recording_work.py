@@ -11,7 +11,7 @@ claims clips; the pipeline records failures and completes the recording.
   with the cough detector (``model.window_scores``) and keeps its events
   (``ml.events.detect``) on its job row.
 - **Completion** joins the segments' events at their edges (``ml.events.join``),
-  groups episodes and bins the counts (``ml.counting``), and writes the result once
+  groups episodes and bins the counts (``ml.rates``), and writes the result once
   (``shared.recordings.complete_if_done``).
 """
 
@@ -22,7 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ml import counting, events
+from ml import events, rates
 from ml.events import Event
 from shared import jobs, plots, recordings
 from shared.audio import AudioError
@@ -239,7 +239,7 @@ def summarise(recording: Recording, rows: list[Job]) -> recordings.Outcome:
         "version": segments[0].model_version if segments else None,
         "threshold": segments[0].threshold if segments else None,
     }
-    result = counting.summary(
+    result = rates.summary(
         joined, grouped, recording.duration_s or 0.0, recording.recorded_at, detector
     )
     return recordings.Outcome(result=result, events=[(e.start_s, e.end_s, e.score) for e in joined])

@@ -86,7 +86,7 @@ def _pipeline(task: Task) -> Pipeline:
 @shared_task(name=TASK_ANALYSE, bind=True, max_retries=None)
 def analyse_job(self: Task, job_id: str) -> None:
     with _retry_while_database_is_down(self):
-        _pipeline(self).run([job_id])
+        _pipeline(self).run([job_id], coalesce=runtime.current().settings.coalesce_jobs)
 
 
 @shared_task(name=TASK_ANALYSE_CHUNK, bind=True, max_retries=None)
@@ -110,10 +110,17 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
     _pipeline(self).run(job_ids)
 
 
+# A picture asked for before the child's renderer is loaded is asked again this later.
+RENDERER_RETRY_S = 1.0
+
+
 @shared_task(name=TASK_SPECTROGRAM, bind=True, max_retries=None)
 def spectrogram(self: Task, job_id: str) -> bool:
+    rt = runtime.current()
+    if not rt.renderer_ready():
+        raise self.retry(countdown=RENDERER_RETRY_S)
     with _retry_while_database_is_down(self):
-        return draw_spectrogram(runtime.current(), job_id)
+        return draw_spectrogram(rt, job_id)
 
 
 @shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
@@ -174,7 +181,9 @@ def sweep(self: Task) -> int:
         running = batches.running_batches(session)
     for batch_id in running:
         with rt.session() as session:
-            batches.complete_and_notify(session, batch_id, _callback_publisher(self))
+            batches.complete_and_notify(
+                session, batch_id, _callback_publisher(self), rt.notifier.batch
+            )
     with rt.session() as session:
         unfinished = recordings.unfinished(session)
     for recording_id in unfinished:

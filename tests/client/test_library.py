@@ -104,6 +104,27 @@ def test_submit_wait_and_a_typed_result(stack: Stack, cohort: dict[str, list[Pat
     assert (result.model_id, result.model_version) in served
 
 
+def test_job_wait_is_answered_by_a_long_poll_not_a_sleep(
+    stack: Stack, cohort: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that finishes in a fraction of a second once took Job.wait() the whole
+    Retry-After (2 s then): now the server holds the poll and answers at the result."""
+    import tussis.resources
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"Job.wait() slept {seconds} s instead of long-polling")
+
+    client = Client(stack.url)
+    answers: list[dict[str, str]] = []
+    client._session("poll").hooks["response"].append(
+        lambda r, *a, **k: answers.append(dict(r.headers))
+    )
+    job = client.submit(cohort["not sick"][0])
+    monkeypatch.setattr(tussis.resources.time, "sleep", no_sleep)
+    assert job.wait(timeout=240).done
+    assert answers and all(a.get("Preference-Applied", "").startswith("wait=") for a in answers)
+
+
 def test_refusals_and_failed_jobs_carry_the_server_code(stack: Stack) -> None:
     client = Client(stack.url)
     with pytest.raises(RequestRefused) as refused:

@@ -1,8 +1,9 @@
-"""The shipped cough gate on recordings it was not trained on: the held-out
+"""The shipped cough detector on recordings it was not trained on: the held-out
 coughs of ../shared under every recording condition, fresh synthetic non-coughs,
 and one cough between long silences. (Its rates on the real recordings that
-`tussis gate-data` gathers, which CI does not have, are in its card and pinned
-below: docs/model-card.md.)"""
+`tussis gate-data` gathers and on the long recordings `tussis make-long-recordings`
+builds, which CI does not have, are in its card and pinned below:
+docs/model-card.md.)"""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def held_out(cough_files: list[Path], cough_metadata: list[dict]) -> list[tuple[
     return out
 
 
+# Where the shipped detector, run here through ml.model on the held-out covid19-cough
+# recordings (conditions drawn with other seeds than the card's), refuses more than
+# 5 %: the card's own misses in these two conditions (docs/model-card.md#limits).
+KNOWN_HELD_OUT_MISSES = {("call-center", "noise_10db"), ("call-center", "single_event")}
+
+
 @pytest.mark.parametrize("condition", list(conditions.CONDITIONS))
 def test_the_gate_keeps_held_out_coughs_in_every_condition(
     gate, held_out: list[tuple[str, np.ndarray]], condition: str
@@ -64,7 +71,11 @@ def test_the_gate_keeps_held_out_coughs_in_every_condition(
         s: len(v) for s, v in refused.items() if len(v) >= 90
     }, "each source has a real held-out sample"
     rates = {s: round(float(np.mean(v)), 4) for s, v in refused.items()}
-    assert max(rates.values()) <= MAX_REFUSED, rates
+    for source, rate in rates.items():
+        if (source, condition) in KNOWN_HELD_OUT_MISSES:
+            assert MAX_REFUSED < rate <= 0.10, f"{source} {condition}: {rate}: update the card"
+        else:
+            assert rate <= MAX_REFUSED, rates
 
 
 # Fresh synthetic kinds the gate passes more than 1 time in 20 (none today).
@@ -103,25 +114,27 @@ def test_one_cough_between_long_silences_is_found_where_it_is(
         assert start > 5.0 and stop < end + 1.0, verdict.segments
 
 
-# Where the shipped gate misses the ≤ 5 % targets on its card (held-out, never
-# trained on); docs/model-card.md#limits says the same. A miss that appears, or
-# one that is fixed, fails the test until this list and the card page agree.
+# Where the shipped detector misses the ≤ 5 % targets on its card (held-out, never
+# trained on); docs/model-card.md#cough-gate shows the same in bold. A miss that
+# appears, or one that is fixed, fails the test until this list and the card agree.
 KNOWN_COUGH_MISSES = {
-    ("coswara", "noise_10db"),
-    ("coswara", "phone_band"),
-    ("coswara", "quieter_20db"),
     ("coswara", "single_event"),
-    ("eval-esc50-nc", "noise_10db"),
+    ("covid19-cough:call-center", "noise_10db"),
+    ("covid19-cough:call-center", "single_event"),
+    ("eval-dcase2016", "noise_10db"),
 }
 KNOWN_NON_COUGH_MISSES = {
     "breathing (coswara)",
+    "breathing (eval-esc50-nc)",
+    "brushing teeth (eval-esc50-nc)",
     "cat (eval-esc50-nc)",
+    "cow (eval-esc50-nc)",
     "crow (eval-esc50-nc)",
-    "door knocks (antum-sounds)",
+    "dog (esc10)",
     "door knocks (eval-dcase2016)",
     "door knocks (eval-esc50-nc)",
-    "door slams (antum-sounds)",
     "door slams (eval-dcase2016)",
+    "door wood creaks (eval-esc50-nc)",
     "drinking sipping (eval-esc50-nc)",
     "footsteps (eval-esc50-nc)",
     "frog (eval-esc50-nc)",
@@ -132,16 +145,23 @@ KNOWN_NON_COUGH_MISSES = {
     "laughter (antum-sounds)",
     "laughter (eval-dcase2016)",
     "laughter (eval-esc50-nc)",
+    "laughter (soundmonster)",
     "pig (eval-esc50-nc)",
     "room noise (sneeze-detector)",
+    "room noise (speechcommands-noise)",
+    "screaming (soundmonster)",
     "sheep (eval-esc50-nc)",
     "sneezing (esc10)",
-    "speech (eval-dcase2016)",
+    "speech (coswara)",
+    "speech (soundmonster)",
     "speech (speechcommands)",
     "synthetic knocks-1 (synthetic)",
+    "synthetic speech_in_noise-1 (synthetic)",
     "throat clearing (eval-dcase2016)",
     "thunderstorm (eval-esc50-nc)",
     "train (eval-esc50-nc)",
+    "vowels (coswara)",
+    "water drops (eval-esc50-nc)",
 }
 
 
@@ -166,3 +186,55 @@ def test_the_card_reports_every_condition_and_its_misses() -> None:
         k for k, cell in measured["non_coughs_accepted"].items() if cell["rate"] > MAX_REFUSED
     }
     assert non_cough_misses == KNOWN_NON_COUGH_MISSES
+
+
+def test_the_design_was_chosen_on_validation_among_every_design_tried() -> None:
+    manifest = json.loads((GATE / "manifest.json").read_text())
+    metrics = manifest["card"]["metrics"]
+    designs = metrics["designs"]
+    assert manifest["backbone"]["detector"] == metrics["design"] == DESIGN
+    assert {"native", "class-logit head, 16 embedding components"} <= set(designs)
+    assert any("anchored" in d for d in designs) and any("veto" in d for d in designs)
+    ranked = sorted(
+        designs,
+        key=lambda d: (
+            designs[d]["validation"]["non_coughs_accepted_per_category"],
+            designs[d]["validation"]["non_coughs_accepted"],
+        ),
+    )
+    assert designs[ranked[0]]["validation"] == designs[DESIGN]["validation"]
+    assert manifest["threshold"] == designs[DESIGN]["threshold"]
+
+
+DESIGN = "window head (C=0.01) + veto on non-voice confusers (q=1)"
+# The counting figures on the card (docs/model-card.md#counting), at the counting
+# threshold chosen on the validation long recordings: (episode sensitivity, false
+# positives per hour) per set. They miss the targets (>= 0.90 at <= 2 per hour).
+COUNTING_THRESHOLD = 0.98
+COUNTING = {
+    "validation": (0.6378, 1.25),
+    "test": (0.5366, 4.75),
+    "test-with-evaluation-only": (0.7019, 2.25),
+}
+
+
+def test_the_counting_threshold_is_chosen_on_validation_and_reported_on_test() -> None:
+    manifest = json.loads((GATE / "manifest.json").read_text())
+    counting = manifest["card"]["counting"]
+    assert manifest["counting_threshold"] == counting["threshold"] == COUNTING_THRESHOLD
+    assert manifest["counting_threshold"] != manifest["threshold"]  # chosen apart
+    validation = counting["validation"]
+    assert validation["set"]["split"] == "validation"
+    # The rule: the most sensitive threshold within the bound on validation.
+    within = [s for s in validation["sweep"] if s["false_positives_per_hour"] <= 1.5]
+    best = max(within, key=lambda s: (s["episode_sensitivity"], s["threshold"]))
+    assert best["threshold"] == COUNTING_THRESHOLD
+    measured = {"validation": validation["at_threshold"]}
+    for name, result in counting["test"].items():
+        assert result["set"]["split"] == "test"
+        measured[name] = result["at_threshold"]
+    assert {
+        name: (m["episodes"]["sensitivity"], m["episodes"]["false_positives_per_hour"])
+        for name, m in measured.items()
+    } == COUNTING
+    assert counting["test"]["test-with-evaluation-only"]["set"]["with_evaluation_only"]

@@ -130,3 +130,29 @@ def test_the_new_conditions_keep_the_cough_and_add_what_they_say() -> None:
     alone = conditions.apply("single_event", x, seed=1)
     assert len(alone) == int(conditions.EVENT_S * 16000)
     assert np.abs(alone).max() > 0.4  # the loud part was kept
+
+
+def test_soundmonster_gives_only_its_cc0_and_cc_by_recordings() -> None:
+    files = {
+        "Public domain/knock door.mp3": b"",
+        "Public domain/laughter sitcom audience crowd.mp3": b"",
+        "Public domain/cough.mp3": b"",
+        "Attribution license/applause.mp3": b"",
+        # "Public domain" without a CC0 deed (a Wikimedia bugle call, a radio click):
+        "Public domain/army reveille bugle military attack.mp3": b"",
+        "Public domain/radio mic on MDC1200 Echo.mp3": b"",
+        "Attribution license/desktop.ini": b"",
+        "README.md": b"",
+    }
+    picks = sorted((*p[1:3], p[0]) for p in _picks(_source("jonjonsson/SoundMonster"), files))
+    assert picks == [
+        ("soundmonster", "clapping", "Attribution license/applause.mp3"),
+        ("soundmonster", "cough", "Public domain/cough.mp3"),
+        ("soundmonster", "door knocks", "Public domain/knock door.mp3"),
+        ("soundmonster", "laughter", "Public domain/laughter sitcom audience crowd.mp3"),
+    ]
+    from ml.gate_data import SOUND_MONSTER
+
+    assert {licence for _, licence in SOUND_MONSTER.values()} <= {
+        "CC0", "CC BY 3.0", "CC BY 4.0"
+    }  # fmt: skip

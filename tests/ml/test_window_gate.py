@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ml import conditions
-from ml.backbones import CONTEXT_FEATURES, WINDOW_FEATURES
+from ml.backbones import WINDOW_FEATURES
 from ml.bundle import Head, Manifest, read_manifest, write_bundle
 from ml.spectrogram import SpectrogramParams
 from ml.yamnet import COUGH
@@ -144,9 +144,21 @@ def test_training_a_window_gate_writes_an_honest_card(
     out = tmp_path / "gate"
     report = train_cough_gate(coughs, negatives, out, options, version="test")
     manifest = read_manifest(out)
-    assert manifest.backbone == {"name": "yamnet", "features": CONTEXT_FEATURES, "pooling": "max"}
+    assert manifest.backbone == {
+        "name": "yamnet",
+        "features": WINDOW_FEATURES,
+        "pooling": "max",
+        "detector": report["design"],
+    }
     assert 0.0 < manifest.threshold < 1.0
     assert manifest.threshold == pytest.approx(report["threshold"])
+    # Every design was fitted and measured; the chosen one is the best on validation.
+    designs = manifest.card["metrics"]["designs"]
+    assert len(designs) >= 3 and report["design"] in designs
+    best = designs[report["design"]]["validation"]["non_coughs_accepted_per_category"]
+    assert best == min(
+        d["validation"]["non_coughs_accepted_per_category"] for d in designs.values()
+    )
     measured = manifest.card["metrics"]["test"]["coughs_refused"]
     for by_condition in measured.values():
         assert set(by_condition) == set(conditions.CONDITIONS)

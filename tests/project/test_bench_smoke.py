@@ -40,8 +40,12 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
             "scripts/bench.py",
             "bare-yamnet",
             "batch",
+            "singles",
             "latency",
+            "wakeup",
             "polls",
+            "conditional",
+            "waiters",
             "rss",
             "--children",
             "1",
@@ -55,6 +59,8 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
             "1",
             "--wrk-connections",
             "4",
+            "--waiters",
+            "20",
         ],
         cwd=PROJECT_ROOT,
         env=env,
@@ -70,9 +76,14 @@ def test_the_benchmark_runs_its_batch_part_end_to_end(
     assert re.search(r"clips/s \(the issue bare limit\)\s+\d+\.\d", out), out
     assert re.search(r"YAMNet windows per clip .*\s\d+\.\d\d", out), out
     assert re.search(r"upload start -> terminal status\s+median\s+\d+\.\d+ ms .* n=3", out), out
+    assert re.search(r"single jobs / the same recordings as a batch, same run: \d\.\d\d", out)
+    assert re.search(r"worker commit -> client has the answer\s+median\s+\d+\.\d+ ms", out), out
     if shutil.which("wrk"):
         assert re.search(r"GET /healthz\s+\d+\.\d req/s", out), out
         assert re.search(r"job polls / healthz, req/s \(same run\)\s+\d+\.\d\d", out), out
+        assert re.search(r"304 polls / healthz, req/s \(same run\)\s+\d+\.\d\d", out), out
+        assert re.search(r"waiters held \(tussis_long_poll_waiters\)\s+20\b", out), out
+        assert re.search(r"GET /healthz, 20 waiting\s+\d+\.\d req/s", out), out
     else:
         assert "polls: skipped: wrk is not installed" in out, out
     assert re.search(r"gunicorn worker 1\s+\d+\.\d MiB", out), out
