@@ -281,7 +281,11 @@ def claim_queued_singles(
     if limit <= 0:
         return []
     now = utcnow()
-    candidates = (
+    # The candidates in a MATERIALIZED common table expression, so they are chosen
+    # once: as a plain ``IN (SELECT ... LIMIT ... SKIP LOCKED)`` PostgreSQL may run the
+    # subquery more than once, each run skipping the rows the last one locked (one
+    # claim took 4 jobs at a limit of 2). SQLite runs it inside its one write.
+    chosen = (
         select(Job.id)
         .where(
             Job.status == JobStatus.QUEUED,
@@ -293,11 +297,12 @@ def claim_queued_singles(
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
     )
     rows = session.execute(
         update(Job)
-        .where(Job.id.in_(candidates), Job.status == JobStatus.QUEUED)
+        .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
         .values(_claimed(worker_id, now, lease_s))
         .returning(Job.id, Job.attempts, Job.audio_key, Job.created_at)
         .execution_options(synchronize_session=False)
