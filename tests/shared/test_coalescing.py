@@ -39,12 +39,16 @@ def test_queued_single_jobs_are_claimed_oldest_first_and_only_once(settings: Set
         session.execute(update(Job).where(Job.id == own[3]).values(attempts=1))
     taken: dict[str, list[jobs.Coalesced]] = {}
 
-    def claimer(name: str) -> None:
+    # Room for exactly the three eligible jobs (2 + 1): the database may hold other
+    # tests' queued jobs, newer than these, which a larger limit would rightly take.
+    def claimer(name: str, limit: int) -> None:
         with session_scope(settings.database_url) as session:
-            taken[name] = jobs.claim_queued_singles(session, name, 2, lease_s=60, exclude=own[0])
+            taken[name] = jobs.claim_queued_singles(
+                session, name, limit, lease_s=60, exclude=own[0]
+            )
             time.sleep(0.2)  # hold the claim's locks while the other one claims
 
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(2)]
+    threads = [threading.Thread(target=claimer, args=(f"w{i}", 2 - i)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
