@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Container entry point: one image, one role per container.
-#   boot.sh api      the Flask API under gunicorn (gunicorn.conf.py); on 0.0.0.0
+#   boot.sh api      the Flask API under gunicorn (gunicorn.conf.py: gthread workers,
+#                    TUSSIS_API_THREADS threads each, for long polls); on 0.0.0.0
 #                    it starts only once an API key exists (`tussis keys create`).
 #                    Publish it behind a buffering proxy (deploy/nginx.conf, the
-#                    compose `proxy` service), never directly: sync workers serve
-#                    one connection each, so slow clients would hold them all.
+#                    compose `proxy` service), never directly: a worker's threads
+#                    are a fixed number, so enough slow clients would hold them all.
 #   boot.sh worker   a Celery worker (analyses jobs)
 #   boot.sh beat     Celery beat: schedules the sweeper that re-publishes jobs
 #                    whose broker message was lost. Run exactly one per deployment.

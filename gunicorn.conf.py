@@ -21,6 +21,14 @@ prometheus_dir.prepare("api")
 _settings = load_settings()
 # The default address comes from TUSSIS_BIND (127.0.0.1:5000); --bind wins.
 bind = _settings.bind_addresses
+# Threads, not an async worker: the app is ordinary blocking Flask, SQLAlchemy and
+# psycopg code, which gevent would have to monkey-patch and which an async worker would
+# serve one request at a time. A long poll (Prefer: wait) holds a thread while it waits,
+# on an event, without a database connection; one notification listener per process
+# wakes them (api/waiting.py). 500 waiters on a 2-core machine leave /healthz's p99
+# within target (docs/performance.md, "Long polls").
+worker_class = "gthread"
+threads = _settings.api_threads
 accesslog = "-"
 # gunicorn's own lines and its access lines in the app's format (TUSSIS_LOG_FORMAT).
 logconfig_dict = logs.dict_config(_settings.log_format, _settings.log_level)

@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
-from api import auth, contract, guards, limits, metrics
+from api import auth, contract, guards, limits, metrics, waiting
 from api.batches import bp as batches_bp
 from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
@@ -22,10 +22,12 @@ from api.evaluation import bp as evaluation_bp
 from api.health import bp as health_bp
 from api.jobs import bp as jobs_bp
 from api.parameter_errors import raise_parameter_error
+from api.recordings import bp as recordings_bp
 from api.schemas import Error
 from api.served_models import bp as models_bp
+from api.uploads import bp as uploads_bp
 from api.web import bp as web_bp
-from shared import logs
+from shared import logs, notify
 from shared.config import Settings, load_settings
 from shared.queue import make_celery
 from shared.storage import make_storage
@@ -105,7 +107,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.json = JsonProvider(app)
     app.extensions["tussis.settings"] = settings
-    app.extensions["tussis.storage"] = make_storage(settings.storage_url, settings.database_url)
+    endpoint = settings.s3_endpoint_url or None
+    app.extensions["tussis.storage"] = make_storage(
+        settings.storage_url, settings.database_url, endpoint
+    )
+    # Long recordings and resumable uploads: streamed, in their own store.
+    app.extensions["tussis.recording_storage"] = make_storage(
+        settings.recording_storage_url, settings.database_url, endpoint
+    )
+    # Long polls wait here (api/waiting.py); the batches the API itself completes (an
+    # empty one closed) are announced as the worker announces the rest.
+    app.extensions["tussis.waiters"] = waiting.Hub(settings, settings.api_threads)
+    app.extensions["tussis.notifier"] = notify.Publisher(settings)
     celery_init_app(app, settings)
     register_error_handlers(app)
     metrics.init_app(app)  # first, so that it times and counts every request
@@ -113,7 +126,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Authentication runs before the limiter, so that limits count per key.
     auth.init_app(app)
     metrics.init_caller_context(app)
-    limits.init_app(app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp])
+    limits.init_app(
+        app, settings, [jobs_bp, batches_bp, evaluation_bp, models_bp, recordings_bp, uploads_bp]
+    )
     app.after_request(_api_security_headers)
     app.register_api(health_bp)
     app.register_api(jobs_bp, url_prefix="/api/v1")
@@ -121,6 +136,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(web_bp)
     app.register_api(batches_bp, url_prefix="/api/v1")
     app.register_api(evaluation_bp, url_prefix="/api/v1")
+    app.register_api(recordings_bp, url_prefix="/api/v1")
+    app.register_api(uploads_bp, url_prefix="/api/v1")
     app.register_api(docs_bp)
     contract.register_components(app)
     if not logging.getLogger().handlers:

@@ -17,14 +17,17 @@ import hmac
 import ipaddress
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, after_this_request, current_app, g, request
 
 from api import docs, hosts
 from api.errors import ApiError
-from shared import api_keys
+from shared import api_keys, logs
 from shared.config import Settings, SettingsError
-from shared.db import session_scope
+from shared.db import read_once, session_scope
+from shared.polls import Access, KeyUse, Polled
+from shared.tables import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,20 @@ _KEY_PARAMS = ("api_key", "apikey", "key", "token", "access_token")
 
 @dataclass(frozen=True)
 class Caller:
-    owner: str
+    # None only while a poll checks its database key in its own read (CHECKED_BY_THE_READ).
+    owner: str | None
     # What rate limits count against: the key (never the key itself), or the address.
     limit_key: str
+    key_hash: str | None = None  # a database key's: what the poll's read checks
+
+
+# Polls: their one read checks the database key too (shared/polls.py), so that a poll
+# costs one round trip, not one for the key and one for the job.
+CHECKED_BY_THE_READ = frozenset({"jobs.get_job", "batches.get_batch", "batches.list_items"})
+
+# Per process: when each key's use was last written, so that a key polled many times a
+# second is written at most once a minute (api_keys.LAST_USED_RESOLUTION).
+_use_written: dict[str, datetime] = {}
 
 
 def is_loopback_bind(address: str) -> bool:
@@ -122,13 +136,11 @@ def _authenticate(settings: Settings) -> Caller:
         for known, owner in current_app.extensions["tussis.settings"].key_owners.items():
             if hmac.compare_digest(token.encode(), known.encode()):
                 return Caller(owner, f"bootstrap:{owner}")
-        with session_scope(settings.database_url) as session:
-            owner = api_keys.owner_of(session, token)
-        if owner is None:
-            raise _unauthorized(
-                "This API key is not valid (unknown or revoked).", "invalid_api_key"
-            )
-        return Caller(owner, f"key:{api_keys.hash_key(token)[:16]}")
+        key_hash = api_keys.hash_key(token)
+        caller = Caller(None, f"key:{key_hash[:16]}", key_hash)
+        if request.endpoint in CHECKED_BY_THE_READ:
+            return caller
+        return _checked(caller)
     open_mode = (
         not settings.key_owners
         and all(is_loopback_bind(b) for b in settings.bind_addresses)
@@ -140,6 +152,83 @@ def _authenticate(settings: Settings) -> Caller:
         hosts.check_open_mode(settings.allowed_hosts)
         return Caller(ANONYMOUS, f"addr:{request.remote_addr}")
     raise _unauthorized("A valid API key is required: send 'Authorization: Bearer <key>'.")
+
+
+def _checked(caller: Caller) -> Caller:
+    """A database key's caller, its key looked up on its own (one read)."""
+    assert caller.key_hash is not None
+    key_hash = caller.key_hash
+    url = current_app.extensions["tussis.settings"].database_url
+    return _settled(caller, read_once(url, lambda conn: api_keys.lookup(conn, key_hash)))
+
+
+def _settled(caller: Caller, found: KeyUse | None) -> Caller:
+    """The caller of a database key once a read found it (or 401 when it did not)."""
+    if found is None:
+        raise _unauthorized("This API key is not valid (unknown or revoked).", "invalid_api_key")
+    if caller.owner is not None:
+        return caller  # settled by an earlier read of this request (a long poll's)
+    assert caller.key_hash is not None
+    _record_use_later(caller.key_hash, found.last_used_at)
+    return Caller(found.owner, caller.limit_key, caller.key_hash)
+
+
+def _set_caller(caller: Caller) -> str:
+    """This request's caller from now on; its owner is named in its log lines."""
+    if g.get("tussis_caller") is not caller:
+        g.tussis_caller = caller
+        assert caller.owner is not None
+        bind_owner(caller.owner)
+    assert caller.owner is not None
+    return caller.owner
+
+
+def _record_use_later(key_hash: str, last_used_at: datetime | None) -> None:
+    """Write the key's ``last_used_at`` once this request's answer is sent (never inside
+    the read, and at most once a minute per key and process)."""
+    now = utcnow()
+    if not api_keys.use_is_stale(last_used_at, now):
+        return
+    written = _use_written.get(key_hash)
+    if written is not None and not api_keys.use_is_stale(written, now):
+        return
+    url = current_app.extensions["tussis.settings"].database_url
+
+    def write() -> None:
+        try:
+            with session_scope(url) as session:
+                api_keys.record_use(session, key_hash, now)
+            _use_written[key_hash] = now
+        except Exception as exc:  # a timestamp is not worth an error
+            log.warning("could not record an API key's last use (%s)", type(exc).__name__)
+
+    @after_this_request
+    def _after(response: Response) -> Response:
+        response.call_on_close(write)
+        return response
+
+
+def poll_access() -> Access:
+    """Who asks, for a poll's read: the database key to check in it (every read of a
+    long poll checks it again), or the owner of a bootstrap key or open mode."""
+    caller = current_caller()
+    if caller.key_hash is not None:
+        return Access(key_hash=caller.key_hash)
+    return Access(owner=caller.owner)
+
+
+def settle(polled: Polled) -> str:
+    """After a poll's read: the caller's owner, or 401 when its key was not found."""
+    caller = current_caller()
+    if caller.key_hash is None:
+        assert caller.owner is not None
+        return caller.owner
+    return _set_caller(_settled(caller, polled.key if polled.valid else None))
+
+
+def bind_owner(owner: str) -> None:
+    """The rest of the request's log lines name the owner."""
+    g.setdefault("tussis_log_tokens", []).extend(logs.bind(owner=owner))
 
 
 def init_app(app: Flask) -> None:
@@ -158,4 +247,7 @@ def current_caller() -> Caller:
 
 
 def current_owner() -> str:
-    return current_caller().owner
+    caller = current_caller()
+    if caller.owner is None:  # a poll's view asked before its read: check the key now
+        return _set_caller(_checked(caller))
+    return caller.owner

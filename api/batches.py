@@ -9,14 +9,16 @@ import csv
 import io
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Response, current_app, jsonify, request, stream_with_context
 from flask_openapi3 import APIBlueprint
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api import contract, intake, schemas
+from api import contract, intake, pacing, polling, schemas
 from api.archive import (
     MAX_LABELS_BYTES,
     ItemLabel,
@@ -32,8 +34,17 @@ from api.contract import BatchPath
 from api.errors import ApiError
 from api.idempotency import idempotent, replay_batch
 from api.paging import PageQuery, invalid_cursor, page_response
-from api.representation import batch_to_dict, batch_url, job_to_dict, model_notes
-from shared import batches, netguard, retention
+from api.representation import (
+    batch_body,
+    batch_to_dict,
+    batch_url,
+    body_etag,
+    items_etag,
+    job_to_dict,
+    known_notes,
+    model_notes,
+)
+from shared import batches, netguard, notify, polls, retention
 from shared.audio import AudioError
 from shared.db import session_scope
 from shared.queue import publish_callback
@@ -53,7 +64,15 @@ _FILES = {
         "files' names (an archive carries its own labels.csv).",
     },
 }
-_BATCH = contract.json_answer(schemas.Batch, "The batch.", {"Retry-After": contract.RETRY_AFTER})
+_BATCH = contract.json_answer(
+    schemas.Batch,
+    "The batch.",
+    {
+        "Retry-After": contract.RETRY_AFTER,
+        "ETag": contract.ETAG,
+        "Preference-Applied": contract.PREFERENCE_APPLIED,
+    },
+)
 _UPLOADED = contract.json_answer(
     schemas.BatchUpload,
     "Accepted: the batch, with what this request's files became.",
@@ -61,8 +80,9 @@ _UPLOADED = contract.json_answer(
 )
 
 CSV_COLUMNS = [
-    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
-    "model_id", "model_version", "label", "group", "sha256", "job_id",
+    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "cough_threshold",
+    "error_code", "error_message", "model_id", "model_version", "label", "group", "sha256",
+    "job_id",
 ]  # fmt: skip
 
 
@@ -279,11 +299,19 @@ def _forget_batch(batch_id: str) -> None:
         log.exception("could not delete batch %s after its request failed", batch_id)
 
 
+def _retry_after(body: dict[str, Any]) -> int:
+    """``Retry-After`` for a batch's body: from its items still queued or running."""
+    counts = body["counts"]
+    return pacing.for_batch(intake.settings(), counts["queued"] + counts["running"])
+
+
 def _close(batch_id: str) -> None:
     """open -> running, then completed at once if nothing is left to analyse."""
     with session_scope(intake.settings().database_url) as session:
         batches.close(session, batch_id)
-        batches.complete_and_notify(session, batch_id, _publish_callback)
+        batches.complete_and_notify(
+            session, batch_id, _publish_callback, current_app.extensions["tussis.notifier"].batch
+        )
 
 
 @bp.post(
@@ -346,7 +374,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     return (
         jsonify(schemas.dump(schemas.BatchUpload, body)),
         202,
-        {"Location": batch_url(batch_id), "Retry-After": str(s.retry_after_s)},
+        {"Location": batch_url(batch_id), "Retry-After": str(_retry_after(body))},
     )
 
 
@@ -390,18 +418,39 @@ def close_batch(path: BatchPath) -> Response:
         return jsonify(batch_to_dict(session, _load(session, batch_id, owner)))
 
 
-@bp.get("/batches/<batch_id>", responses=contract.answers({200: _BATCH}, 404))
+@bp.get(
+    "/batches/<batch_id>",
+    responses=contract.answers({200: _BATCH, 304: contract.NOT_MODIFIED}, 404),
+    openapi_extensions={"parameters": [contract.IF_NONE_MATCH, contract.PREFER_WAIT]},
+)
 def get_batch(path: BatchPath) -> Response:
-    """A batch's status, counts and progress"""
+    """A batch's status, counts and progress
+
+    One database round trip (the key, the batch and its counts). `If-None-Match` and
+    `Prefer: wait=N` work as for a job; a long poll answers once the batch is
+    completed (docs/api.md, Polling)."""
     batch_id = path.batch_id
     s = intake.settings()
-    owner = current_owner()
-    with session_scope(s.database_url) as session:
-        body = batch_to_dict(session, _load(session, batch_id, owner))
-    response = jsonify(body)
-    if body["status"] != BatchStatus.COMPLETED:
-        response.headers["Retry-After"] = str(s.retry_after_s)
-    return response
+
+    def fetch() -> list[Any]:
+        query = partial(polls.batch, batch_id=batch_id)
+        return polling.read(s.database_url, query, _not_found(batch_id))
+
+    def build(rows: list[Any]) -> polling.Answer:
+        counts = polls.batch_counts(rows)
+        body = batch_body(rows[0], counts)
+        headers = {}
+        if body["status"] != BatchStatus.COMPLETED:
+            remaining = counts.queued + counts.running
+            headers["Retry-After"] = str(pacing.for_batch(s, remaining))
+        return polling.Answer(body_etag(body), lambda: body, headers)
+
+    return polling.answer(
+        fetch,
+        build,
+        wait_key=notify.batch_key(batch_id),
+        finished=lambda rows: rows[0].status == BatchStatus.COMPLETED,
+    )
 
 
 @bp.delete(
@@ -440,29 +489,52 @@ def delete_batch(path: BatchPath) -> tuple[str, int]:
     responses=contract.answers(
         {
             200: contract.json_answer(
-                schemas.ItemPage, "A page of the batch's items.", {"Link": contract.LINK}
-            )
+                schemas.ItemPage,
+                "A page of the batch's items.",
+                {"Link": contract.LINK, "ETag": contract.ETAG},
+            ),
+            304: contract.NOT_MODIFIED,
         },
         404,
     ),
+    openapi_extensions={"parameters": [contract.IF_NONE_MATCH]},
 )
 def list_items(path: BatchPath, query: PageQuery) -> Response:
-    """A batch's items (as jobs), in upload order"""
+    """A batch's items (as jobs), in upload order
+
+    One database round trip (the key, the batch and the page); `If-None-Match` with
+    the page's last `ETag` answers `304` while none of its items changed."""
     batch_id = path.batch_id
     s = intake.settings()
-    owner = current_owner()
     limit = query.page_size(s.page_size)
     try:
         after = batches.decode_item_cursor(query.cursor)
     except ValueError as exc:
         raise invalid_cursor() from exc
-    with session_scope(s.database_url) as session:
-        _load(session, batch_id, owner)
-        rows = batches.items_page(session, batch_id, after, limit + 1)
-        notes = model_notes(session, rows[:limit])
-        items = [job_to_dict(j, notes) for j in rows[:limit]]
-        next_cursor = batches.encode_item_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return page_response({"items": items, "next_cursor": next_cursor}, next_cursor, limit)
+
+    def fetch() -> list[Any]:
+        page = partial(polls.items, batch_id=batch_id, after_seq=after, limit=limit + 1)
+        return polling.read(s.database_url, page, _not_found(batch_id))
+
+    def build(rows: list[Any]) -> polling.Answer:
+        found = polls.page_items(rows)
+        shown = found[:limit]
+        next_cursor = batches.encode_item_cursor(found[limit - 1]) if len(found) > limit else None
+        notes = known_notes(shown)
+        if notes is None:
+            with session_scope(s.database_url) as session:
+                notes = model_notes(session, shown)
+        headers = {}
+        if next_cursor:
+            query = urlencode({"limit": limit, "cursor": next_cursor})
+            headers["Link"] = f'<{request.path}?{query}>; rel="next"'
+        return polling.Answer(
+            items_etag(shown, notes, next_cursor),
+            lambda: {"items": [job_to_dict(j, notes) for j in shown], "next_cursor": next_cursor},
+            headers,
+        )
+
+    return polling.answer(fetch, build)
 
 
 def _csv_row(job: Job) -> list[Any]:
@@ -471,8 +543,8 @@ def _csv_row(job: Job) -> list[Any]:
     return safe_row([
         job.path, job.status, job.diagnosis, job.score,
         "" if job.cough_detected is None else str(job.cough_detected).lower(),
-        job.cough_score, job.error_code, job.model_id, job.model_version, job.label,
-        job.group, job.audio_sha256, job.id,
+        job.cough_score, job.cough_threshold, job.error_code, job.error_message,
+        job.model_id, job.model_version, job.label, job.group, job.audio_sha256, job.id,
     ])  # fmt: skip
 
 

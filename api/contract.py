@@ -42,6 +42,8 @@ TAGS = {
         ("models", "The model bundles the workers serve, with their model cards."),
         ("health", "Liveness and readiness, without a key."),
         ("docs", "This document and its browsable page, without a key."),
+        ("recordings", "Long recordings (hours) counted for coughs: events, hourly counts."),
+        ("uploads", "Resumable uploads of long recordings (tus 1.0)."),
     ]
 }
 
@@ -62,6 +64,31 @@ RETRY_AFTER = _header("Seconds to wait before the next poll or retry.", "integer
 LOCATION = _header("The created (or replayed) resource's URL.")
 REPLAYED = _header("`true`: this answer replays an earlier request with the same key.")
 LINK = _header('`<...>; rel="next"`: the next page, while there is one.')
+ETAG = _header(
+    "A strong validator of this answer's state: send it back as `If-None-Match` to get "
+    "`304` while nothing changed."
+)
+PREFERENCE_APPLIED = _header("`wait=N`: the server held the answer as `Prefer: wait=N` asked.")
+NOT_MODIFIED: dict[str, Any] = {
+    "description": "Not modified: the state is still the one `If-None-Match` names. No body.",
+    "headers": {"ETag": ETAG, "Retry-After": RETRY_AFTER, "Preference-Applied": PREFERENCE_APPLIED},
+}
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "The `ETag` of the state the client has: `304 Not Modified` while it is "
+    "still current.",
+    "schema": {"type": "string", "maxLength": 1024},
+}
+PREFER_WAIT = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`wait=N` (RFC 7240, N up to 60): answer as soon as the resource has "
+    "finished, or after N seconds with its state then (`Preference-Applied: wait=N`).",
+    "schema": {"type": "string", "maxLength": 1024},
+}
 
 ERRORS: dict[int, dict[str, Any]] = {
     400: {
@@ -87,6 +114,8 @@ ERRORS: dict[int, dict[str, Any]] = {
         "headers": {"Retry-After": RETRY_AFTER},
     },
     414: {"description": "The URL is too long (`uri_too_long`)."},
+    412: {"description": "A tus request without `Tus-Resumable: 1.0.0`."},
+    415: {"description": "The body's media type is not the one this operation takes."},
     431: {"description": "Too many or too large headers (`headers_too_large`)."},
     503: {
         "description": "The job database is unreachable right now (`database_unavailable`).",

@@ -47,6 +47,8 @@ MAX_HEADERS = 100
 _ID_ERRORS = {
     "job_id": ("job_not_found", "There is no such job."),
     "batch_id": ("batch_not_found", "There is no such batch."),
+    "recording_id": ("recording_not_found", "There is no such recording."),
+    "upload_id": ("upload_not_found", "There is no such upload."),
 }
 _PARAM_CODES = {"limit": "invalid_limit", "cursor": "invalid_cursor"}
 

@@ -28,7 +28,7 @@ from typing import Any, ParamSpec
 from flask import Response, current_app, jsonify, request
 from werkzeug.datastructures import FileStorage
 
-from api import intake
+from api import intake, pacing
 from api.auth import current_owner
 from api.errors import ApiError
 from api.representation import batch_to_dict, batch_url, job_to_dict, job_url, model_notes
@@ -112,7 +112,7 @@ def replay_job(owner: str, job_id: str) -> Response:
     response = jsonify(body)
     response.headers["Location"] = job_url(job_id)
     if body["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
-        response.headers["Retry-After"] = str(intake.settings().retry_after_s)
+        response.headers["Retry-After"] = str(pacing.for_job(intake.settings(), body["status"], 0))
     return response
 
 
@@ -129,7 +129,8 @@ def replay_batch(owner: str, batch_id: str) -> Response:
     response = jsonify(body)
     response.headers["Location"] = batch_url(batch_id)
     if body["status"] != BatchStatus.COMPLETED:
-        response.headers["Retry-After"] = str(intake.settings().retry_after_s)
+        remaining = body["counts"]["queued"] + body["counts"]["running"]
+        response.headers["Retry-After"] = str(pacing.for_batch(intake.settings(), remaining))
     return response
 
 

@@ -133,37 +133,45 @@ def _add_row(
 
 
 def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None = None) -> Job:
-    """Store the audio, then commit the job row (the worker must always find both)."""
+    """Store the audio and the job row in one transaction, one commit (the worker must
+    always find both); nothing is left of a failed one."""
     job_id = jobs.new_job_id()
-    storage().put(job_id, item.data)
-    try:
-        with session_scope(settings().database_url) as session:
-            job = _add_row(session, job_id, owner, item, batch_id, seq)
-    except BaseException:
-        # No row will ever point at the audio: remove it now rather than leave an
-        # orphan for the retention task (which may be hours away, or off).
-        _forget_audio([job_id])
-        raise
-    return job
+    return _store(owner, [(job_id, item)], batch_id, seq)[0]
 
 
 def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: int) -> list[str]:
-    """:func:`store` for a batch chunk: all the audio in one storage call, then all the
-    rows in one transaction (``first_seq``, ``first_seq + 1``, ... in order). Either
-    every item is stored, or none is (and this raises). Returns the new job ids."""
+    """:func:`store` for a batch chunk: all the audio and all the rows (``first_seq``,
+    ``first_seq + 1``, ... in order) in one transaction and one commit, an INSERT for
+    the audio and one for the rows. Either every item is stored, or none is (and this
+    raises). Returns the new job ids."""
     if not items:
         return []
-    job_ids = [jobs.new_job_id() for _ in items]
-    storage().put_many({job_id: item.data for job_id, item in zip(job_ids, items, strict=True)})
+    pairs = [(jobs.new_job_id(), item) for item in items]
+    return [job.id for job in _store(owner, pairs, batch_id, first_seq)]
+
+
+def _store(
+    owner: str, pairs: Sequence[tuple[str, NewJob]], batch_id: str | None, first_seq: int | None
+) -> list[Job]:
     try:
         with session_scope(settings().database_url) as session:
-            for offset, (job_id, item) in enumerate(zip(job_ids, items, strict=True)):
-                _add_row(session, job_id, owner, item, batch_id, first_seq + offset)
+            storage().put_new(session, {job_id: item.data for job_id, item in pairs})
+            return [
+                _add_row(
+                    session,
+                    job_id,
+                    owner,
+                    item,
+                    batch_id,
+                    None if first_seq is None else first_seq + offset,
+                )
+                for offset, (job_id, item) in enumerate(pairs)
+            ]
     except BaseException:
-        # As in store: no row will point at this audio.
-        _forget_audio(job_ids)
+        # A file store wrote the audio before the rows: no row will ever point at it, so
+        # it goes now rather than wait for the retention task (hours away, or off).
+        _forget_audio([job_id for job_id, _ in pairs])
         raise
-    return job_ids
 
 
 def _forget_audio(keys: Sequence[str]) -> None:
@@ -207,6 +215,11 @@ def publish_spectrogram(job_id: str) -> None:
     except Exception as exc:
         # The caller asks again after Retry-After, and that request publishes again.
         log.warning("job %s: spectrogram not queued (%s)", job_id, exc)
+
+
+def leave_to_the_sweeper(job_ids: list[str]) -> None:
+    """The broker refused these jobs' messages: the next sweep publishes them."""
+    _leave_to_the_sweeper(job_ids)
 
 
 def _leave_to_the_sweeper(job_ids: list[str]) -> None:

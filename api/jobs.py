@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
+from typing import Any
 
 from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint
 from sqlalchemy.orm import Session
 
-from api import contract, intake, schemas
+from api import contract, intake, pacing, polling, schemas
 from api.auth import current_owner
 from api.contract import JobPath
 from api.errors import ApiError, upload_too_large
 from api.idempotency import idempotent, replay_job
 from api.paging import PageQuery, invalid_cursor, page_response
-from api.representation import job_to_dict, job_url, model_notes
-from shared import evaluations, jobs, retention
+from api.representation import job_etag, job_to_dict, job_url, known_notes, model_notes
+from shared import evaluations, jobs, notify, polls, retention
 from shared.audio import AudioError
 from shared.db import session_scope
 from shared.storage import AudioNotFound, spectrogram_key
-from shared.tables import Job, JobStatus, utcnow
+from shared.tables import TERMINAL_STATUSES, Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, abp_tags=[contract.TAGS["jobs"]])
 
-_JOB = contract.json_answer(schemas.Job, "The job.", {"Retry-After": contract.RETRY_AFTER})
+_JOB = contract.json_answer(
+    schemas.Job,
+    "The job.",
+    {
+        "Retry-After": contract.RETRY_AFTER,
+        "ETag": contract.ETAG,
+        "Preference-Applied": contract.PREFERENCE_APPLIED,
+    },
+)
 
 
 def _owned(session: Session, job_id: str, owner: str) -> Job:
@@ -92,23 +102,48 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
         raise ApiError(422, exc.code, exc.message) from exc
     job = intake.store(owner, intake.new_job(data, filename, content_type, duration))
     intake.publish_single(job.id)
-    headers = {"Location": job_url(job.id), "Retry-After": str(settings.retry_after_s)}
+    # Its place in the queue is not read here (that would be a query more per upload):
+    # the estimate for a job with nobody ahead of it.
+    retry_after = pacing.for_queued(settings, 0)
+    headers = {"Location": job_url(job.id), "Retry-After": str(retry_after)}
     return jsonify(job_to_dict(job, {})), 202, headers
 
 
-@bp.get("/jobs/<job_id>", responses=contract.answers({200: _JOB}, 404))
+@bp.get(
+    "/jobs/<job_id>",
+    responses=contract.answers({200: _JOB, 304: contract.NOT_MODIFIED}, 404),
+    openapi_extensions={"parameters": [contract.IF_NONE_MATCH, contract.PREFER_WAIT]},
+)
 def get_job(path: JobPath) -> Response:
-    """Poll a job"""
+    """Poll a job
+
+    One database round trip (the key and the job). `If-None-Match` with the last
+    `ETag` answers `304` while nothing changed; `Prefer: wait=N` (N up to 60) holds
+    the answer until the job has finished, or N seconds (docs/api.md, Polling)."""
     job_id = path.job_id
     settings = intake.settings()
-    owner = current_owner()
-    with session_scope(settings.database_url) as session:
-        job = _owned(session, job_id, owner)
-        body = job_to_dict(job, model_notes(session, [job]))
-    response = jsonify(body)
-    if body["status"] in (JobStatus.QUEUED, JobStatus.RUNNING):
-        response.headers["Retry-After"] = str(settings.retry_after_s)
-    return response
+    missing = ApiError(404, "job_not_found", f"There is no job {job_id}.")
+
+    def fetch() -> list[Any]:
+        return polling.read(settings.database_url, partial(polls.job, job_id=job_id), missing)
+
+    def build(rows: list[Any]) -> polling.Answer:
+        job = rows[0]
+        notes = known_notes(rows)
+        if notes is None:
+            with session_scope(settings.database_url) as session:
+                notes = model_notes(session, rows)
+        headers = {}
+        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            headers["Retry-After"] = str(pacing.for_job(settings, job.status, job.ahead))
+        return polling.Answer(job_etag(job, notes), lambda: job_to_dict(job, notes), headers)
+
+    return polling.answer(
+        fetch,
+        build,
+        wait_key=notify.job_key(job_id),
+        finished=lambda rows: rows[0].status in TERMINAL_STATUSES,
+    )
 
 
 @bp.get(
@@ -218,9 +253,12 @@ def get_spectrogram(path: JobPath) -> Response:
         return Response(png, mimetype="image/png")
     if not drawable:
         raise missing
-    # Drawn only for those who look at it: the analysis never spends time on it.
-    # A repeated request while it is drawn queues another task that finds it done.
-    intake.publish_spectrogram(job_id)
+    # Drawn only for those who look at it: the analysis never spends time on it. One
+    # render is queued at a time: repeated requests while it is drawn queue nothing.
+    with session_scope(settings.database_url) as session:
+        ask = jobs.ask_for_spectrogram(session, job_id)
+    if ask:
+        intake.publish_spectrogram(job_id)
     response = jsonify(
         status="drawing",
         message="The spectrogram is being drawn; ask again in a moment.",

@@ -123,7 +123,10 @@ def init_app(app: Flask, settings: Settings, blueprints: list[Blueprint]) -> Lim
         _limit_key,
         app=app,
         storage_uri=settings.rate_limit_storage_url,
-        strategy="moving-window",
+        # A counter per window (the current and the previous one, weighted): O(1) per
+        # request, where a moving window keeps one entry per request (the byte budget
+        # above is such a counter too, for the same reason).
+        strategy="sliding-window-counter",
         # Off: its header hook rewrites every Retry-After (the 202's polling hint too).
         headers_enabled=False,
         key_prefix="tussis-rate",

@@ -29,12 +29,14 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from api import guards
+from api.auth import bind_owner
 from api.errors import error_response
 from shared import logs
 
@@ -68,6 +70,12 @@ JOBS_SUBMITTED = Counter(
     "Jobs accepted and queued: `single` (POST /api/v1/jobs) or `batch_item` (a file of a "
     "batch). Idempotent replays are not counted again.",
     ["kind"],
+)
+
+LONG_POLL_WAITERS = Gauge(
+    "tussis_long_poll_waiters",
+    "Requests holding a long poll (`Prefer: wait`) now, summed over the API processes.",
+    multiprocess_mode="livesum",
 )
 
 # The upload routes (URL rules) and the kind each counts as.
@@ -166,12 +174,13 @@ def metrics() -> Response:
 
 def _bind_owner() -> None:
     caller = g.get("tussis_caller")
-    if caller is not None:
-        g.setdefault("tussis_log_tokens", []).extend(logs.bind(owner=caller.owner))
+    if caller is not None and caller.owner is not None:  # a poll binds it after its read
+        bind_owner(caller.owner)
 
 
 def init_app(app: Flask) -> None:
     """Before the other hooks, so that requests they refuse are timed too."""
+    app.extensions["tussis.waiters"].on_count = LONG_POLL_WAITERS.set
     app.before_request(_start)
     app.after_request(_count)
     app.teardown_request(_end)

@@ -3,6 +3,8 @@ rows, and checked against the declared bodies of api/schemas.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -12,7 +14,7 @@ from sqlalchemy.orm import Session
 from api import schemas
 from shared import batches, jobs
 from shared.model_registry import ModelNote
-from shared.tables import Batch, BatchStatus, Job, JobStatus, ServedModel, utcnow
+from shared.tables import Batch, BatchStatus, JobStatus, ServedModel
 
 
 def iso(value: datetime | None) -> str | None:
@@ -25,20 +27,84 @@ def job_url(job_id: str) -> str:
 
 ModelNotes = Mapping[tuple[str, str], ModelNote]
 
+# A version's manifest never changes (a rebuilt bundle is a new version), so each
+# process keeps the notes it has read: a poll of a succeeded job needs no query for
+# them. A model no worker has registered yet is not remembered, and is asked again.
+_NOTES: dict[tuple[str, str], ModelNote] = {}
 
-def model_notes(session: Session, rows: Iterable[Job]) -> dict[tuple[str, str], ModelNote]:
-    """The notes of the models that scored these jobs, in one query."""
-    pairs = {
+
+def _scored_by(rows: Iterable[Any]) -> set[tuple[str, str]]:
+    return {
         (j.model_id, j.model_version)
         for j in rows
         if j.status == JobStatus.SUCCEEDED and j.model_id and j.model_version
     }
-    return {pair: ModelNote.of(m) for pair, m in jobs.scoring_manifests(session, pairs).items()}
 
 
-def job_to_dict(job: Job, notes: ModelNotes) -> dict[str, Any]:
-    """The job's body; ``notes`` (from :func:`model_notes`, or ``{}`` for a job that
-    cannot have a result yet) gives a result its model's caveat."""
+def known_notes(rows: Iterable[Any]) -> dict[tuple[str, str], ModelNote] | None:
+    """The notes of the models that scored these jobs from this process's cache, or
+    None when one of them has to be read (:func:`model_notes`)."""
+    pairs = _scored_by(rows)
+    if not pairs <= _NOTES.keys():
+        return None
+    return {pair: _NOTES[pair] for pair in pairs}
+
+
+def model_notes(session: Session, rows: Iterable[Any]) -> dict[tuple[str, str], ModelNote]:
+    """The notes of the models that scored these jobs: from the cache, and the others
+    in one query."""
+    rows = list(rows)
+    cached = known_notes(rows)
+    if cached is not None:
+        return cached
+    pairs = _scored_by(rows)
+    missing = pairs - _NOTES.keys()
+    for pair, manifest in jobs.scoring_manifests(session, missing).items():
+        _NOTES[pair] = ModelNote.of(manifest)
+    return {pair: _NOTES[pair] for pair in pairs if pair in _NOTES}
+
+
+def forget_notes() -> None:
+    """Empty this process's cache of model notes (tests)."""
+    _NOTES.clear()
+
+
+# Part of every ETag: a release that changes how a body is written changes every tag.
+REPRESENTATION = "1"
+
+
+def _tag(*parts: object) -> str:
+    text = "|".join("" if p is None else str(p) for p in (REPRESENTATION, *parts))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def job_etag(job: Any, notes: ModelNotes) -> str:
+    """A strong ETag of the job's body, from the row's state: every write that changes
+    what :func:`job_to_dict` shows moves ``updated_at`` (or sets ``audio_deleted_at``),
+    and a result's note is either known or not."""
+    note = None
+    if job.status == JobStatus.SUCCEEDED:
+        note = (job.model_id or "", job.model_version or "") in notes
+    return _tag(
+        "job", job.id, job.status, job.attempts, iso(job.updated_at), iso(job.audio_deleted_at),
+        note,
+    )  # fmt: skip
+
+
+def items_etag(items: Iterable[Any], notes: ModelNotes, next_cursor: str | None) -> str:
+    """A strong ETag of a page of items: each item's own, and where the next page starts."""
+    return _tag("items", next_cursor, *(job_etag(j, notes) for j in items))
+
+
+def body_etag(body: Mapping[str, Any]) -> str:
+    """A strong ETag of a body built only from stored state (a batch's)."""
+    return _tag(json.dumps(body, sort_keys=True, default=str))
+
+
+def job_to_dict(job: Any, notes: ModelNotes) -> dict[str, Any]:
+    """The job's body (from a ``Job`` or a row of its columns, shared/polls.py);
+    ``notes`` (from :func:`model_notes`, or ``{}`` for a job that cannot have a result
+    yet) gives a result its model's caveat."""
     result = None
     if job.status == JobStatus.SUCCEEDED:
         note = notes.get((job.model_id or "", job.model_version or ""), ModelNote())
@@ -98,12 +164,19 @@ def batch_url(batch_id: str) -> str:
 
 
 def batch_to_dict(session: Session, batch: Batch) -> dict[str, Any]:
-    c = batches.counts(session, batch.id)
+    return batch_body(batch, batches.counts(session, batch.id))
+
+
+def batch_body(batch: Any, c: batches.Counts) -> dict[str, Any]:
+    """The batch's body from its row (or a row of its columns) and its items' counts.
+    Only stored state goes into it, never the clock: a running batch's ``elapsed_s``
+    runs to its latest finished item, so the body, and its ETag, change only when the
+    batch or an item does."""
     total = c.total
     progress = c.done / total if total else (1.0 if batch.status == BatchStatus.COMPLETED else 0.0)
     started = batch.created_at
-    end = batch.finished_at or utcnow()
-    elapsed = (end - started).total_seconds()
+    end = batch.finished_at or c.last_finished_at or started
+    elapsed = max(0.0, (end - started).total_seconds())
     eta = None
     if batch.status != BatchStatus.COMPLETED and c.done and c.done < total:
         eta = round(elapsed / c.done * (total - c.done), 1)

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ml import events, yamnet
+from ml import events, rates, yamnet
 from ml.events import Event
 from tussis.formats import AUDIO_SUFFIXES
 
@@ -132,17 +132,13 @@ def detect(recording: Recording, threshold: float) -> list[Event]:
 
 
 def hourly(spans: Sequence[Span], duration_s: float) -> list[float]:
-    """Episodes per hour in each whole hour from the start (``BIN_H``); the last,
-    shorter part counts when at least ``MIN_BIN_H`` long."""
-    bins = []
-    start = 0.0
-    while start < duration_s:
-        length_h = min(BIN_H * 3600, duration_s - start) / 3600
-        if length_h >= MIN_BIN_H:
-            n = sum(1 for s in spans if start <= s.start_s < start + length_h * 3600)
-            bins.append(n / length_h)
-        start += BIN_H * 3600
-    return bins
+    """Episodes per hour in each whole hour from the start (``ml.rates.bins``, the
+    service's own binning); the last, shorter part counts when at least ``MIN_BIN_H``
+    long."""
+    rows = rates.bins([Event(s.start_s, s.end_s, 1.0) for s in spans], duration_s, BIN_H * 3600)
+    return [
+        r["count"] / (r["covered_s"] / 3600) for r in rows if r["covered_s"] >= MIN_BIN_H * 3600
+    ]
 
 
 def _ratio(a: float, b: float) -> float | None:

@@ -127,6 +127,7 @@ class Yamnet:
     """
 
     RECENT = 32  # two of the worker's default 16-clip chunks
+    MEMO_MAX_SAMPLES = 121 * SAMPLE_RATE  # clips (at most 120 s) are remembered, segments not
 
     def __init__(self, model_path: Path) -> None:
         self._recent: OrderedDict[bytes, YamnetOutput] = OrderedDict()
@@ -147,6 +148,10 @@ class Yamnet:
 
     def run(self, samples: np.ndarray) -> YamnetOutput:
         samples = np.ascontiguousarray(samples, dtype=np.float32)
+        if len(samples) > self.MEMO_MAX_SAMPLES:
+            # A long recording's segment is looked at once: remembering it would only
+            # hold megabytes (32 five-minute segments' outputs are 124 MB).
+            return self._run(samples)
         # A digest of the samples, not id(): an array freed and another allocated
         # at the same address must not get the old clip's output.
         key = hashlib.blake2b(samples.tobytes(), digest_size=16).digest()
@@ -165,7 +170,10 @@ class Yamnet:
 
     def _run(self, samples: np.ndarray) -> YamnetOutput:
         self.passes += 1
-        windows = frame(samples)
+        # A view of the windows, not a copy (frame() gathers them): a five-minute segment's
+        # 625 windows would otherwise take 39 MB, and their index 78 MB more.
+        padded = samples if len(samples) >= WINDOW else np.pad(samples, (0, WINDOW - len(samples)))
+        windows = np.lib.stride_tricks.sliding_window_view(padded, WINDOW)[::HOP]
         scores = np.empty((len(windows), 521), np.float32)
         embeddings = np.empty((len(windows), 1024), np.float32)
         for i, window in enumerate(windows):

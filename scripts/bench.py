@@ -10,6 +10,12 @@ Parts (one or more; ``all``, the default, runs every one):
                prints pipeline efficiency = end to end / bare, measured in the same run
   latency      idle warm service, one job at a time, 50 ms polls: upload start -> terminal
   polls        wrk on one finished job's URL and on /healthz: req/s, p99, their ratio
+  conditional  polls, and the same polls with the job's ETag (304 answers), against /healthz
+  wakeup       long polls (Prefer: wait): worker commit -> client has the answer, p50/p95
+  waiters      --waiters clients long-polling at once: /healthz p99 and upload -> 202 beside
+               them, against the same without them
+  singles      the batch's recordings as single jobs from --concurrency clients: jobs/s
+               against the batch's clips/s and the bare limit, same run
   rss          peak RSS (VmHWM) of each gunicorn worker and celery child after the batch run
   coldstart    worker start -> first result, and API + worker started together -> first result
   poc          the proof of concept's way (model per clip, figure -> PNG) against the bare loop
@@ -17,8 +23,14 @@ Parts (one or more; ``all``, the default, runs every one):
   evaluation   a finished batch's evaluation (--eval-items in --eval-groups groups): computed
                per request for every group, as the API did, against computed once by a
                worker (50 largest groups) and a request answered from the stored row
+  long         an --hours long 16-bit WAV (8 h: about 920 MB) streamed to a real stack: API
+               RSS while streaming, upload finished -> result against decode + one YAMNet
+               pass over its windows in --children processes, child RSS (scripts/bench_long.py)
+  decode-strategies  --minutes of MP3 cut into segments: seek in the container per segment
+               over ranged reads, against one transcode to 16 kHz PCM
 
-batch, latency, polls and rss share one running stack (API + worker with --children).
+batch, singles, latency, wakeup, polls, conditional, waiters and rss share one running
+stack (API + worker with --children).
 
     python scripts/bench.py components
     python scripts/bench.py service --jobs 100 --concurrency 1      # embedded defaults
@@ -645,9 +657,14 @@ def _revoke(stack: Any, key_id: str) -> None:
         api_keys.revoke(session, key_id)
 
 
-def bench_polls(live: LiveStack, seconds: int, threads: int, connections: int) -> None:
-    """Status polls of one finished job against ``/healthz`` (no database), same run."""
+def bench_polls(
+    live: LiveStack, seconds: int, threads: int, connections: int, conditional: bool
+) -> None:
+    """Status polls of one finished job against ``/healthz`` (no database), same run;
+    with ``conditional``, also the same polls with the job's ETag (``304`` answers)."""
     import shutil
+
+    import requests
 
     if shutil.which("wrk") is None:
         print("polls: skipped: wrk is not installed (apt-get install wrk)")
@@ -659,21 +676,34 @@ def bench_polls(live: LiveStack, seconds: int, threads: int, connections: int) -
     workers = len(_children(stack.api.pid)) if stack.api is not None else 0
     print(
         f"polls on {live.kind}: wrk -t{threads} -c{connections} -d{seconds}s, "
-        f"{workers} gunicorn worker(s) (sync)"
+        f"{workers} gunicorn worker(s) (gthread, {stack.settings.api_threads} threads each)"
     )
-    results = {}
-    urls = {"GET job (finished)": _job_url(stack, job_id), "GET /healthz": f"{stack.url}/healthz"}
     # As a deployment polls: with a database API key (looked up on every request), not
     # the loopback open mode. The key is revoked afterwards, which reopens the mode for
     # the parts that follow.
     key_id, key = _api_key(stack, owner=ANONYMOUS_OWNER)
+    auth = f"Authorization: Bearer {key}"
+    etag = requests.get(
+        _job_url(stack, job_id), headers={"Authorization": f"Bearer {key}"}
+    ).headers["ETag"]
+    runs: dict[str, tuple[str, tuple[str, ...]]] = {
+        "GET job (finished), 200": (_job_url(stack, job_id), (auth,)),
+        "GET /healthz": (f"{stack.url}/healthz", ()),
+    }
+    if conditional:
+        runs["GET job, If-None-Match: 304"] = (
+            _job_url(stack, job_id),
+            (auth, f"If-None-Match: {etag}"),
+        )
+    results = {}
     try:
-        for name, url in urls.items():
-            r = _wrk(url, seconds, threads, connections, (f"Authorization: Bearer {key}",))
+        for name, (url, headers) in runs.items():
+            r = _wrk(url, seconds, threads, connections, headers)
             if r is None:  # wrk was found above; only a race with its removal gets here
                 return
             results[name] = r
             extra = ""
+            # wrk counts a 304 as a 3xx, which is not an error (its "Non-2xx or 3xx").
             if r["non_2xx"] or r["socket_errors"]:
                 extra = f"   non-2xx {r['non_2xx']:.0f}, socket errors {r['socket_errors']:.0f}"
             print(
@@ -682,9 +712,171 @@ def bench_polls(live: LiveStack, seconds: int, threads: int, connections: int) -
             )
     finally:
         _revoke(stack, key_id)
-    poll, health = results["GET job (finished)"], results["GET /healthz"]
-    print(f"  {'job polls / healthz, req/s (same run)':<44} {poll['rps'] / health['rps']:8.2f}")
-    print(f"  {'job polls / healthz, p99 latency':<44} {poll['p99'] / health['p99']:8.2f}")
+    health = results["GET /healthz"]
+    for name, label in (
+        ("GET job (finished), 200", "job polls"),
+        ("GET job, If-None-Match: 304", "304 polls"),
+    ):
+        if name in results:
+            r = results[name]
+            print(f"  {label + ' / healthz, req/s (same run)':<44} {r['rps'] / health['rps']:8.2f}")
+            print(f"  {label + ' p99':<44} {r['p99']:8.2f} ms")
+
+
+def bench_wakeup(live: LiveStack, n_jobs: int) -> None:
+    """Long polls (``Prefer: wait=60``): one job at a time, the delay from the worker's
+    commit (the row's ``finished_at``) to the client holding the answer (its clock;
+    one machine, one clock)."""
+    import requests
+
+    stack = live.get()
+    files = real_files(n_jobs + 2)
+    delays: list[float] = []
+    total_ms: list[float] = []
+    for i, f in enumerate(files):
+        t = time.perf_counter()
+        job_id = _submit(stack, f.name, f.read_bytes())
+        r = requests.get(_job_url(stack, job_id), headers={"Prefer": "wait=60"}, timeout=90)
+        seen = time.time()
+        job = r.json()
+        if job["status"] not in ("succeeded", "failed"):
+            raise RuntimeError(f"long poll answered {job['status']}: {r.headers}")
+        if i >= 2:  # two warm-up jobs
+            delays.append((seen - _when(job["finished_at"])) * 1000)
+            total_ms.append((time.perf_counter() - t) * 1000)
+    print(f"wake-up on {live.kind}: {len(delays)} jobs one at a time, each long-polled (wait=60)")
+    line("worker commit -> client has the answer", delays)
+    line("upload start -> answer (long poll)", total_ms)
+
+
+class _Waiter:
+    """One raw HTTP/1.1 client holding a long poll open."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        import socket
+
+        self.request = request
+        self.sock = socket.create_connection((host, port))
+        self.sock.sendall(request)
+
+    def answered(self) -> bool:
+        import select
+
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        return bool(readable)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _hold_waiters(stack: Any, url_path: str, count: int) -> list[_Waiter]:
+    """``count`` clients long-polling ``url_path``; one answered at once (its process was
+    full: gunicorn's workers take connections as they come, unevenly) connects again."""
+    request = (f"GET {url_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nPrefer: wait=60\r\n\r\n").encode()
+    waiters = [_Waiter("127.0.0.1", stack.port, request) for _ in range(count)]
+    for _ in range(20):
+        time.sleep(0.5)
+        again = [w for w in waiters if w.answered()]
+        if not again:
+            break
+        for w in again:
+            w.close()
+            waiters[waiters.index(w)] = _Waiter("127.0.0.1", stack.port, request)
+    return waiters
+
+
+def _held(stack: Any) -> float:
+    import re
+
+    import requests
+
+    text = requests.get(f"{stack.url}/metrics", timeout=10).text
+    m = re.search(r"^tussis_long_poll_waiters\S* ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else float("nan")
+
+
+def bench_waiters(
+    live: LiveStack, count: int, seconds: int, threads: int, connections: int
+) -> None:
+    """``count`` clients long-polling an open batch (it never completes, so they all wait)
+    while wrk measures ``/healthz`` and 20 uploads are timed; the same without them first."""
+    import io
+    import zipfile
+
+    import requests
+
+    if _wrk(f"{live.get().url}/healthz", 1, 1, 1) is None:
+        print("waiters: skipped: wrk is not installed (apt-get install wrk)")
+        return
+    stack = live.get()
+    files = real_files(20)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.write(files[0], files[0].name)
+    batch = requests.post(
+        f"{stack.url}/api/v1/batches",
+        files={"archive": ("one.zip", archive.getvalue())},
+        data={"open": "true"},
+        timeout=60,
+    ).json()
+
+    def uploads() -> list[float]:
+        out = []
+        for f in files:
+            t = time.perf_counter()
+            _submit(stack, f.name, f.read_bytes())
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    print(
+        f"waiters on {live.kind}: {count} clients long-polling an open batch, "
+        f"wrk -t{threads} -c{connections} -d{seconds}s on /healthz, 20 uploads one at a time"
+    )
+    alone = _wrk(f"{stack.url}/healthz", seconds, threads, connections)
+    up_alone = uploads()
+    waiters = _hold_waiters(stack, f"/api/v1/batches/{batch['id']}", count)
+    try:
+        held = _held(stack)
+        busy = _wrk(f"{stack.url}/healthz", seconds, threads, connections)
+        up_busy = uploads()
+        still = _held(stack)
+    finally:
+        for w in waiters:
+            w.close()
+    assert alone is not None and busy is not None
+    print(f"  {'waiters held (tussis_long_poll_waiters)':<44} {held:8.0f}   (after: {still:.0f})")
+    for name, r in (("GET /healthz alone", alone), (f"GET /healthz, {count} waiting", busy)):
+        print(
+            f"  {name:<44} {r['rps']:8.1f} req/s   p50 {r['p50']:7.2f} ms   p99 {r['p99']:7.2f} ms"
+        )
+    line("upload -> 202, nobody waiting", up_alone)
+    line(f"upload -> 202, {count} waiting", up_busy)
+    print(f"  {'healthz req/s with waiters / without':<44} {busy['rps'] / alone['rps']:8.2f}")
+    ratio = statistics.median(up_busy) / statistics.median(up_alone)
+    print(f"  {'upload p50 with waiters / without':<44} {ratio:8.2f}")
+
+
+def bench_singles(live: LiveStack, n_files: int, concurrency: int) -> float:
+    """The batch part's recordings as single jobs from ``concurrency`` clients: first
+    upload -> last result, jobs/s (compared with the batch's clips/s in the same run)."""
+    stack = live.get()
+    files = real_files(n_files)
+    blobs = [(f.name, f.read_bytes()) for f in files]
+    print(
+        f"singles on {live.kind}: {len(blobs)} single jobs from {concurrency} clients, "
+        f"{live.children} child(ren), TUSSIS_COALESCE_JOBS={stack.settings.coalesce_jobs}"
+    )
+    t = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        ids = list(pool.map(lambda b: _submit(stack, *b), blobs))
+    uploaded = time.perf_counter() - t
+    for job_id in ids:
+        stack.wait_done(job_id, timeout=1800)
+    seconds = time.perf_counter() - t
+    rate = len(ids) / seconds
+    print(f"  {'uploads/s':<44} {len(ids) / uploaded:8.1f}")
+    print(f"  {'single jobs/s, first upload -> last result':<44} {rate:8.1f}")
+    return rate
 
 
 def bench_coldstart(children: int) -> None:
@@ -961,11 +1153,17 @@ PARTS = [
     "batch",
     "latency",
     "polls",
+    "conditional",
+    "wakeup",
+    "waiters",
+    "singles",
     "rss",
     "coldstart",
     "poc",
     "scale",
     "evaluation",
+    "decode-strategies",
+    "long",
 ]
 
 
@@ -991,6 +1189,7 @@ def main() -> None:
     parser.add_argument("--poll-seconds", type=int, default=10, help="polls: wrk -d per URL")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--wrk-connections", type=int, default=16)
+    parser.add_argument("--waiters", type=int, default=500, help="waiters: long-polling clients")
     parser.add_argument("--poc-files", type=int, default=10, help="clips for the poc part")
     parser.add_argument(
         "--scale", default="1,2,4", help="scale: worker processes per run, comma-separated"
@@ -998,6 +1197,16 @@ def main() -> None:
     parser.add_argument("--scale-files", type=int, default=200, help="scale: recordings in the zip")
     parser.add_argument("--eval-items", type=int, default=10_000, help="evaluation: items")
     parser.add_argument("--eval-groups", type=int, default=5_000, help="evaluation: groups")
+    parser.add_argument("--hours", type=float, default=8.0, help="long: the recording's hours")
+    parser.add_argument(
+        "--minutes", type=float, default=30.0, help="decode-strategies: the MP3's minutes"
+    )
+    parser.add_argument(
+        "--segment-s",
+        type=float,
+        action="append",
+        help="long: TUSSIS_SEGMENT_S for the stack (repeat to compare sizes in one run)",
+    )
     args = parser.parse_args()
     chosen = [args.parts] if isinstance(args.parts, str) else args.parts
     parts = set(PARTS) if "all" in chosen else set(chosen)
@@ -1007,7 +1216,7 @@ def main() -> None:
         bench_components(args.files)
     if "service" in parts:
         bench_service(args.jobs, args.concurrency, args.children)
-    bare = bare_yamnet = batch = None
+    bare = bare_yamnet = batch = singles = None
     if parts & {"bare", "batch", "bare-yamnet"}:
         bare = bench_bare(args.batch_files, args.children)
     if "bare-yamnet" in parts:
@@ -1019,15 +1228,33 @@ def main() -> None:
     try:
         if parts & {"batch", "rss"}:
             batch = bench_batch(live, args.batch_files)
+        if "singles" in parts:
+            singles = bench_singles(live, args.batch_files, args.concurrency)
         if "latency" in parts:
             bench_latency(live, args.latency_jobs, args.warmup)
-        if "polls" in parts:
-            bench_polls(live, args.poll_seconds, args.wrk_threads, args.wrk_connections)
+        if "wakeup" in parts:
+            bench_wakeup(live, args.latency_jobs)
+        if parts & {"polls", "conditional"}:
+            bench_polls(
+                live,
+                args.poll_seconds,
+                args.wrk_threads,
+                args.wrk_connections,
+                conditional="conditional" in parts,
+            )
+        if "waiters" in parts:
+            bench_waiters(
+                live, args.waiters, args.poll_seconds, args.wrk_threads, args.wrk_connections
+            )
         if "rss" in parts:
-            ran = [p for p in ("batch", "latency", "polls") if p in parts] or ["batch"]
+            ran = [p for p in ("batch", "singles", "latency", "polls") if p in parts] or ["batch"]
             print_rss(live.get(), f"after the {' + '.join(ran)} run")
     finally:
         live.close()
+    if singles and batch:
+        print(f"single jobs / the same recordings as a batch, same run: {singles / batch:.2f}")
+    if singles and bare_yamnet:
+        print(f"single jobs / bare-yamnet, same run: {singles / bare_yamnet:.2f}")
     if bare and batch:
         print(f"pipeline efficiency (batch end to end / bare loop, same run): {batch / bare:.2f}")
     if bare_yamnet and batch:
@@ -1047,6 +1274,15 @@ def main() -> None:
         bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
     if "evaluation" in parts:
         bench_evaluation(args.eval_items, args.eval_groups)
+    if "decode-strategies" in parts:
+        from bench_long import bench_decode_strategies
+
+        bench_decode_strategies(args.minutes)
+    if "long" in parts:
+        from bench_long import bench_long
+
+        for segment_s in args.segment_s or [None]:
+            bench_long(args.hours, args.children, segment_s)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import affected
+from shared.polls import KeyUse
 from shared.tables import ApiKey, utcnow
 
 KEY_PREFIX = "tus_"
@@ -76,14 +77,37 @@ def any_active(session: Session) -> bool:
     return session.scalar(select(ApiKey.id).where(ApiKey.revoked.is_(False)).limit(1)) is not None
 
 
-def owner_of(session: Session, key: str, now: datetime | None = None) -> str | None:
-    """The owner of an active key, or None; refreshes ``last_used_at`` now and then."""
-    row = session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked.is_(False))
+def lookup(conn: Connection, key_hash: str) -> KeyUse | None:
+    """The owner of an active key and when it was last recorded in use, or None: one
+    read, never a write (:func:`record_use` writes, off the request's path)."""
+    row = conn.execute(
+        select(ApiKey.owner, ApiKey.last_used_at).where(
+            ApiKey.key_hash == key_hash, ApiKey.revoked.is_(False)
+        )
+    ).first()
+    return None if row is None else KeyUse(row.owner, row.last_used_at)
+
+
+def owner_of(session: Session, key: str) -> str | None:
+    """The owner of an active key, or None."""
+    found = lookup(session.connection(), hash_key(key))
+    return None if found is None else found.owner
+
+
+def use_is_stale(last_used_at: datetime | None, now: datetime) -> bool:
+    """Whether ``last_used_at`` is due to be written again."""
+    return last_used_at is None or last_used_at < now - LAST_USED_RESOLUTION
+
+
+def record_use(session: Session, key_hash: str, now: datetime) -> bool:
+    """Set ``last_used_at`` unless it was set within ``LAST_USED_RESOLUTION`` (the
+    condition makes concurrent writers from several processes one write)."""
+    result = session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.key_hash == key_hash,
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION),
+        )
+        .values(last_used_at=now)
     )
-    if row is None:
-        return None
-    now = now or utcnow()
-    if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
-        row.last_used_at = now
-    return row.owner
+    return affected(result) == 1

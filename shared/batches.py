@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import cursors
+from shared import cursors, jobs
 from shared.db import affected
 from shared.tables import Batch, BatchEvaluation, BatchStatus, Job, JobStatus, utcnow
 
@@ -128,7 +128,8 @@ def encode_cursor(batch: Batch) -> str:
     return cursors.encode_time_id(cursors.KIND_BATCHES, batch.created_at, batch.id)
 
 
-def encode_item_cursor(job: Job) -> str:
+def encode_item_cursor(job: Any) -> str:
+    """From an item (a ``Job``, or a row with its ``batch_seq``)."""
     return cursors.encode_seq(cursors.KIND_ITEMS, job.batch_seq or 0)
 
 
@@ -156,6 +157,20 @@ class Counts:
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    # When the latest item so far finished: a running batch's progress is measured to
+    # here, so its body changes only when its items do (and its ETag with it).
+    last_finished_at: datetime | None = None
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[str, int, datetime | None]]) -> Counts:
+        """From ``(status, count, latest finished_at)`` per status."""
+        by_status: dict[str, int] = {}
+        last: datetime | None = None
+        for status, n, finished in rows:
+            by_status[str(status)] = int(n)
+            if finished is not None and (last is None or finished > last):
+                last = finished
+        return cls(**by_status, last_finished_at=last)
 
     @property
     def total(self) -> int:
@@ -176,9 +191,11 @@ class Counts:
 
 def counts(session: Session, batch_id: str) -> Counts:
     rows = session.execute(
-        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+        select(Job.status, func.count(), func.max(Job.finished_at))
+        .where(Job.batch_id == batch_id)
+        .group_by(Job.status)
     ).all()
-    return Counts(**{str(status): int(n) for status, n in rows})
+    return Counts.from_rows((status, n, last) for status, n, last in rows)
 
 
 def last_finished_at(session: Session, batch_id: str) -> datetime | None:
@@ -200,36 +217,34 @@ def next_seq(session: Session, batch_id: str) -> int:
 def complete_if_done(session: Session, batch_id: str) -> bool:
     """Mark a closed batch completed once no item is active. True only for the caller
     whose conditional update did it, so exactly one caller sends the callback."""
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    return jobs.complete_parent(
+        session,
+        Batch,
+        batch_id,
+        Job.batch_id == batch_id,
+        [BatchStatus.RUNNING],
+        lambda batch: {
+            "status": BatchStatus.COMPLETED,
+            "finished_at": last_finished_at(session, batch_id) or utcnow(),
+            "callback_state": CALLBACK_PENDING if batch.callback_url else None,
+        },
     )
-    if active:
-        return False
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.status != BatchStatus.RUNNING:
-        return False
-    result = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
-        .values(
-            status=BatchStatus.COMPLETED,
-            finished_at=last_finished_at(session, batch_id) or utcnow(),
-            callback_state=CALLBACK_PENDING if batch.callback_url else None,
-        )
-    )
-    return affected(result) == 1
 
 
 def complete_and_notify(
-    session: Session, batch_id: str, publish_callback: Callable[[str], None]
+    session: Session,
+    batch_id: str,
+    publish_callback: Callable[[str], None],
+    announce: Callable[[str], None] | None = None,
 ) -> bool:
-    """Complete the batch if it is done; the caller that completes it queues the callback."""
+    """Complete the batch if it is done; the caller that completes it queues the callback
+    and announces it (wakes the batch's long polls, shared/notify.py)."""
     if not complete_if_done(session, batch_id):
         return False
     # Commit first: the callback task must find the batch completed when it runs.
     session.commit()
+    if announce is not None:
+        announce(batch_id)
     batch = session.get(Batch, batch_id)
     if batch is not None and batch.callback_url:
         try:

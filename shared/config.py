@@ -120,11 +120,62 @@ class Settings(BaseSettings):
     )
     storage_url: str = _env(
         "TUSSIS_STORAGE_URL",
-        "Where uploads and the worker's spectrogram images are kept. `database` uses the "
-        "`audio_blobs` table. `file:///path` uses a directory, which must be shared by every API "
-        "and worker host.",
+        "Where clip uploads (jobs, batches) and the worker's spectrogram images are kept. "
+        "`database` uses the `audio_blobs` table. `file:///path` uses a directory, which must be "
+        "shared by every API and worker host. `s3://bucket/prefix` uses an S3-compatible store, "
+        "as for long recordings.",
         "database",
         shown_default="`database`",
+    )
+    recording_storage_url: str = _env(
+        "TUSSIS_RECORDING_STORAGE_URL",
+        "Where long recordings (`/api/v1/recordings`), their 16 kHz PCM and unfinished resumable "
+        "uploads are kept: `file:///path` (a directory every API and worker host shares) or "
+        "`s3://bucket/prefix` (an S3-compatible store through boto3; see "
+        "[Long recordings](long-recordings.md#storage)). Never `database`: recordings are "
+        "streamed, never held whole.",
+        "",
+        shown_default="`file://<TUSSIS_DATA_DIR>/recordings`",
+    )
+    s3_endpoint_url: str = _env(
+        "TUSSIS_S3_ENDPOINT_URL",
+        "The S3 endpoint for `s3://` storage URLs when it is not AWS (MinIO: "
+        "`http://minio:9000`). Credentials and region come from boto3's usual variables "
+        "(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`) or an instance role.",
+        "",
+        shown_default="unset (AWS)",
+    )
+    max_recording_bytes: int = _env(
+        "TUSSIS_MAX_RECORDING_BYTES",
+        "Largest accepted long recording (`/api/v1/recordings` and resumable uploads), checked "
+        "while it streams: a larger one answers `413 upload_too_large` and leaves nothing stored.",
+        2 * 1024**3,
+        gt=0,
+        shown_default="`2147483648` (2 GiB)",
+    )
+    max_recording_s: float = _env(
+        "TUSSIS_MAX_RECORDING_S",
+        "Longest accepted long recording, in seconds, checked while it streams (from the "
+        "container's packets) and again when the worker decodes it (`422 audio_too_long`).",
+        26 * 3600.0,
+        gt=0,
+        shown_default="`93600` (26 h)",
+    )
+    segment_s: float = _env(
+        "TUSSIS_SEGMENT_S",
+        "Length of the segments a long recording is cut into, rounded down to whole YAMNet "
+        "windows (0.48 s hops); each is one task any worker child takes. See "
+        "[Long recordings](long-recordings.md#segments-and-merging).",
+        60.0,
+        ge=1,
+        shown_default="`60` (125 windows)",
+    )
+    upload_retention: timedelta | None = _env(
+        "TUSSIS_UPLOAD_RETENTION",
+        "How long an unfinished resumable upload (`/api/v1/uploads`, tus) is kept after its last"
+        " byte arrived; the retention task deletes it and its bytes after that.",
+        timedelta(days=1),
+        shown_default="`1d`",
     )
     model_bundle: Path = _env(
         "TUSSIS_MODEL_BUNDLE",
@@ -217,8 +268,9 @@ class Settings(BaseSettings):
     requeue_after_s: float = _env(
         "TUSSIS_REQUEUE_AFTER",
         "The sweeper re-publishes a `queued` job that has not been published for this many seconds"
-        " (for a batch item: since it was accepted), and re-queues a callback not attempted this "
-        "long after its batch finished.",
+        " (for a batch item: since it was accepted). A batch's callback is re-queued once it is "
+        "overdue by the smaller of this and 60 s: never attempted that long after its batch "
+        "finished, or a retry that long past its planned time.",
         600.0,
         gt=0,
         shown_default="`600`",
@@ -233,11 +285,12 @@ class Settings(BaseSettings):
     )
     retry_after_s: int = _env(
         "TUSSIS_RETRY_AFTER",
-        "The `Retry-After` value (in seconds) on `202` responses and on polls of unfinished jobs "
-        "and batches.",
-        2,
-        ge=0,
-        shown_default="`2`",
+        "The longest `Retry-After` (in seconds) on `202` responses and on polls of unfinished "
+        "jobs and batches. Below it, the value is estimated from the queue (see "
+        "[Retry-After](api.md#retry-after)); it is never below 1.",
+        30,
+        ge=1,
+        shown_default="`30`",
     )
     worker_concurrency: int = _env(
         "TUSSIS_WORKER_CONCURRENCY",
@@ -296,6 +349,17 @@ class Settings(BaseSettings):
         "keys answers any name, and an open one (no keys) loopback names only.",
         (),
         shown_default="empty",
+    )
+    api_threads: int = _env(
+        "TUSSIS_API_THREADS",
+        "Threads per gunicorn worker process (`gthread` workers, `gunicorn.conf.py`). A long poll "
+        "(`Prefer: wait`) holds one while it waits, but no database connection; each process "
+        "keeps 8 of them for other requests, so one process holds up to this minus 8 waiting "
+        "clients (docs/performance.md).",
+        300,
+        ge=2,
+        le=2000,
+        shown_default="`300`",
     )
     rate_limit: str = _env(
         "TUSSIS_RATE_LIMIT",
@@ -432,6 +496,17 @@ class Settings(BaseSettings):
         16,
         shown_default="`16`",
     )
+    coalesce_jobs: int = _env(
+        "TUSSIS_COALESCE_JOBS",
+        "When a worker child takes a single job's message, it also claims up to this many other "
+        "queued single jobs (oldest first) and runs them together through the batch pipeline, "
+        "one model call for all. With one job queued it runs alone, at once. `0` runs each "
+        "single job on its own.",
+        15,
+        ge=0,
+        le=500,
+        shown_default="`15`",
+    )
     callback_secret: SecretStr = _env(
         "TUSSIS_CALLBACK_SECRET",
         "The key that signs batch callbacks: the Standard Webhooks `webhook-signature` and the "
@@ -532,7 +607,7 @@ class Settings(BaseSettings):
             value = value.split(",")
         return tuple(str(part).strip().lower() for part in value if str(part).strip())
 
-    @field_validator("audio_retention", "result_retention", mode="before")
+    @field_validator("audio_retention", "result_retention", "upload_retention", mode="before")
     @classmethod
     def _parse_duration(cls, value: Any) -> Any:
         """``7d``, ``12h``, ``30m``, ``90s`` or plain seconds; ``forever`` is no limit."""
@@ -571,7 +646,14 @@ class Settings(BaseSettings):
             self.broker_url or self.redis_url or f"sqla+sqlite:///{data_dir / 'broker.sqlite3'}"
         )
         limiter_url = self.rate_limit_storage_url or self.redis_url or "memory://"
+        recordings_url = self.recording_storage_url or f"file://{data_dir / 'recordings'}"
+        if not recordings_url.startswith(("file://", "s3://")):
+            raise ValueError(
+                "TUSSIS_RECORDING_STORAGE_URL must be 'file:///path' or 's3://bucket/prefix': "
+                "long recordings are streamed, never kept whole in a database row"
+            )
         for name, value in (
+            ("recording_storage_url", recordings_url),
             ("data_dir", data_dir),
             ("database_url", database_url),
             ("broker_url", broker_url),
@@ -607,6 +689,22 @@ class Settings(BaseSettings):
         """How often a worker child renews its jobs' leases: several renewals fit in one
         lease, so a slow database round trip or a busy child does not lose a live job."""
         return self.job_lease_s / 5
+
+    @property
+    def segment_windows(self) -> int:
+        """YAMNet windows per segment of a long recording (``TUSSIS_SEGMENT_S`` / 0.48 s)."""
+        return max(1, int(self.segment_s / 0.48))
+
+    @property
+    def prepare_time_limit_s(self) -> int:
+        """The hard limit of a recording's one decoding pass (hours of compressed audio take
+        minutes), kept below the broker's visibility timeout like every task's."""
+        return max(self.task_time_limit_s, self.visibility_timeout_s - 300)
+
+    @property
+    def recording_queue_name(self) -> str:
+        """Long recordings' segments wait here, so they never hold up single jobs."""
+        return f"{self.queue_name}.recordings"
 
     @property
     def batch_queue_name(self) -> str:

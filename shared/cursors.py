@@ -23,6 +23,8 @@ from typing import Any
 KIND_JOBS = "jobs"
 KIND_BATCHES = "batches"
 KIND_ITEMS = "items"
+KIND_RECORDINGS = "recordings"
+KIND_EVENTS = "events"
 
 # Longest cursor accepted: an issued one is under 120 characters.
 MAX_LENGTH = 512

@@ -43,8 +43,12 @@ def create(
     path: str | None = None,
     label: str | None = None,
     group: str | None = None,
+    audio_key: str | None = None,
+    recording_id: str | None = None,
+    segment: int | None = None,
 ) -> Job:
-    """A queued job whose audio is stored under its id (store the audio first)."""
+    """A queued job whose audio is stored under its id (store the audio first), or
+    under ``audio_key`` (a long recording's decoding pass and segments)."""
     now = utcnow()
     job = Job(
         id=job_id,
@@ -55,7 +59,7 @@ def create(
         content_type=content_type[:127] if content_type else None,
         size_bytes=size_bytes,
         audio_sha256=sha256,
-        audio_key=job_id,
+        audio_key=audio_key or job_id,
         duration_s=duration_s,
         created_at=now,
         updated_at=now,
@@ -65,9 +69,46 @@ def create(
         path=path,
         label=label,
         group=group,
+        recording_id=recording_id,
+        segment=segment,
     )
     session.add(job)
     return job
+
+
+def active_count(session: Session, *where: Any) -> int:
+    """Jobs matching ``where`` (a batch's items, a recording's work) still queued or running."""
+    return int(
+        session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(_ACTIVE), *where))
+        or 0
+    )
+
+
+def complete_parent(
+    session: Session,
+    parent: Any,
+    parent_id: str,
+    children: Any,
+    unfinished: Iterable[str],
+    values: Callable[[Any], dict[str, Any]],
+) -> bool:
+    """The one completion of a parent of jobs (a batch, a long recording): once none of
+    its ``children`` is active, a conditional UPDATE moves it from an ``unfinished``
+    status to what ``values(row)`` says (computed only while it can still complete).
+    True only for the caller whose update landed, so exactly one caller follows up
+    (queues a callback, writes a recording's events)."""
+    if active_count(session, children):
+        return False
+    open_statuses = list(unfinished)
+    row = session.get(parent, parent_id)
+    if row is None or row.status not in open_statuses:
+        return False
+    result = session.execute(
+        update(parent)
+        .where(parent.id == parent_id, parent.status.in_(open_statuses))
+        .values(**values(row))
+    )
+    return affected(result) == 1
 
 
 def new_job_id() -> str:
@@ -153,6 +194,18 @@ class Claim:
     attempt: int = 0
 
 
+def _claimed(worker_id: str, now: datetime, lease_s: float) -> dict[Any, Any]:
+    """What a claim writes: running, one attempt more, this worker, a lease."""
+    return {
+        Job.status: JobStatus.RUNNING,
+        Job.attempts: Job.attempts + 1,
+        Job.worker: worker_id,
+        Job.started_at: now,
+        Job.updated_at: now,
+        Job.lease_expires_at: now + timedelta(seconds=lease_s),
+    }
+
+
 def claim(
     session: Session,
     job_id: str,
@@ -197,23 +250,65 @@ def claim(
             )
         )
         return Claim(ClaimOutcome.GAVE_UP, job)
-    result = session.execute(
-        update(Job)
-        .where(guard)
-        .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            worker=worker_id,
-            started_at=now,
-            updated_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-        )
-    )
+    result = session.execute(update(Job).where(guard).values(_claimed(worker_id, now, lease_s)))
     if affected(result) != 1:
         return Claim(ClaimOutcome.BUSY, job)
     session.expire(job)
     job = session.get(Job, job_id)
     return Claim(ClaimOutcome.CLAIMED, job, job.attempts if job else 0)
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """A queued single job claimed together with another's delivery."""
+
+    job_id: str
+    attempt: int
+    audio_key: str
+
+
+def claim_queued_singles(
+    session: Session, worker_id: str, limit: int, *, lease_s: float, exclude: str
+) -> list[Coalesced]:
+    """Claim up to ``limit`` other queued single jobs, oldest first, for one worker's
+    chunk: the same conditional claim as :func:`claim` (queued -> running, one more
+    attempt, this worker, a lease), for many rows in one statement. On PostgreSQL the
+    candidates are locked ``FOR UPDATE SKIP LOCKED``, so workers claiming at once take
+    different jobs instead of waiting on each other; SQLite runs one writer at a time,
+    and the ``status`` condition lets each job go to one claimer only. Only jobs never
+    tried (``attempts`` 0): a job that was in a chunk whose worker died runs alone.
+    Their own messages find them running or finished, and do nothing."""
+    if limit <= 0:
+        return []
+    now = utcnow()
+    # The candidates in a MATERIALIZED common table expression, so they are chosen
+    # once: as a plain ``IN (SELECT ... LIMIT ... SKIP LOCKED)`` PostgreSQL may run the
+    # subquery more than once, each run skipping the rows the last one locked (one
+    # claim took 4 jobs at a limit of 2). SQLite runs it inside its one write.
+    chosen = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED,
+            Job.batch_id.is_(None),
+            Job.recording_id.is_(None),  # a long recording's work has its own tasks
+            Job.attempts == 0,
+            Job.id != exclude,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("chosen")
+        .prefix_with("MATERIALIZED")
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
+        .values(_claimed(worker_id, now, lease_s))
+        .returning(Job.id, Job.attempts, Job.audio_key, Job.created_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
+    return [Coalesced(r.id, r.attempts, r.audio_key) for r in ordered]
 
 
 def _finish(session: Session, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
@@ -247,6 +342,7 @@ def succeed(
     cough_detected: bool | None = None,
     cough_score: float | None = None,
     cough_segments: list[list[float]] | None = None,
+    cough_threshold: float | None = None,
 ) -> bool:
     return _finish(
         session,
@@ -263,7 +359,16 @@ def succeed(
         cough_detected=cough_detected,
         cough_score=cough_score,
         cough_segments=cough_segments,
+        cough_threshold=cough_threshold,
     )
+
+
+def succeed_work(
+    session: Session, job_id: str, worker_id: str, attempt: int, **columns: object
+) -> bool:
+    """``succeeded`` with ``columns`` for a job that is no clip analysis (a long
+    recording's decoding pass or segment), under the same guard as :func:`succeed`."""
+    return _finish(session, job_id, worker_id, attempt, status=JobStatus.SUCCEEDED, **columns)
 
 
 def fail(
@@ -339,6 +444,30 @@ def any_running(session: Session, job_ids: list[str]) -> bool:
     )
 
 
+# A render asked for longer ago than this is presumed lost (its message, or its worker)
+# and may be asked for again.
+SPECTROGRAM_PENDING_S = 60.0
+
+
+def ask_for_spectrogram(session: Session, job_id: str) -> bool:
+    """True for the one caller that may queue a render of the job's picture now: none
+    is pending (asked for within ``SPECTROGRAM_PENDING_S``). A client asking every
+    second while it is drawn queues one render, not one per request."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            or_(
+                Job.spectrogram_asked_at.is_(None),
+                Job.spectrogram_asked_at < now - timedelta(seconds=SPECTROGRAM_PENDING_S),
+            ),
+        )
+        .values(spectrogram_asked_at=now)
+    )
+    return affected(result) == 1
+
+
 def mark_spectrogram(session: Session, job_id: str) -> None:
     session.execute(update(Job).where(Job.id == job_id).values(has_spectrogram=True))
 
@@ -347,8 +476,9 @@ def mark_spectrogram(session: Session, job_id: str) -> None:
 
 
 def get_for_owner(session: Session, job_id: str, owner: str) -> Job | None:
+    """A job of ``owner``'s; a long recording's work rows are no jobs of anyone's."""
     job = session.get(Job, job_id)
-    return job if job is not None and job.owner == owner else None
+    return job if job is not None and job.owner == owner and job.recording_id is None else None
 
 
 def encode_cursor(job: Job) -> str:
@@ -364,7 +494,7 @@ def list_for_owner(
     session: Session, owner: str, limit: int, cursor: str | None = None
 ) -> tuple[list[Job], str | None]:
     """Newest first; keyset pagination on (created_at, id) so pages never skip or repeat."""
-    query = select(Job).where(Job.owner == owner)
+    query = select(Job).where(Job.owner == owner, Job.recording_id.is_(None))
     if cursor:
         created, job_id = decode_cursor(cursor)
         query = query.where(
@@ -388,10 +518,16 @@ def delete_job(session: Session, job_id: str) -> bool:
 def _finished_before(
     session: Session, cutoff: datetime, limit: int, *conditions: Any
 ) -> list[tuple[str, str]]:
-    """(id, audio_key) of finished jobs accepted before ``cutoff``, oldest first."""
+    """(id, audio_key) of finished jobs accepted before ``cutoff``, oldest first. A long
+    recording's work rows never: the recording's own retention covers its audio."""
     rows = session.execute(
         select(Job.id, Job.audio_key)
-        .where(Job.created_at < cutoff, Job.status.in_(sorted(TERMINAL_STATUSES)), *conditions)
+        .where(
+            Job.created_at < cutoff,
+            Job.status.in_(sorted(TERMINAL_STATUSES)),
+            Job.recording_id.is_(None),
+            *conditions,
+        )
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
@@ -441,6 +577,7 @@ def audio_keys_in_use(session: Session, keys: list[str]) -> set[str]:
 class Lost:
     job_id: str
     batch_id: str | None
+    recording_id: str | None = None
 
 
 # A publish time older than any sweep's cut-off: the next sweep publishes the job.
@@ -477,7 +614,7 @@ def jobs_to_republish(
         stale = min(broker_epoch, now)
     gap = min(requeue_after_s, 60) if republish_gap_s is None else republish_gap_s
     candidates = session.execute(
-        select(Job.id, Job.published_at, Job.batch_id)
+        select(Job.id, Job.published_at, Job.batch_id, Job.recording_id)
         .where(
             or_(
                 and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
@@ -492,7 +629,7 @@ def jobs_to_republish(
         .limit(limit)
     ).all()
     won: list[Lost] = []
-    for job_id, published_at, batch_id in candidates:
+    for job_id, published_at, batch_id, recording_id in candidates:
         # Several sweepers may run at once: only the one whose update lands publishes.
         result = session.execute(
             update(Job)
@@ -500,5 +637,5 @@ def jobs_to_republish(
             .values(published_at=now)
         )
         if affected(result) == 1:
-            won.append(Lost(job_id, batch_id))
+            won.append(Lost(job_id, batch_id, recording_id))
     return won

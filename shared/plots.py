@@ -85,6 +85,45 @@ def calibration_png(curves: Sequence[Curve], threshold: float) -> bytes:
     return _png(fig)
 
 
+def timeline_png(
+    ten_minutes: Sequence[dict[str, Any]], hourly: Sequence[dict[str, Any]], title: str = ""
+) -> bytes:
+    """A long recording's coughs per 10 minutes (bars) and per hour (steps), from the bins
+    its result carries (``ml.rates``); the x axis is clock time when the bins have it."""
+    fig, ax = _figure(9, 3.6)
+    clock = bool(ten_minutes) and "start" in ten_minutes[0]
+
+    def x_of(row: dict[str, Any]) -> float:
+        return float(row["start_s"]) / 3600.0
+
+    if ten_minutes:
+        ax.bar(
+            [x_of(r) for r in ten_minutes],
+            [r["count"] for r in ten_minutes],
+            width=1 / 6,
+            align="edge",
+            color="#4a7ab5",
+            label="coughs per 10 min",
+        )
+    if hourly:
+        last = hourly[-1]
+        # The last hour ends where the recording does (its bin is partly covered).
+        end = max(0.0, float(last["start_s"])) + float(last.get("covered_s", 3600.0))
+        xs = [x_of(r) for r in hourly] + [max(x_of(last) + 1e-3, end / 3600.0)]
+        ys = [r["count"] for r in hourly]
+        ax.stairs(ys, xs, color="#c0392b", linewidth=1.8, label="coughs per hour")
+    if clock:
+        ticks = [x_of(r) for r in hourly]
+        ax.set_xticks(ticks, [str(r["start"])[11:16] for r in hourly], rotation=45)
+        ax.set_xlabel("clock time (start of the recording's time zone)")
+    else:
+        ax.set_xlabel("hours from the start of the recording")
+    ax.set_ylabel("coughs")
+    ax.set_title(title[:80])
+    ax.legend(loc="upper right")
+    return _png(fig)
+
+
 def count_agreement_png(
     annotated: Sequence[float], detected: Sequence[float], unit: str = "episodes per hour"
 ) -> bytes:

@@ -149,6 +149,22 @@ def publish_chunk(app: Celery, settings: Settings, job_ids: list[str]) -> None:
     app.send_task(TASK_ANALYSE_CHUNK, args=[job_ids], queue=settings.batch_queue_name)
 
 
+def publish_recording_work(app: Celery, settings: Settings, job_ids: list[str]) -> None:
+    """A long recording's decoding pass or segments, one job per message on the batch
+    queue (so every worker child takes its share). Each message may run as long as the
+    decoding pass of the longest recording may take (``prepare_time_limit_s``): a
+    segment takes about a second, hours of compressed audio take minutes to decode."""
+    hard = settings.prepare_time_limit_s
+    for job_id in job_ids:
+        app.send_task(
+            TASK_ANALYSE_CHUNK,
+            args=[[job_id]],
+            queue=settings.batch_queue_name,
+            time_limit=hard,
+            soft_time_limit=hard - max(5, hard // 10),
+        )
+
+
 def publish_spectrogram(app: Celery, settings: Settings, job_id: str) -> None:
     """Draw a job's picture: asked for by whoever fetches it, never on the analysis path."""
     app.send_task(TASK_SPECTROGRAM, args=[job_id], queue=settings.queue_name)

@@ -18,6 +18,10 @@ is idempotent, so two runs at once are harmless.
   :data:`TOMBSTONE_RETENTION` when results are kept forever: a tombstone holds only
   an id and an owner, and after it is gone a repeated ``DELETE`` answers ``404``.
 - **Idempotency keys** are deleted once they expire.
+- **Long recordings** (in their own store, ``TUSSIS_RECORDING_STORAGE_URL``) follow
+  the same two periods: their audio and PCM go after the audio retention (the
+  result and events stay), the whole recording after the result retention; an
+  unfinished resumable upload goes ``TUSSIS_UPLOAD_RETENTION`` after its last byte.
 - **Orphans**: stored audio or spectrograms that no job row refers to, written
   more than :data:`ORPHAN_GRACE` ago. The API stores audio before it commits the
   job row, a failed upload or a failed storage delete leaves such files behind, and
@@ -38,7 +42,7 @@ from itertools import islice
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from shared import batches, jobs
+from shared import batches, jobs, recordings
 from shared.config import Settings
 from shared.db import affected, session_scope
 from shared.storage import AudioStorage, audio_key_of, spectrogram_key
@@ -67,6 +71,9 @@ class Report:
     tombstones_deleted: int = 0
     idempotency_keys_deleted: int = 0
     orphans_deleted: int = 0  # stored keys with no job row
+    recording_audio_deleted: int = 0  # long recordings whose audio and PCM were deleted
+    recordings_deleted: int = 0  # long recordings past the result retention
+    uploads_deleted: int = 0  # unfinished resumable uploads past TUSSIS_UPLOAD_RETENTION
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -99,7 +106,12 @@ def was_deleted(session: Session, resource_id: str, kind: str, owner: str) -> bo
 # --- The retention pass -----------------------------------------------------------
 
 
-def purge(settings: Settings, storage: AudioStorage, now: datetime) -> Report:
+def purge(
+    settings: Settings,
+    storage: AudioStorage,
+    now: datetime,
+    recording_storage: AudioStorage | None = None,
+) -> Report:
     """One retention run at time ``now`` (a parameter, so tests control the clock)."""
     url = settings.database_url
     audio = jobs_deleted = batches_deleted = 0
@@ -118,7 +130,11 @@ def purge(settings: Settings, storage: AudioStorage, now: datetime) -> Report:
             session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
         )
     orphans = _purge_orphans(url, storage, now - ORPHAN_GRACE)
-    return Report(audio, jobs_deleted, batches_deleted, tombstones, keys, orphans)
+    long: dict[str, int] = {}
+    if recording_storage is not None:
+        long = _purge_long_recordings(settings, recording_storage, now)
+        orphans += long.pop("orphans_deleted")
+    return Report(audio, jobs_deleted, batches_deleted, tombstones, keys, orphans, **long)
 
 
 def _in_passes(
@@ -185,8 +201,75 @@ def _purge_orphans(url: str, storage: AudioStorage, cutoff: datetime) -> int:
     while chunk := list(islice(listed, BATCH)):
         with session_scope(url) as session:
             in_use = jobs.audio_keys_in_use(session, sorted({audio_key_of(k) for k in chunk}))
-        orphans = [key for key in chunk if audio_key_of(key) not in in_use]
+        # Keys of long recordings and uploads (when both stores are one) are theirs.
+        orphans = [
+            key
+            for key in chunk
+            if audio_key_of(key) not in in_use and recordings.owner_of_key(key) is None
+        ]
         if orphans:
             storage.delete_many(orphans)
             done += len(orphans)
     return done
+
+
+def _purge_long_recordings(
+    settings: Settings, store: AudioStorage, now: datetime
+) -> dict[str, int]:
+    """The retention of long recordings and resumable uploads, in their own store."""
+    url = settings.database_url
+    audio = removed = uploads = 0
+    if settings.audio_retention is not None:
+        cutoff = now - settings.audio_retention
+        while True:
+            with session_scope(url) as session:
+                rows = recordings.audio_expired(session, cutoff, BATCH)
+            if not rows:
+                break
+            # Storage first, then the rows (as for jobs): a crash in between deletes again.
+            store.delete_many([k for row in rows for k in recordings.stored_keys(row)])
+            with session_scope(url) as session:
+                audio += recordings.mark_audio_deleted(session, [r.id for r in rows], now)
+            if len(rows) < BATCH:
+                break
+    if settings.result_retention is not None:
+        cutoff = now - settings.result_retention
+        while True:
+            with session_scope(url) as session:
+                ids = recordings.results_expired(session, cutoff, BATCH)
+            for recording_id in ids:
+                with session_scope(url) as session:
+                    keys, _ = recordings.remove(session, recording_id)
+                store.delete_many(keys)
+                removed += 1
+            if len(ids) < BATCH:
+                break
+    if settings.upload_retention is not None:
+        cutoff = now - settings.upload_retention
+        while True:
+            with session_scope(url) as session:
+                stale = recordings.uploads_expired(session, cutoff, BATCH)
+                found = [(u.id, [str(k) for k, _ in u.parts]) for u in stale]
+            for upload_id, keys in found:
+                with session_scope(url) as session:
+                    gone = recordings.forget_upload(session, upload_id, cutoff)
+                if gone:
+                    store.delete_many(keys)
+                    uploads += 1
+            if len(found) < BATCH:
+                break
+    orphans = 0
+    listed = store.keys_older_than(now - ORPHAN_GRACE)
+    while chunk := list(islice(listed, BATCH)):
+        with session_scope(url) as session:
+            in_use = recordings.keys_in_use(session, chunk)
+        lost = [key for key in chunk if key not in in_use]
+        if lost:
+            store.delete_many(lost)
+            orphans += len(lost)
+    return {
+        "recording_audio_deleted": audio,
+        "recordings_deleted": removed,
+        "uploads_deleted": uploads,
+        "orphans_deleted": orphans,
+    }

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -101,6 +103,8 @@ class Job(Base):
     model_version: Mapped[str | None] = mapped_column(String(64))
     cough_detected: Mapped[bool | None] = mapped_column(Boolean)
     cough_score: Mapped[float | None] = mapped_column(Float)
+    # The gate's threshold when it judged this recording: cough_score >= it is a cough.
+    cough_threshold: Mapped[float | None] = mapped_column(Float)
     # [[start_s, end_s], ...]: where the gate found a cough; on a refusal, the
     # window it scored highest (what it looked at).
     cough_segments: Mapped[list[list[float]] | None] = mapped_column(JSON)
@@ -118,15 +122,29 @@ class Job(Base):
     label: Mapped[str | None] = mapped_column(String(255))
     group: Mapped[str | None] = mapped_column(String(255))
     has_spectrogram: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When a render of its picture was last queued: at most one is pending per job.
+    spectrogram_asked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Set when retention (or DELETE) removed the audio and spectrogram; the result stays.
     audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A long recording's work items (shared/recordings.py): its one decoding pass
+    # (``segment`` null) and its segments (``segment`` = k: windows [k*N, (k+1)*N)).
+    # Claimed, leased, swept and completed like any job; never listed as jobs.
+    recording_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("recordings.id", ondelete="CASCADE")
+    )
+    segment: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
+        Index("ix_jobs_recording_status", "recording_id", "status"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),
         Index("ix_jobs_audio_retention", "audio_deleted_at", "created_at"),
         Index("ix_jobs_status_published", "status", "published_at"),
         Index("ix_jobs_batch_seq", "batch_id", "batch_seq"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # A queued job's position, and the oldest queued single jobs (coalescing).
+        Index("ix_jobs_status_created", "status", "created_at"),
+        # The completion rate of the last minute (Retry-After).
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     @property
@@ -163,6 +181,78 @@ class Batch(Base):
         Index("ix_batches_owner_created", "owner", "created_at", "id"),
         Index("ix_batches_status", "status"),
     )
+
+
+class Recording(Base):
+    """A long recording (hours): its audio lives in the recording store, its work in
+    job rows (``Job.recording_id``), its result here once every segment is done."""
+
+    __tablename__ = "recordings"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    # queued -> running (its decoding pass claimed) -> succeeded | failed (JobStatus).
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    label: Mapped[str | None] = mapped_column(String(255))
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    filename: Mapped[str | None] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(127))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    audio_sha256: Mapped[str] = mapped_column(String(64))
+    # The upload as stored: [[key, bytes], ...] in order (one part for a POST; a
+    # resumable upload's parts, one per PATCH, read as one file).
+    audio_parts: Mapped[list[list[Any]]] = mapped_column(JSON)
+    # 16 kHz mono s16 PCM of the whole recording, from byte ``pcm_offset`` of ``pcm_key``
+    # (the upload itself when it already is such a WAV): what segments and clips read.
+    pcm_key: Mapped[str | None] = mapped_column(String(255))
+    pcm_offset: Mapped[int | None] = mapped_column(BigInteger)
+    samples: Mapped[int | None] = mapped_column(BigInteger)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    segments_total: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    audio_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # cough_count, episodes, coughs_per_hour, hourly, ten_minutes, detector: written once.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_recordings_owner_created", "owner", "created_at", "id"),
+        Index("ix_recordings_status", "status"),
+    )
+
+
+class RecordingEvent(Base):
+    """One cough event of a finished recording, in time order (``seq`` from 1)."""
+
+    __tablename__ = "recording_events"
+
+    recording_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("recordings.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+
+
+class Upload(Base):
+    """A resumable upload (tus 1.0) in progress: its bytes so far are ``parts`` in the
+    recording store; once ``offset`` reaches ``length`` it becomes a recording."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    parts: Mapped[list[list[Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    recording_id: Mapped[str | None] = mapped_column(String(36))
 
 
 class BatchEvaluation(Base):

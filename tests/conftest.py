@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from shared.config import PROJECT_ROOT, Settings, normalise_database_url
 
+# The long-recording fixtures (a night with coughs on segment edges, its expected events).
+pytest_plugins = ["tests.long_fixtures"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SHARED_DIR = Path(os.environ.get("TUSSIS_SHARED_DIR", PROJECT_ROOT.parent / "shared")).resolve()
 COUGH_DIR = SHARED_DIR / "data" / "covid19-cough"
@@ -240,3 +243,38 @@ def tiny_yamnet_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path
     return train_tiny(
         tmp_path_factory.mktemp("bundles") / "tiny-yamnet", tiny_data, "yamnet", "tiny-yamnet"
     )
+
+
+# --- an S3 endpoint ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 HTTP endpoint on loopback: moto's standalone server, one per session."""
+    from tests.stack import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the S3 endpoint, as ``s3://bucket/prefix``; boto3 in this process
+    (and in the processes a test starts) gets the endpoint's dummy credentials."""
+    import boto3
+
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"tussis-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/recordings"
+
+
+# moto accepts any credentials; boto3 needs some, and a region.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}

@@ -71,6 +71,8 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
             "TUSSIS_RATE_LIMIT": settings.rate_limit,
             "TUSSIS_YAMNET_MODEL": str(settings.yamnet_model),
             "TUSSIS_COUGH_GATE_BUNDLE": str(settings.cough_gate_bundle or "off"),
+            "TUSSIS_COALESCE_JOBS": str(settings.coalesce_jobs),
+            "TUSSIS_API_THREADS": str(settings.api_threads),
         }
     )
     env.update({k: str(v) for k, v in extra.items()})
@@ -374,3 +376,41 @@ class NginxProxy:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+class MotoServer:
+    """moto's standalone S3 server (``moto_server``) on a free loopback port: a real S3
+    HTTP endpoint for boto3, as MinIO or AWS would be."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = BIN / "moto_server"
+        require(exe.is_file(), "moto_server is not installed (moto[server])")
+        self.proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=open(self.workdir / "moto.log", "ab"),  # noqa: SIM115 - the child keeps it
+            stderr=subprocess.STDOUT,
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError("moto_server exited")
+            try:
+                return requests.get(self.url, timeout=1).status_code < 500
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 30, "moto_server to answer")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)

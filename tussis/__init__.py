@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         UsageProblem,
         WaitTimeout,
     )
+    from tussis.recordings import CoughEvent, Recording, RecordingResult
     from tussis.resources import (
         Batch,
         Evaluation,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 _HOMES = {
     "Client": "tussis.client",
+    **dict.fromkeys(("CoughEvent", "Recording", "RecordingResult"), "tussis.recordings"),
     **dict.fromkeys(
         ("Batch", "Evaluation", "Health", "Job", "JobError", "Metrics", "Model", "Result"),
         "tussis.resources",
@@ -46,12 +48,15 @@ _HOMES = {
 __all__ = [
     "Batch",
     "Client",
+    "CoughEvent",
     "Evaluation",
     "Health",
     "Job",
     "JobError",
     "Metrics",
     "Model",
+    "Recording",
+    "RecordingResult",
     "RequestRefused",
     "Result",
     "ServerUnreachable",

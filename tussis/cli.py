@@ -588,7 +588,16 @@ Exit codes:
   130  interrupted (Ctrl-C); the state file is kept, so running
        the same command again resumes without re-uploading anything"""
 
-_READ_EPILOG = """\b
+_STATUS_EPILOG = """\b
+Exit codes:
+  0    done
+  2    usage error
+  3    cannot reach the server
+  4    the server refused the request (e.g. batch_not_found; its code and
+       message are shown)
+  130  interrupted (Ctrl-C)"""
+
+_RESULTS_EPILOG = """\b
 Exit codes:
   0    done
   2    usage error
@@ -725,7 +734,95 @@ def submit(
     raise SystemExit(report.exit_code)
 
 
-@main.command(epilog=_READ_EPILOG)
+_COUNT_EPILOG = """\b
+Exit codes:
+  0    every recording uploaded (and, when waiting, counted)
+  1    some recording failed (its code and message are shown)
+  2    usage error
+  3    cannot reach the server
+  4    the server refused a request (its error code and message are shown)
+  130  interrupted (Ctrl-C); running the same command again resumes
+       each upload where it stopped"""
+
+
+@main.command(epilog=_COUNT_EPILOG)
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@_server_options
+@click.option("--wait", is_flag=True, help="Wait until every recording has been counted.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write <name>.events.csv and <name>.timeline.png here for each (implies --wait).",
+)
+@click.option("--label", default=None, help="A label for the recordings.")
+@click.option(
+    "--recorded-at",
+    default=None,
+    help="When the recording started (ISO 8601 with offset): hourly counts by clock hour.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bars (default: on a terminal)."
+)
+@click.option(
+    "--chunk-mib",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="MiB per upload request: the most a dropped connection sends again.",
+)
+def count(
+    paths: tuple[Path, ...],
+    server: str,
+    api_key: str | None,
+    wait: bool,
+    out: Path | None,
+    label: str | None,
+    recorded_at: str | None,
+    progress: bool | None,
+    chunk_mib: int,
+) -> None:
+    """Count the coughs in long recordings (hours): each file is uploaded resumably (a
+    dropped connection or Ctrl-C, then the same command again, resumes where it
+    stopped), cut into segments the workers share, and counted. Prints one line per
+    recording; with --out, its events CSV and its timeline figure."""
+    from tussis.client import Client
+    from tussis.errors import TussisError
+    from tussis.recordings import summary
+
+    failed = False
+    try:
+        client = Client(server, api_key)
+        submitted = [
+            client.submit_recording(
+                p,
+                label=label,
+                recorded_at=recorded_at,
+                progress=progress,
+                chunk_bytes=chunk_mib * 1024 * 1024,
+            )
+            for p in paths
+        ]
+        for path, recording in zip(paths, submitted, strict=True):
+            if wait or out is not None:
+                recording.wait()
+            click.echo(summary(recording))
+            failed = failed or recording.status == "failed"
+            if out is not None and recording.status == "succeeded":
+                out.mkdir(parents=True, exist_ok=True)
+                recording.write_events_csv(out / f"{path.stem}.events.csv")
+                (out / f"{path.stem}.timeline.png").write_bytes(recording.timeline_png())
+    except TussisError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        click.echo("\ntussis: interrupted; run the same command again to resume", err=True)
+        raise SystemExit(130) from None
+    raise SystemExit(1 if failed else 0)
+
+
+@main.command(epilog=_STATUS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="Print the batch as JSON on stdout.")
@@ -748,7 +845,7 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
         click.echo(describe_batch(batch))
 
 
-@main.command(epilog=_READ_EPILOG)
+@main.command(epilog=_RESULTS_EPILOG)
 @click.argument("batch_id")
 @_server_options
 @click.option(

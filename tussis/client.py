@@ -21,6 +21,8 @@ from tussis.connection import (
     _retry_after,
 )
 from tussis.errors import RequestRefused, UsageProblem
+from tussis.recordings import CHUNK_BYTES, Recording
+from tussis.recordings import upload as upload_recording
 from tussis.resources import Batch, Health, Job, Model
 from tussis.submit import SubmitOptions, SubmitReport, Submitter
 
@@ -121,6 +123,43 @@ class Client(Connection):
         """The batch ``batch_id`` as it is now."""
         data, _ = self.get_batch(batch_id)
         return Batch.from_api(data, self)
+
+    # -- long recordings --
+
+    def submit_recording(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        label: str | None = None,
+        recorded_at: str | None = None,
+        progress: bool | None = True,
+        state_path: str | os.PathLike[str] | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> Recording:
+        """Upload a long recording (hours) resumably and have its coughs counted; returns
+        the queued :class:`Recording` (``recording.wait()``, then ``recording.result``
+        and ``recording.events()``). ``recorded_at`` (ISO 8601 with its offset) makes the
+        hourly counts clock hours. Run again after an interruption, the upload resumes
+        where it stopped (``state_path`` keeps its URL; default ``.tussis-uploads.json``
+        in the working directory)."""
+        recording_id = upload_recording(
+            self,
+            path,
+            label=label,
+            recorded_at=recorded_at,
+            progress=progress,
+            state_path=state_path,
+            chunk_bytes=chunk_bytes,
+        )
+        return self.recording(recording_id)
+
+    def recording(self, recording_id: str) -> Recording:
+        """The recording ``recording_id`` as it is now."""
+        response = self.request("GET", f"/api/v1/recordings/{recording_id}")
+        return Recording.from_api(response.json(), self, _retry_after(response))
+
+    def delete_recording(self, recording_id: str) -> None:
+        self.request("DELETE", f"/api/v1/recordings/{recording_id}")
 
     # -- the service --
 

@@ -19,6 +19,7 @@ import csv
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -107,6 +108,24 @@ _POLICIES: dict[str, Callable[[], Retry | int]] = {
         connect=CONNECT_RETRIES, read=0, status=0, other=0, raise_on_status=False
     ),
 }
+
+
+# A long poll asks the server to hold the answer this long (it allows up to 60 s). A
+# batch's is shorter, so that a progress bar still moves between the answers.
+JOB_WAIT_S = 60
+BATCH_WAIT_S = 5
+
+
+@dataclass(frozen=True)
+class Polled:
+    """One poll's answer: the body (None for ``304 Not Modified``), the server's
+    ``Retry-After`` and ``ETag``, and whether it held the answer as asked (``waited``:
+    False from a server that ignores ``Prefer: wait``, which is then polled plainly)."""
+
+    data: dict[str, Any] | None
+    retry_after: float | None
+    etag: str | None
+    waited: bool
 
 
 # --- HTTP connection ---------------------------------------------------------------
@@ -284,6 +303,27 @@ class Connection:
         response = self.request("GET", f"/api/v1/jobs/{job_id}", policy=policy)
         return response.json(), _retry_after(response)
 
+    def poll(self, path: str, *, wait: int | None = None, etag: str | None = None) -> Polled:
+        """One poll of a job or batch (``path``), as a long poll when ``wait`` is given
+        (``Prefer: wait``, docs/api.md "Polling") and conditional on ``etag``
+        (``If-None-Match``: a ``304`` leaves ``data`` None). Rides out a server restart
+        like every wait (the ``poll`` retry policy)."""
+        headers = {}
+        if wait:
+            headers["Prefer"] = f"wait={wait}"
+        if etag:
+            headers["If-None-Match"] = etag
+        response = self.request(
+            "GET", path, headers=headers, policy="poll", read_timeout=self.timeout + (wait or 0)
+        )
+        applied = response.headers.get("Preference-Applied", "").replace(" ", "")
+        return Polled(
+            None if response.status_code == 304 else response.json(),
+            _retry_after(response),
+            response.headers.get("ETag"),
+            waited=bool(wait) and applied.startswith("wait="),
+        )
+
     def get_batch(
         self, batch_id: str, *, policy: str = "default"
     ) -> tuple[dict[str, Any], float | None]:
@@ -389,26 +429,42 @@ def wait_for_batch(
     The polls ride out a server restart (the ``poll`` retry policy); ``timeout`` raises
     :class:`WaitTimeout`."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    path = f"/api/v1/batches/{batch_id}"
+    batch: dict[str, Any] = {}
+    etag: str | None = None
+    long_polls = True  # until the server shows it ignores Prefer: wait
     with progress_bar(
         progress, total=None, unit="item", desc="analysing", dynamic_ncols=True
     ) as bar:
+        first = True
         while True:
-            batch, retry_after = client.get_batch(batch_id, policy="poll")
+            left = None if deadline is None else deadline - time.monotonic()
+            # Whole seconds, never past the caller's deadline (under one: a plain poll).
+            wait = BATCH_WAIT_S if left is None else min(BATCH_WAIT_S, int(left))
+            answer = client.poll(path, wait=wait if long_polls and wait else None, etag=etag)
+            long_polls = answer.waited or (long_polls and not wait)
+            if answer.data is not None:
+                batch, etag = answer.data, answer.etag
             bar.total = int(batch.get("total") or 0)
             bar.n = batch_terminal_count(batch)
+            if first:
+                # Items finished before the first frame (while the files went up) are no
+                # rate: counted from here, the bar's items/s is the analysis's own.
+                bar.initial, first = bar.n, False
             bar.set_postfix_str(counts_text(batch), refresh=False)
             bar.refresh()
             if batch.get("status") == "completed":
                 return batch
-            delay = min(max(retry_after or 1.0, POLL_MIN_S), POLL_MAX_S)
+            if deadline is not None and deadline - time.monotonic() <= 0:
+                raise WaitTimeout(
+                    f"batch {batch_id} is still {batch.get('status')} after {timeout:g} s",
+                    batch_id,
+                )
+            if answer.waited:
+                continue  # the server held the answer: ask again at once
+            delay = min(max(answer.retry_after or 1.0, POLL_MIN_S), POLL_MAX_S)
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(
-                        f"batch {batch_id} is still {batch.get('status')} after {timeout:g} s",
-                        batch_id,
-                    )
-                delay = min(delay, left)
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
             time.sleep(delay)
 
 

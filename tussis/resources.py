@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tussis.connection import Connection, wait_for_batch
+from tussis.connection import JOB_WAIT_S, Connection, wait_for_batch
 from tussis.errors import WaitTimeout
 
 T = TypeVar("T")
@@ -132,6 +132,9 @@ class Job:
     def reload(self) -> Job:
         """Fetch the job again and update this object in place; returns it."""
         data, retry_after = self._owner().get_job_data(self.id, policy="poll")
+        return self._update(data, retry_after)
+
+    def _update(self, data: Mapping[str, Any], retry_after: float | None) -> Job:
         fresh = Job.from_api(data, self._client, retry_after)
         for f in fields(self):
             if f.name != "_client":
@@ -139,18 +142,39 @@ class Job:
         return self
 
     def wait(self, timeout: float | None = None, poll: float | None = None) -> Job:
-        """Poll until the job has succeeded or failed; returns it. ``poll`` is the seconds
-        between polls (default: the server's ``Retry-After``). Raises
-        :class:`~tussis.errors.WaitTimeout` after ``timeout`` seconds."""
+        """Wait until the job has succeeded or failed; returns it. Raises
+        :class:`~tussis.errors.WaitTimeout` after ``timeout`` seconds.
+
+        By default it long-polls (``Prefer: wait``): the server answers the moment the
+        worker has written the result, and unchanged states come back as ``304``. A
+        server that ignores the preference is polled every ``Retry-After`` seconds
+        instead, as is any server when ``poll`` (seconds between polls) is given."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        long_polls = poll is None
+        etag: str | None = None
+        path = f"/api/v1/jobs/{self.id}"
         while not self.done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise WaitTimeout(
+                    f"job {self.id} is still {self.status} after {timeout:g} s", self.id
+                )
+            # Whole seconds, never past the caller's deadline.
+            wait = JOB_WAIT_S if left is None else min(JOB_WAIT_S, int(left))
+            if long_polls and not wait and left is not None:
+                # Under a second left: one plain look, then the deadline.
+                if not self.reload().done:
+                    time.sleep(left)
+                continue
+            if long_polls:
+                answer = self._owner().poll(path, wait=wait, etag=etag)
+                if answer.data is not None:
+                    self._update(answer.data, answer.retry_after)
+                    etag = answer.etag
+                long_polls = answer.waited  # else: a server without long polls
+                continue
             delay = poll if poll is not None else (self._retry_after or POLL_S)
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(
-                        f"job {self.id} is still {self.status} after {timeout:g} s", self.id
-                    )
+            if left is not None:
                 delay = min(delay, left)
             time.sleep(delay)
             self.reload()

@@ -17,12 +17,11 @@ from celery.exceptions import TimeLimitExceeded
 from sqlalchemy import select
 
 from ml.bundle import BundleError, fingerprint, read_manifest
-from ml.spectrogram import warm_up
 from shared import batches, jobs, logs, model_registry
 from shared.db import dispose_engines
 from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, publish_callback
 from shared.tables import Job
-from worker import metrics, runtime
+from worker import metrics, recording_work, runtime
 
 log = logging.getLogger("tussis.worker")
 
@@ -114,10 +113,11 @@ def init_child(**_: Any) -> None:
     except Exception:
         return  # logged by load_models; jobs fail with model_unavailable
     if models.diagnosis.manifest.backbone_name == "inception_v3":
-        # Its model sees the spectrogram: compile the renderer (numba, about 5 s) before
-        # the first job. A YAMNet bundle listens to the waveform; its child is ready
-        # without it, and the first picture someone asks for pays the compile once.
-        warm_up(models.diagnosis.manifest.spectrogram)
+        # Its model sees the spectrogram: load the renderer (librosa, scipy and numba's
+        # compiled code, 2 to 12 s) before the first job. A YAMNet bundle listens to the
+        # waveform: its child loads the renderer only when a picture is asked for, beside
+        # its jobs (worker.runtime.Runtime.renderer_ready).
+        runtime.current().warm_renderer()
     for model in filter(None, (models.diagnosis, models.cough_gate)):
         model.warm_up()
     metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
@@ -187,12 +187,21 @@ def on_task_failure(sender: Any = None, exception: BaseException | None = None, 
                 job_ids,
                 f"Analysis took longer than {limit} s and its worker process was stopped.",
             )
-            found = session.scalars(select(Job.batch_id).where(Job.id.in_(job_ids)))
-            batch_ids = {b for b in found if b is not None}
+            found = session.execute(
+                select(Job.batch_id, Job.recording_id).where(Job.id.in_(job_ids))
+            ).all()
+            batch_ids = {b for b, _ in found if b is not None}
+            recording_ids = {r for _, r in found if r is not None}
+        rt.notifier.jobs(job_ids)
+        for recording_id in recording_ids:
+            recording_work.complete(rt, recording_id)
         for batch_id in batch_ids:
             with rt.session() as session:
                 batches.complete_and_notify(
-                    session, batch_id, lambda b: publish_callback(sender.app, rt.settings, b)
+                    session,
+                    batch_id,
+                    lambda b: publish_callback(sender.app, rt.settings, b),
+                    rt.notifier.batch,
                 )
         metrics.job_finished("failed", "timeout", count=n)
         log.warning("hard time limit: %d job(s) recorded as timeout", n)

@@ -23,7 +23,7 @@ from shared.audio import AudioError, DecodedAudio, check_usable, decode
 from shared.db import is_unavailable
 from shared.storage import AudioNotFound, spectrogram_key
 from shared.tables import Job
-from worker import metrics
+from worker import metrics, recording_work
 from worker.runtime import Runtime
 
 log = logging.getLogger("tussis.worker")
@@ -36,6 +36,7 @@ class GateVerdict:
     detected: bool | None = None
     score: float | None = None
     segments: list[list[float]] | None = None
+    threshold: float | None = None
 
 
 # A score that is not a number (audio the API's checks let through, such as extreme
@@ -81,6 +82,9 @@ class Claimed:
     batch_id: str | None
     audio: DecodedAudio | None = None
     done: bool = False
+    # A long recording's decoding pass (segment None) or one of its segments.
+    recording_id: str | None = None
+    segment: int | None = None
 
 
 class Pipeline:
@@ -90,11 +94,28 @@ class Pipeline:
     one bound to its Celery app, so this module needs no app of its own.
     """
 
-    def __init__(self, rt: Runtime, publish_callback: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        publish_callback: Callable[[str], None],
+        publish_segments: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.runtime = rt
         self.settings = rt.settings
         self.publish_callback = publish_callback
+        self.publish_segments = publish_segments
         self.worker_id = jobs.this_worker_id()
+
+    def publish_work(self, job_ids: list[str]) -> None:
+        """Queue a long recording's segments; a failed publish is left to the sweeper."""
+        try:
+            if self.publish_segments is None:
+                raise RuntimeError("this pipeline cannot publish")
+            self.publish_segments(job_ids)
+        except Exception as exc:
+            log.warning("%d segment(s) not yet published (%s); the sweeper will", len(job_ids), exc)
+            with self.runtime.session() as session:
+                jobs.mark_unpublished(session, job_ids)
 
     def fail(self, item: Claimed, code: str, message: str, **details: object) -> None:
         item.done = True
@@ -109,6 +130,7 @@ class Pipeline:
                 **details,
             )
         if ok:
+            self.runtime.notifier.jobs([item.job_id])
             metrics.job_finished("failed", code)
         else:
             log.warning("job %s: claim lost before recording failure %s", item.job_id, code)
@@ -135,19 +157,32 @@ class Pipeline:
             # never runs out under a live worker.
             self.runtime.heartbeat.hold([job_id])
             log.info("job %s: attempt %d on %s", job_id, c.attempt, self.worker_id)
-            claimed.append(Claimed(job_id, c.attempt, c.job.audio_key, c.job.batch_id))
+            claimed.append(
+                Claimed(
+                    job_id,
+                    c.attempt,
+                    c.job.audio_key,
+                    c.job.batch_id,
+                    recording_id=c.job.recording_id,
+                    segment=c.job.segment,
+                )
+            )
             return
         log.info("job %s: %s, nothing to do", job_id, c.outcome.value)
         if c.outcome is jobs.ClaimOutcome.GAVE_UP and c.job is not None:
+            self.runtime.notifier.jobs([job_id])
             metrics.job_finished("failed", "worker_lost")
-            claimed.append(Claimed(job_id, 0, "", c.job.batch_id, done=True))
+            claimed.append(
+                Claimed(job_id, 0, "", c.job.batch_id, done=True, recording_id=c.job.recording_id)
+            )
 
     def prepare(self, items: list[Claimed], sample_rate: int) -> list[Claimed]:
         ready = []
+        # A chunk's audio in one read (one round trip on the database store).
+        stored = self.runtime.storage.get_many(item.audio_key for item in items)
         for item in items:
-            try:
-                data = self.runtime.storage.get(item.audio_key)
-            except AudioNotFound:
+            data = stored.get(item.audio_key)
+            if data is None:
                 self.fail(item, "audio_missing", "The uploaded recording is no longer stored.")
                 continue
             try:
@@ -161,14 +196,44 @@ class Pipeline:
             ready.append(item)
         return ready
 
-    def run(self, job_ids: list[str]) -> None:
+    def run(self, job_ids: list[str], coalesce: int = 0) -> None:
+        """Analyse ``job_ids`` (a single job's delivery, or a batch chunk's). A single
+        job's first attempt takes up to ``coalesce`` other queued single jobs with it
+        (:meth:`coalesce`)."""
+        held = list(job_ids)
         try:
-            self._run(job_ids)
+            items = self.claim(job_ids)
+            extra = self.coalesce(items, coalesce)
+            held += [c.job_id for c in extra]
+            self._run(items + extra)
         finally:
-            self.runtime.heartbeat.release(job_ids)
+            self.runtime.heartbeat.release(held)
 
-    def _run(self, job_ids: list[str]) -> None:
-        items = self.claim(job_ids)
+    def coalesce(self, items: list[Claimed], limit: int) -> list[Claimed]:
+        """Other queued single jobs claimed to run in one chunk with ``items`` (a single
+        job claimed for its first attempt; a retry runs alone, so that a recording that
+        kills its worker takes no others with it)."""
+        if limit <= 0 or len(items) != 1 or items[0].done or items[0].attempt != 1:
+            return []
+        with self.runtime.session() as session:
+            more = jobs.claim_queued_singles(
+                session,
+                self.worker_id,
+                limit,
+                lease_s=self.settings.lease_s,
+                exclude=items[0].job_id,
+            )
+        if more:
+            self.runtime.heartbeat.hold([c.job_id for c in more])
+            log.info(
+                "job %s: %d more queued job(s) claimed with it: %s",
+                items[0].job_id,
+                len(more),
+                [c.job_id for c in more],
+            )
+        return [Claimed(c.job_id, c.attempt, c.audio_key, None) for c in more]
+
+    def _run(self, items: list[Claimed]) -> None:
         active = [i for i in items if not i.done]
         try:
             if active:
@@ -195,13 +260,27 @@ class Pipeline:
                         "internal_error",
                         f"An unexpected error stopped the analysis ({type(exc).__name__}).",
                     )
+        # The parents whose last work this may have been: the same compare-and-set
+        # completion for a batch and a long recording (shared.jobs.complete_parent).
         for batch_id in {i.batch_id for i in items if i.batch_id}:
             with self.runtime.session() as session:
-                batches.complete_and_notify(session, batch_id, self.publish_callback)
+                batches.complete_and_notify(
+                    session, batch_id, self.publish_callback, self.runtime.notifier.batch
+                )
+        for recording_id in {i.recording_id for i in items if i.recording_id}:
+            recording_work.complete(self.runtime, recording_id)
 
     def analyse(self, items: list[Claimed]) -> None:
         if self.settings.drill_task_delay_s:
             time.sleep(self.settings.drill_task_delay_s)
+        long_work = [i for i in items if i.recording_id is not None]
+        if long_work:
+            recording_work.run(self, long_work)
+        clips = [i for i in items if i.recording_id is None]
+        if clips:
+            self.analyse_clips(clips)
+
+    def analyse_clips(self, items: list[Claimed]) -> None:
         try:
             models = self.runtime.load_models()
         except Exception as exc:
@@ -232,7 +311,9 @@ class Pipeline:
                 # Where the cough is; on a refusal, the window the gate liked best.
                 looked_at = verdict.segments if detected else (verdict.peak,)
                 segments = [list(s) for s in looked_at if s is not None] or None
-                cough[item.job_id] = GateVerdict(detected, verdict.score, segments)
+                cough[item.job_id] = GateVerdict(
+                    detected, verdict.score, segments, gate.manifest.threshold
+                )
                 if detected:
                     passed.append(item)
             ready = passed
@@ -247,6 +328,7 @@ class Pipeline:
                     cough_detected=False,
                     cough_score=verdict_of.score,
                     cough_segments=verdict_of.segments,
+                    cough_threshold=verdict_of.threshold,
                 )
         if not ready:
             return
@@ -284,8 +366,10 @@ class Pipeline:
                     cough_detected=gate_verdict.detected,
                     cough_score=gate_verdict.score,
                     cough_segments=gate_verdict.segments,
+                    cough_threshold=gate_verdict.threshold,
                 )
             if ok:
+                self.runtime.notifier.jobs([item.job_id])
                 metrics.job_finished("succeeded")
             else:
                 log.warning(

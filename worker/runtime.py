@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from shared import notify
 from shared.config import Settings
 from shared.db import session_scope
 from shared.jobs import this_worker_id
@@ -39,11 +40,22 @@ class Models:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.storage: AudioStorage = make_storage(settings.storage_url, settings.database_url)
+        endpoint = settings.s3_endpoint_url or None
+        self.storage: AudioStorage = make_storage(
+            settings.storage_url, settings.database_url, endpoint
+        )
+        # Long recordings, their PCM and resumable uploads (TUSSIS_RECORDING_STORAGE_URL).
+        self.recording_storage: AudioStorage = make_storage(
+            settings.recording_storage_url, settings.database_url, endpoint
+        )
         self.served_fingerprints: list[str] = []
+        # Wakes the API's long polls once a job or batch is finished (after the commit).
+        self.notifier = notify.Publisher(settings)
         self._models: Models | None = None
         self._error: Exception | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # renderer_ready loads the models under it
+        self._renderer: threading.Thread | None = None  # loading the picture renderer
+        self._renderer_loaded = False
         self.heartbeat = Heartbeat(
             self.session, this_worker_id, settings.lease_s, settings.heartbeat_interval_s
         )
@@ -75,6 +87,33 @@ class Runtime:
         diagnosis = load(s.model_bundle)
         gate = load(s.cough_gate_bundle) if s.cough_gate_bundle else None
         return Models(diagnosis, gate)
+
+    def warm_renderer(self) -> None:
+        """Load the spectrogram renderer now, in this thread (before an Inception V3
+        bundle's first job: its model sees the spectrogram)."""
+        from ml.spectrogram import warm_up
+
+        warm_up(self.load_models().diagnosis.manifest.spectrogram)
+        self._renderer_loaded = True
+
+    def renderer_ready(self) -> bool:
+        """Whether the spectrogram renderer is loaded; the first call starts loading it in
+        a thread of its own (librosa, scipy and numba's compiled code: 2 s on a quiet
+        machine, 12 s on a busy one, and about 200 MiB). Until it is, a picture task asks
+        again a second later instead of holding the child: the analysis pool never waits
+        behind a picture, and a child nobody asks for pictures never pays for it."""
+        from ml.spectrogram import warm_up
+
+        with self._lock:
+            if not self._renderer_loaded and self._renderer is None:
+                params = self.load_models().diagnosis.manifest.spectrogram
+                self._renderer = threading.Thread(
+                    target=warm_up, args=(params,), name="renderer-warm-up", daemon=True
+                )
+                self._renderer.start()
+            if self._renderer is not None and not self._renderer.is_alive():
+                self._renderer_loaded = True
+            return self._renderer_loaded
 
     def load_models(self) -> Models:
         """Load once per process; later calls return the same models (or the same error)."""

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import batches, jobs, model_registry
+from shared import batches, jobs, model_registry, recordings
 from shared.db import is_unavailable
 from shared.queue import (
     TASK_ANALYSE,
@@ -30,10 +30,11 @@ from shared.queue import (
     publish_analysis,
     publish_callback,
     publish_chunk,
+    publish_recording_work,
 )
 from shared.retention import purge
 from shared.tables import utcnow
-from worker import callbacks, metrics, runtime
+from worker import callbacks, metrics, recording_work, runtime
 from worker.evaluation import evaluate_batch
 from worker.pipeline import Pipeline, draw_spectrogram
 
@@ -73,10 +74,19 @@ def _callback_publisher(task: Task) -> Callable[[str], None]:
     return lambda batch_id: publish_callback(task.app, settings, batch_id)
 
 
+def _pipeline(task: Task) -> Pipeline:
+    settings = runtime.current().settings
+    return Pipeline(
+        runtime.current(),
+        _callback_publisher(task),
+        lambda job_ids: publish_recording_work(task.app, settings, job_ids),
+    )
+
+
 @shared_task(name=TASK_ANALYSE, bind=True, max_retries=None)
 def analyse_job(self: Task, job_id: str) -> None:
     with _retry_while_database_is_down(self):
-        Pipeline(runtime.current(), _callback_publisher(self)).run([job_id])
+        _pipeline(self).run([job_id], coalesce=runtime.current().settings.coalesce_jobs)
 
 
 @shared_task(name=TASK_ANALYSE_CHUNK, bind=True, max_retries=None)
@@ -97,13 +107,20 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
             for job_id in job_ids:
                 publish_chunk(self.app, rt.settings, [job_id])
             return
-    Pipeline(rt, _callback_publisher(self)).run(job_ids)
+    _pipeline(self).run(job_ids)
+
+
+# A picture asked for before the child's renderer is loaded is asked again this later.
+RENDERER_RETRY_S = 1.0
 
 
 @shared_task(name=TASK_SPECTROGRAM, bind=True, max_retries=None)
 def spectrogram(self: Task, job_id: str) -> bool:
+    rt = runtime.current()
+    if not rt.renderer_ready():
+        raise self.retry(countdown=RENDERER_RETRY_S)
     with _retry_while_database_is_down(self):
-        return draw_spectrogram(runtime.current(), job_id)
+        return draw_spectrogram(rt, job_id)
 
 
 @shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
@@ -149,10 +166,11 @@ def sweep(self: Task) -> int:
             # a job still without one gets a new message at most once per lease.
             republish_gap_s=settings.lease_s,
         )
-    singles = [item.job_id for item in lost if item.batch_id is None]
+    singles = [item.job_id for item in lost if item.batch_id is None and not item.recording_id]
     batch_items = [item.job_id for item in lost if item.batch_id is not None]
     for job_id in singles:
         publish_analysis(self.app, settings, job_id)
+    publish_recording_work(self.app, settings, [i.job_id for i in lost if i.recording_id])
     # Batch items go back to the batch queue, so they never crowd out single jobs.
     size = max(1, settings.batch_chunk_size)
     for start in range(0, len(batch_items), size):
@@ -163,7 +181,13 @@ def sweep(self: Task) -> int:
         running = batches.running_batches(session)
     for batch_id in running:
         with rt.session() as session:
-            batches.complete_and_notify(session, batch_id, _callback_publisher(self))
+            batches.complete_and_notify(
+                session, batch_id, _callback_publisher(self), rt.notifier.batch
+            )
+    with rt.session() as session:
+        unfinished = recordings.unfinished(session)
+    for recording_id in unfinished:
+        recording_work.complete(rt, recording_id)
     with rt.session() as session:
         # A retry's message is held by a worker until it is due, so a broker restart
         # loses it: a callback overdue by a minute is sent again (claim_callback lets
@@ -200,7 +224,9 @@ def apply_retention() -> dict[str, int]:
     """Delete audio, results and orphaned files past their retention (``shared.retention``)."""
     rt = runtime.current()
     try:
-        report = purge(rt.settings, rt.storage, now=utcnow())
+        report = purge(
+            rt.settings, rt.storage, now=utcnow(), recording_storage=rt.recording_storage
+        )
     except SoftTimeLimitExceeded:
         # Each pass has committed what it deleted: the next run carries on from here.
         log.warning("retention: stopped at the task time limit; the next run continues")

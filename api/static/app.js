@@ -7,6 +7,10 @@
   var API = "/api/v1";
   var MAX_RECORD_S = 60;
   var DEFAULT_POLL_S = 1;
+  // Long polls (Prefer: wait, docs/api.md): a job's answer comes when it is finished; a
+  // batch's at least this often, so its progress bar moves.
+  var LONG_POLL_S = 60;
+  var BATCH_POLL_S = 5;
   var MAX_POLL_FAILURES = 8;
   var KEY_STORAGE = "tussis.apiKey";
   var RECORDER_TYPES = [
@@ -173,9 +177,14 @@
     });
   }
 
-  function getJson(url) {
+  /** GET JSON; ``poll`` (optional) makes it a long poll (``wait``: Prefer: wait=N)
+   * and a conditional one (``etag``: If-None-Match; a 304 answers no body). */
+  function getJson(url, poll) {
+    var headers = Object.assign({ Accept: "application/json" }, authHeaders());
+    if (poll && poll.wait) headers.Prefer = "wait=" + poll.wait;
+    if (poll && poll.etag) headers["If-None-Match"] = poll.etag;
     return fetch(url, {
-      headers: Object.assign({ Accept: "application/json" }, authHeaders()),
+      headers: headers,
       cache: "no-store",
       credentials: "same-origin",
     }).then(
@@ -185,13 +194,23 @@
             status: response.status,
             body: parseJson(text),
             retryAfter: response.headers.get("Retry-After"),
+            etag: response.headers.get("ETag"),
+            // The server held the answer as asked: ask again at once. Without it (an
+            // older server), wait Retry-After between polls.
+            waited: /^\s*wait=/.test(response.headers.get("Preference-Applied") || ""),
           };
         });
       },
       function () {
-        return { status: 0, body: null, retryAfter: null };
+        return { status: 0, body: null, retryAfter: null, etag: null, waited: false };
       }
     );
+  }
+
+  /** The next poll of a long-polled resource: at once when the server waited, else
+   * after Retry-After. */
+  function nextPoll(run, response, fn) {
+    later(run, response.waited ? 0 : retryAfterMs(response.retryAfter), fn);
   }
 
   // --- API key -------------------------------------------------------------------
@@ -335,9 +354,8 @@
       if (response.status === 202 && response.body && response.body.id) {
         setUploadProgress(1);
         showJob(response.body);
-        later(run, retryAfterMs(response.retryAfter), function () {
-          pollJob(run, response.body.id, 0);
-        });
+        // A long poll: the answer comes the moment the worker has written the result.
+        pollJob(run, response.body.id, 0, null);
         return;
       }
       if (response.status === 401) {
@@ -355,24 +373,32 @@
     });
   }
 
-  function pollJob(run, jobId, failures) {
-    getJson(API + "/jobs/" + encodeURIComponent(jobId)).then(function (response) {
+  function pollJob(run, jobId, failures, etag) {
+    var poll = { wait: LONG_POLL_S, etag: etag };
+    getJson(API + "/jobs/" + encodeURIComponent(jobId), poll).then(function (response) {
       if (run !== state.run) return;
+      if (response.status === 304) {
+        nextPoll(run, response, function () {
+          pollJob(run, jobId, 0, etag);
+        });
+        return;
+      }
       if (response.status === 200 && response.body) {
         var job = response.body;
         showJob(job);
+        linkJob(job.id);
         if (job.status === "succeeded" || job.status === "failed") {
           finishJob(run, job);
         } else {
-          later(run, retryAfterMs(response.retryAfter), function () {
-            pollJob(run, jobId, 0);
+          nextPoll(run, response, function () {
+            pollJob(run, jobId, 0, response.etag);
           });
         }
         return;
       }
       if (response.status === 401) {
         askForKey(response, function () {
-          pollJob(run, jobId, 0);
+          pollJob(run, jobId, 0, null);
         });
         return;
       }
@@ -391,7 +417,7 @@
       }
       setStatus("Lost contact with the server; trying again…");
       later(run, Math.min(1000 * Math.pow(2, failures), 15000), function () {
-        pollJob(run, jobId, failures + 1);
+        pollJob(run, jobId, failures + 1, etag);
       });
     });
   }
@@ -426,7 +452,7 @@
       });
       setText(
         "result-cough",
-        coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, "at")
+        coughText(result.cough_detected, result.cough_score) + segmentsText(result.cough_segments, " at")
       );
       setText("result-model", result.model_id + " · version " + result.model_version);
       showModelNote(result);
@@ -469,7 +495,9 @@
     var parts = segments.map(function (s) {
       return s[0].toFixed(1) + "–" + s[1].toFixed(1) + " s";
     });
-    return " " + lead + " " + parts.join(", ");
+    // ``lead`` brings its own spacing: " at", or "; it looked hardest at" (no space
+    // before the semicolon).
+    return lead + " " + parts.join(", ");
   }
 
   function coughText(detected, score) {
@@ -645,27 +673,31 @@
     state.batchDone = -1;
     showBatch(run, batch);
     if (batch.status !== "completed") {
-      later(run, DEFAULT_POLL_S * 1000, function () {
-        pollBatch(run, batch.links.self, 0);
-      });
+      pollBatch(run, batch.links.self, 0, null);
     }
   }
 
-  function pollBatch(run, url, failures) {
-    getJson(url).then(function (response) {
+  function pollBatch(run, url, failures, etag) {
+    getJson(url, { wait: BATCH_POLL_S, etag: etag }).then(function (response) {
       if (run !== state.run) return;
+      if (response.status === 304) {
+        nextPoll(run, response, function () {
+          pollBatch(run, url, 0, etag);
+        });
+        return;
+      }
       if (response.status === 200 && response.body) {
         showBatch(run, response.body);
         if (response.body.status !== "completed") {
-          later(run, retryAfterMs(response.retryAfter), function () {
-            pollBatch(run, url, 0);
+          nextPoll(run, response, function () {
+            pollBatch(run, url, 0, response.etag);
           });
         }
         return;
       }
       if (response.status === 401) {
         askForKey(response, function () {
-          pollBatch(run, url, 0);
+          pollBatch(run, url, 0, null);
         });
         return;
       }
@@ -677,7 +709,7 @@
       }
       setText("batch-status", "Lost contact with the server; trying again…");
       later(run, Math.min(1000 * Math.pow(2, failures), 15000), function () {
-        pollBatch(run, url, failures + 1);
+        pollBatch(run, url, failures + 1, etag);
       });
     });
   }
@@ -929,11 +961,33 @@
     show("batch-caveat", notes.length > 0);
   }
 
-  // --- a batch opened by its link: /#batch=ID ------------------------------------------
+  // --- a job or a batch opened by its link: /#job=ID, /#batch=ID -----------------------
 
   function batchFromHash() {
     var match = /^#batch=([A-Za-z0-9-]{1,64})$/.exec(window.location.hash);
     return match ? match[1] : null;
+  }
+
+  function jobFromHash() {
+    var match = /^#job=([A-Za-z0-9-]{1,64})$/.exec(window.location.hash);
+    return match ? match[1] : null;
+  }
+
+  /** The page's address now opens this job again (a reload, a bookmark, a colleague). */
+  function linkJob(id) {
+    if (window.location.hash !== "#job=" + id) {
+      window.history.replaceState(null, "", "#job=" + encodeURIComponent(id));
+    }
+  }
+
+  function openJob(id) {
+    var run = reset();
+    setBusy(true);
+    show("progress-view", true);
+    setText("progress-title", "Analysis");
+    setText("subject", id);
+    setStatus("Looking up the recording's analysis…");
+    pollJob(run, id, 0, null);
   }
 
   function openBatch(id) {
@@ -1174,8 +1228,10 @@
   }
   if (state.apiKey) show("key-toggle", true);
   window.addEventListener("hashchange", function () {
-    var id = batchFromHash();
-    if (id && !state.busy) openBatch(id);
+    if (state.busy) return;
+    if (batchFromHash()) openBatch(batchFromHash());
+    else if (jobFromHash()) openJob(jobFromHash());
   });
   if (batchFromHash()) openBatch(batchFromHash());
+  else if (jobFromHash()) openJob(jobFromHash());
 })();

@@ -1,5 +1,6 @@
 """A batch upload stores its recordings a chunk at a time: one storage call and one
-transaction per ``batch_chunk_size`` items, with the guarantees of one job at a time.
+transaction (one commit, the audio's and the rows' INSERT statements) per
+``batch_chunk_size`` items, with the guarantees of one job at a time.
 
 Every stored chunk is published while the upload goes on; a failure part-way (in the
 storage call or in the rows' transaction) leaves no batch, no job and no audio behind;
@@ -61,11 +62,11 @@ def test_a_chunk_is_one_storage_call_and_one_transaction_published_as_it_goes(
     events: list[tuple[str, int]] = []
     real_store_many, real_publish = intake.store_many, intake.publish_chunks
     store = client.application.extensions["tussis.storage"]
-    real_put_many = store.put_many
+    real_put_new = store.put_new
 
-    def put_many(items: dict[str, bytes]) -> None:
-        events.append(("put_many", len(items)))
-        real_put_many(items)
+    def put_new(session: Any, items: dict[str, bytes]) -> None:
+        events.append(("put_new", len(items)))
+        real_put_new(session, items)
 
     def store_many(*args: Any, **kwargs: Any) -> list[str]:
         ids = real_store_many(*args, **kwargs)
@@ -81,7 +82,7 @@ def test_a_chunk_is_one_storage_call_and_one_transaction_published_as_it_goes(
     def one_at_a_time(*_: Any, **__: Any) -> None:
         raise AssertionError("a batch stores its items by the chunk")
 
-    monkeypatch.setattr(store, "put_many", put_many)
+    monkeypatch.setattr(store, "put_new", put_new)
     monkeypatch.setattr(intake, "store_many", store_many)
     monkeypatch.setattr(intake, "publish_chunks", publish_chunks)
     monkeypatch.setattr(intake, "store", one_at_a_time)
@@ -93,9 +94,9 @@ def test_a_chunk_is_one_storage_call_and_one_transaction_published_as_it_goes(
     assert [r["error"]["code"] for r in body["rejected"]] == ["undecodable_audio"]
     # Full chunks go to the workers while the upload goes on; the rest at the end.
     assert events == [
-        ("put_many", 4), ("committed", 4), ("published", 4),
-        ("put_many", 4), ("committed", 8), ("published", 4),
-        ("put_many", 2), ("committed", 10), ("published", 2),
+        ("put_new", 4), ("committed", 4), ("published", 4),
+        ("put_new", 4), ("committed", 8), ("published", 4),
+        ("put_new", 2), ("committed", 10), ("published", 2),
     ]  # fmt: skip
     # What a worker reads: every row has its audio, in upload order.
     assert (
@@ -124,8 +125,8 @@ def test_a_chunk_that_fails_leaves_no_batch_no_job_and_no_audio(
     """The second chunk fails after the first was stored and published: in its rows'
     transaction (its audio is stored by then) or in its storage call."""
     store = client.application.extensions["tussis.storage"]
-    real_create, real_put_many = jobs.create, store.put_many
-    calls = {"create": 0, "put_many": 0}
+    real_create, real_put_new = jobs.create, store.put_new
+    calls = {"create": 0, "put_new": 0}
 
     def create(*args: Any, **kwargs: Any) -> Any:
         calls["create"] += 1
@@ -133,14 +134,14 @@ def test_a_chunk_that_fails_leaves_no_batch_no_job_and_no_audio(
             raise RuntimeError("the database went away")
         return real_create(*args, **kwargs)
 
-    def put_many(items: dict[str, bytes]) -> None:
-        calls["put_many"] += 1
-        if where == "audio" and calls["put_many"] == 2:
+    def put_new(session: Any, items: dict[str, bytes]) -> None:
+        calls["put_new"] += 1
+        if where == "audio" and calls["put_new"] == 2:
             raise RuntimeError("the audio store went away")
-        real_put_many(items)
+        real_put_new(session, items)
 
     monkeypatch.setattr(jobs, "create", create)
-    monkeypatch.setattr(store, "put_many", put_many)
+    monkeypatch.setattr(store, "put_new", put_new)
     before = blobs(settings)
     response = client.post(
         "/api/v1/batches",
@@ -148,7 +149,7 @@ def test_a_chunk_that_fails_leaves_no_batch_no_job_and_no_audio(
         content_type="multipart/form-data",
     )
     assert_error(response, 500, "internal_error")
-    assert calls["put_many"] == 2
+    assert calls["put_new"] == 2
     assert count(settings, "SELECT count(*) FROM batches WHERE owner = :o", o=owner) == 0
     assert count(settings, "SELECT count(*) FROM jobs WHERE owner = :o", o=owner) == 0
     assert blobs(settings) == before

@@ -22,7 +22,7 @@ from flask.testing import FlaskClient
 from standardwebhooks import Webhook
 
 from api import create_app
-from shared.config import Settings, normalise_database_url
+from shared.config import PROJECT_ROOT, Settings, normalise_database_url
 from tests.api.conftest import assert_error
 from tests.audio_samples import noise, wav
 from tests.conftest import base_settings, configure
@@ -288,6 +288,14 @@ def test_a_batch_of_210_real_recordings_through_the_whole_system(
         ok = [r for r in rows if r["status"] == "succeeded"]
         assert all(r["diagnosis"] in ("sick", "not sick") and r["model_version"] for r in ok)
         assert all(r["cough_detected"] == "true" for r in ok)
+        # Beside each cough score, the gate's threshold it was judged by; beside each
+        # error code, its sentence (a refusal says why: too quiet, no cough, ...).
+        manifest = PROJECT_ROOT / "models" / "cough-gate" / "manifest.json"
+        gate = float(json.loads(manifest.read_text())["threshold"])
+        assert all(float(r["cough_threshold"]) == pytest.approx(gate) for r in ok)
+        assert all(float(r["cough_score"]) >= float(r["cough_threshold"]) for r in ok)
+        failed = [r for r in rows if r["status"] == "failed"]
+        assert all(r["error_code"] and r["error_message"].endswith(".") for r in failed)
 
         wait_until(lambda: receiver.received, 120, "the batch callback", 0.5)
         headers, body = receiver.received[0]

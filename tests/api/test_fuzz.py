@@ -355,7 +355,8 @@ def gen_query(rng: random.Random, _inputs: Inputs, batch_id: str) -> Iterator[Ca
                "WyJqb2JzIiwiMjAyNS0wMS0wMVQwMDowMDowMCIsImEiXQ",  # no time zone
                "WyJpdGVtcyIsOTk5OTk5OTk5OTk5OTk5OTk5OTld",  # ["items", huge]
                "W1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tbW1tb"]  # fmt: skip
-    listings = ["/api/v1/jobs", "/api/v1/batches", f"/api/v1/batches/{batch_id}/items"]
+    listings = ["/api/v1/jobs", "/api/v1/batches", f"/api/v1/batches/{batch_id}/items",
+                "/api/v1/recordings"]  # fmt: skip
     for _ in range(170):
         params = []
         if rng.random() < 0.6:
@@ -377,6 +378,11 @@ def gen_ids(rng: random.Random, _inputs: Inputs, batch_id: str) -> Iterator[Case
         ("DELETE", "/api/v1/batches/{}"), ("POST", "/api/v1/batches/{}/close"),
         ("GET", "/api/v1/batches/{}/items"), ("GET", "/api/v1/batches/{}/results.csv"),
         ("POST", "/api/v1/batches/{}/items"),
+        ("GET", "/api/v1/recordings/{}"), ("DELETE", "/api/v1/recordings/{}"),
+        ("GET", "/api/v1/recordings/{}/events"), ("GET", "/api/v1/recordings/{}/events.csv"),
+        ("GET", "/api/v1/recordings/{}/timeline.png"),
+        ("GET", "/api/v1/recordings/{}/audio?start_s=0&end_s=1"),
+        ("GET", "/api/v1/uploads/{}"), ("DELETE", "/api/v1/uploads/{}"),
     ]  # fmt: skip
     for _ in range(170):
         method, template = rng.choice(templates)
@@ -504,10 +510,66 @@ def gen_batch_files(rng: random.Random, inputs: Inputs) -> Iterator[Case]:
         )
 
 
+def gen_recordings(rng: random.Random, inputs: Inputs) -> Iterator[Case]:
+    """Long recordings (streamed multipart) and resumable uploads (tus headers)."""
+    path, wav = "/api/v1/recordings", inputs.small_wav
+    yield Case(
+        "recordings", path=path, files=[("audio", "n.wav", wav, None)], expect=frozenset({202})
+    )
+    for blob in (b"", rng.randbytes(3000), wav[:44], inputs.formats["mp3"][:500]):
+        yield Case("recordings", path=path, files=[("audio", "n.wav", blob, None)])
+    yield Case("recordings", path=path, files=[("other", "n.wav", wav, None)])
+    yield Case("recordings", path=path, files=[("audio", "a.wav", wav, None)] * 2)
+    yield Case("recordings", path=path, body=wav, content_type="audio/wav")
+    yield Case(
+        "recordings",
+        path=path,
+        body=b"--x\r\n" + wav,
+        content_type="multipart/form-data; boundary=x",
+    )
+    for _ in range(20):
+        field_name = rng.choice(["recorded_at", "label"])
+        value = rng.choice(
+            [odd_unicode(rng), "2026-13-45T99:00:00Z", "9" * 5000, "2026-12-05T22:00:00",
+             "2026-12-05T22:00:00+25:00", "\x00", "0001-01-01T00:00:00+14:00"]
+        )  # fmt: skip
+        yield Case(
+            "recordings",
+            path=path,
+            files=[("audio", odd_unicode(rng) + ".wav", wav, None)],
+            form={field_name: value},
+            over_http=value.isascii() and "\x00" not in value,
+        )
+    tus = {"Tus-Resumable": "1.0.0"}
+    lengths = ["", "-1", "0", "1e9", "٣", "9" * 40, str(1 << 62), " 5", "5"]
+    metas = ["", "filename", "filename !!!", "label " + "A" * 9000, "recorded_at eHg=", "a b,c d"]
+    for _ in range(20):
+        headers = {
+            **tus,
+            "Upload-Length": rng.choice(lengths),
+            "Upload-Metadata": rng.choice(metas),
+        }
+        if rng.random() < 0.2:
+            headers["Tus-Resumable"] = rng.choice(["0.2.2", "", "1.0.0 "])
+        yield Case("recordings", path="/api/v1/uploads", headers=headers,
+                   over_http=all(v.isascii() for v in headers.values()))  # fmt: skip
+    for _ in range(10):
+        offset = rng.choice(["0", "-1", "x", "99999999999999999999", ""])
+        ctype = rng.choice(["application/offset+octet-stream", "text/plain", None])
+        yield Case(
+            "recordings",
+            "PATCH",
+            "/api/v1/uploads/" + quote(odd_unicode(rng), safe=""),
+            body=rng.randbytes(100),
+            content_type=ctype,
+            headers={**tus, "Upload-Offset": offset},
+        )
+
+
 GENERATORS: list[Callable[[random.Random, Inputs], Iterator[Case]]] = [
     gen_random_bytes, gen_damaged_files, gen_content_types, gen_zero_length, gen_long_audio,
     gen_sample_rates, gen_float_wavs, gen_channels, gen_odd_metadata, gen_headers,
-    gen_long_urls, gen_form_fields, gen_zips, gen_batch_files,
+    gen_long_urls, gen_form_fields, gen_zips, gen_batch_files, gen_recordings,
 ]  # fmt: skip
 
 
@@ -680,7 +742,10 @@ def stored_state(settings: Settings) -> dict[str, Any]:
             scalar = lambda sql: conn.execute(sa.text(sql)).scalar_one()  # noqa: E731
             return {
                 "blobs": scalar("SELECT count(*) FROM audio_blobs"),
-                "jobs": scalar("SELECT count(*) FROM jobs"),
+                # Clip jobs (a long recording's work rows are listed with it, not as jobs).
+                "jobs": scalar("SELECT count(*) FROM jobs WHERE recording_id IS NULL"),
+                "recordings": scalar("SELECT count(*) FROM recordings"),
+                "recording_files": recording_files(settings),
                 "orphans": scalar(
                     "SELECT count(*) FROM audio_blobs WHERE key NOT IN (SELECT audio_key FROM jobs)"
                 ),
@@ -688,6 +753,23 @@ def stored_state(settings: Settings) -> dict[str, Any]:
                     conn.execute(sa.text("SELECT id FROM batches WHERE status = 'open'")).scalars()
                 ),
             }
+    finally:
+        engine.dispose()
+
+
+def recording_files(settings: Settings) -> int:
+    """Files in the recording store (the embedded default: a directory)."""
+    root = Path(settings.recording_storage_url.removeprefix("file://"))
+    return sum(1 for p in root.glob("*") if p.is_file()) if root.is_dir() else 0
+
+
+def count_upload_parts(settings: Settings) -> int:
+    """Bytes of unfinished resumable uploads (kept for their resumption)."""
+    engine = sa.create_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT parts FROM uploads WHERE recording_id IS NULL"))
+            return sum(len(json.loads(p) if isinstance(p, str) else p) for (p,) in rows)
     finally:
         engine.dispose()
 
@@ -770,6 +852,10 @@ def fuzz_in_process(
     assert after["orphans"] == 0, "stored audio without a job row"
     assert after["blobs"] - before["blobs"] == after["jobs"] - before["jobs"]
     assert after["open"] <= kept_open | {batch_id}, "a batch nobody asked to keep open is open"
+    # Each accepted recording keeps its one upload; refused ones leave no file.
+    assert after["recording_files"] - before["recording_files"] == (
+        after["recordings"] - before["recordings"]
+    ) + count_upload_parts(settings)
 
     def get(url: str) -> tuple[int, bytes]:
         response = client.get(url, headers=AUTH)

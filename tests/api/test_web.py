@@ -304,12 +304,27 @@ def test_one_uploaded_recording_shows_its_result(
 ) -> None:
     with browser(playwright, web_stack.url) as session:
         page = session.page
+        polls: list[dict[str, str]] = []
+        page.on(
+            "request",
+            lambda r: (
+                polls.append(r.headers)
+                if re.fullmatch(r"/api/v1/jobs/[0-9a-f-]+", urlsplit(r.url).path)
+                else None
+            ),
+        )
         _expect()(page.get_by_text("Research tool — not a diagnosis.")).to_be_visible()
         accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", cough_file))
         assert accepted["audio"]["filename"] == cough_file.name
         _check_result_on_screen(session, web_stack, accepted["id"])
         assert page.locator("#upload-progress").evaluate("p => p.value") == 100
         _expect()(page.locator("#again-button")).to_be_visible()
+        # It long-polled (answered when the worker wrote the result), not on a timer.
+        assert polls and all(h.get("prefer") == "wait=60" for h in polls), polls
+        # The address opens this job again: a reload shows the same result.
+        assert urlsplit(page.url).fragment == f"job={accepted['id']}"
+        page.reload()
+        _check_result_on_screen(session, web_stack, accepted["id"])
 
         page.wait_for_load_state("networkidle")
         shot = tmp_path / "result.png"
@@ -394,6 +409,27 @@ def test_a_rejected_upload_shows_the_apis_message(
         # The page is usable again at once.
         expect(page.locator("#file-input")).to_be_enabled()
         expect(page.locator("#record-button")).to_be_enabled()
+        session.assert_clean()
+
+
+@pytest.mark.integration
+def test_a_recording_without_a_cough_says_why_and_where_the_gate_looked(
+    playwright: Any, web_stack: Stack, tmp_path: Path
+) -> None:
+    from ml.negatives import generate
+
+    _, music = next(generate(seed=7, per_kind=1, kinds=["music"]))
+    song = tmp_path / "song.wav"
+    song.write_bytes(wav(music))
+    with browser(playwright, web_stack.url) as session:
+        page, expect = session.page, _expect()
+        accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", song))
+        expect(page.locator("#error-box")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+        job = web_stack.job(accepted["id"])
+        assert job["error"]["code"] == "no_cough_detected", job
+        message = page.locator("#error-message").inner_text()
+        assert message.startswith(job["error"]["message"])
+        assert "%; it looked hardest at" in message and " ; " not in message, message
         session.assert_clean()
 
 

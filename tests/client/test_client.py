@@ -29,8 +29,9 @@ pytestmark = pytest.mark.integration
 
 TUSSIS = str(BIN / "tussis")
 CSV_HEADER = [
-    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "error_code",
-    "model_id", "model_version", "label", "group", "sha256", "job_id",
+    "path", "status", "diagnosis", "score", "cough_detected", "cough_score", "cough_threshold",
+    "error_code", "error_message", "model_id", "model_version", "label", "group", "sha256",
+    "job_id",
 ]  # fmt: skip
 
 

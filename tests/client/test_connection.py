@@ -246,3 +246,48 @@ def test_the_results_csv_written_never_starts_a_formula_whatever_the_server_sent
     assert list(csv.reader(out.open(newline=""))) == expected
     assert list(csv.reader(io.StringIO(printed.stdout, newline=""))) == expected
     assert list(csv.reader(library.open(newline=""))) == expected
+
+
+def _job(status: str) -> dict:
+    return {"id": "j1", "status": status, "audio": {}, "result": None, "error": None}
+
+
+def test_job_wait_falls_back_to_retry_after_polls_when_the_server_ignores_prefer_wait(
+    scripted: Callable[[list[Answer]], Scripted],
+) -> None:
+    """An older server answers a long poll at once, without Preference-Applied: the client
+    then waits Retry-After between plain polls instead of asking again at once."""
+    server = scripted(
+        [
+            (200, {"Retry-After": "1"}, _job("queued")),
+            (200, {"Retry-After": "1"}, _job("queued")),
+            (200, {}, _job("succeeded")),
+        ]
+    )
+    job = Client(server.url).job("j1")
+    assert job.wait(timeout=30).status == "succeeded"
+    polls = server.seen[1:]  # after the first GET (Client.job)
+    assert polls[0][2].get("Prefer", "").startswith("wait=")  # asked once...
+    assert all("Prefer" not in headers for _, _, headers, _ in polls[1:])  # ...then plain
+    assert polls[-1][3] - polls[-2][3] >= 0.9  # and as Retry-After said
+
+
+def test_job_wait_long_polls_again_at_once_while_the_server_waits(
+    scripted: Callable[[list[Answer]], Scripted],
+) -> None:
+    applied = {"Preference-Applied": "wait=60", "Retry-After": "30", "ETag": '"a"'}
+    server = scripted(
+        [
+            (200, {"Retry-After": "30"}, _job("queued")),
+            (200, applied, _job("queued")),  # a long poll that ended without news
+            (200, {**applied, "ETag": '"b"'}, _job("succeeded")),
+        ]
+    )
+    started = time.monotonic()
+    job = Client(server.url).job("j1").wait(timeout=30)
+    assert job.status == "succeeded"
+    assert time.monotonic() - started < 10  # never slept the 30 s Retry-After
+    polls = server.seen[1:]
+    # Each a long poll, none longer than the time the caller has left.
+    assert all(0 < int(h["Prefer"].removeprefix("wait=")) <= 30 for _, _, h, _ in polls)
+    assert polls[1][2].get("If-None-Match") == '"a"'  # the state it already has

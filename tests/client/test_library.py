@@ -86,8 +86,10 @@ def test_submit_wait_and_a_typed_result(stack: Stack, cohort: dict[str, list[Pat
     job = client.submit(cohort["sick"][0])
     assert isinstance(job, Job) and job.status in {"queued", "running"}
     assert job.filename == cohort["sick"][0].name and job.result is None
+    # A deadline already past: no poll can find the job done first (0.01 s raced the
+    # worker, which can finish a clip within the first poll).
     with pytest.raises(WaitTimeout):
-        job.wait(timeout=0.01)
+        job.wait(timeout=0)
     assert job.wait(timeout=240) is job
     assert job.status == "succeeded", job.error
     result = job.result
@@ -100,6 +102,27 @@ def test_submit_wait_and_a_typed_result(stack: Stack, cohort: dict[str, list[Pat
 
     served = {(m.id, m.version) for m in client.models() if m.role == "diagnosis" and m.active}
     assert (result.model_id, result.model_version) in served
+
+
+def test_job_wait_is_answered_by_a_long_poll_not_a_sleep(
+    stack: Stack, cohort: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that finishes in a fraction of a second once took Job.wait() the whole
+    Retry-After (2 s then): now the server holds the poll and answers at the result."""
+    import tussis.resources
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"Job.wait() slept {seconds} s instead of long-polling")
+
+    client = Client(stack.url)
+    answers: list[dict[str, str]] = []
+    client._session("poll").hooks["response"].append(
+        lambda r, *a, **k: answers.append(dict(r.headers))
+    )
+    job = client.submit(cohort["not sick"][0])
+    monkeypatch.setattr(tussis.resources.time, "sleep", no_sleep)
+    assert job.wait(timeout=240).done
+    assert answers and all(a.get("Preference-Applied", "").startswith("wait=") for a in answers)
 
 
 def test_refusals_and_failed_jobs_carry_the_server_code(stack: Stack) -> None:

@@ -340,7 +340,10 @@ def test_a_job_over_the_time_limit_fails_once_without_redelivery(
 def test_replacement_children_load_the_model_and_work(
     tmp_path: Path, database_url: str, broker: RedisServer, short_recordings: list[Path]
 ) -> None:
-    settings = fault_settings(tmp_path, database_url, broker.url, worker_max_tasks_per_child=2)
+    # Each job its own task (no coalescing), so that replacement children get jobs to do.
+    settings = fault_settings(
+        tmp_path, database_url, broker.url, worker_max_tasks_per_child=2, coalesce_jobs=0
+    )
     stack = _stack(settings, tmp_path)
     table = JobTable(database_url)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -253,7 +254,12 @@ def test_make_run_script_serves_on_embedded_defaults_and_stops_on_ctrl_c(
     stack.port = port
     stack.worker_log = log
     try:
-        wait_until(lambda: f"http://127.0.0.1:{port}" in log.read_text(), 60, "the URL banner")
+        banner = f"Tussis is running at http://127.0.0.1:{port}"
+        wait_until(lambda: banner in log.read_text(), 60, "the URL banner")
+        # Not the default port: the line the CLI and the client library need.
+        assert f"export TUSSIS_URL=http://127.0.0.1:{port}" in log.read_text()
+        # The banner comes once gunicorn answers, never before.
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).ok
         stack.wait_for_children(1)
         response = stack.submit(cough_file.read_bytes(), cough_file.name)
         assert response.status_code == 202, response.text
@@ -272,6 +278,29 @@ def test_make_run_script_serves_on_embedded_defaults_and_stops_on_ctrl_c(
     time.sleep(0.5)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_make_run_on_a_busy_port_says_so_and_prints_no_banner(
+    embedded_settings: Settings, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = settings_env(embedded_settings, TUSSIS_PORT=port, TUSSIS_API_WORKERS=1)
+        done = subprocess.run(
+            [str(PROJECT_ROOT / "scripts" / "run-local.sh")],
+            cwd=PROJECT_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"port {port} on 127.0.0.1 is busy" in done.stderr
+    assert "TUSSIS_PORT" in done.stderr
+    assert "Tussis is running" not in done.stdout + done.stderr
 
 
 def test_yamnet_bundle_with_the_cough_gate_through_the_service(
