@@ -102,12 +102,24 @@ models: install
 		$(LONG_OPTIONS)
 	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/test-with-evaluation-only \
 		--split test --seed 3 --with-evaluation-only $(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/validation-phone \
+		--split validation --seed 4 --channel phone $(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/validation-wideband \
+		--split validation --seed 5 --channel wideband $(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/test-phone --split test \
+		--seed 6 --channel phone $(LONG_OPTIONS)
+	$(BIN)/tussis make-long-recordings --out $(LONG_RECORDINGS)/test-wideband --split test \
+		--seed 7 --channel wideband $(LONG_OPTIONS)
 	$(BIN)/tussis train-cough-gate --coughs $(SHARED_DIR)/data/covid19-cough \
 		--yamnet-model $(SHARED_DIR)/models/yamnet.tflite --labelled $(GATE_DATA) \
-		--negatives var/negatives-train --out models/cough-gate --version 2026.12.06 \
+		--negatives var/negatives-train --out models/cough-gate --version 2026.12.07 \
 		--counting-validation $(LONG_RECORDINGS)/validation \
+		--counting-validation $(LONG_RECORDINGS)/validation-phone \
+		--counting-validation $(LONG_RECORDINGS)/validation-wideband \
 		--counting-test $(LONG_RECORDINGS)/test \
 		--counting-test $(LONG_RECORDINGS)/test-with-evaluation-only \
+		--counting-test $(LONG_RECORDINGS)/test-phone \
+		--counting-test $(LONG_RECORDINGS)/test-wideband \
 		$(if $(PREVIOUS_GATE),--previous $(PREVIOUS_GATE)) --cache var/feature-cache --no-progress
 	$(MAKE) default-model
 

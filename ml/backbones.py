@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ml.bandwidth import high_share
 from ml.bundle import FP32, INT8_DYNAMIC, BundleError, Manifest
 from ml.spectrogram import SpectrogramParams, render
 
@@ -346,6 +347,10 @@ WINDOW_FEATURES = "window_embedding+logit_scores"
 # logits and its mean embedding) on every row: a cough-like burst inside
 # a recording of speech or sneezes is judged with that context.
 CONTEXT_FEATURES = "window_embedding+logit_scores+recording_context"
+# The per-window rows plus one column: how far the window's loud event reaches
+# above 4 kHz (ml.bandwidth.high_share), from the window's own samples: a detector
+# that trusts YAMNet's voice classes on wideband windows only needs it.
+BAND_FEATURES = "window_embedding+logit_scores+high_band_share"
 
 
 def window_features(out: Any) -> np.ndarray:
@@ -448,7 +453,7 @@ class YamnetBackbone:
     """
 
     name = "yamnet"
-    WINDOW_FEATURES = (WINDOW_FEATURES, CONTEXT_FEATURES)
+    WINDOW_FEATURES = (WINDOW_FEATURES, CONTEXT_FEATURES, BAND_FEATURES)
 
     def __init__(
         self, model_path: Path, features: str = "embedding_mean", url: str | None = None
@@ -461,6 +466,8 @@ class YamnetBackbone:
     def embed_windows(self, waveform: np.ndarray) -> np.ndarray:
         """Per-window features of one clip, one row per window."""
         windows = window_features(self.yamnet.run(waveform))
+        if self.features == BAND_FEATURES:
+            return np.hstack([windows, high_share(waveform)[:, None]])
         return with_context(windows) if self.features == CONTEXT_FEATURES else windows
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:

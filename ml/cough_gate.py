@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ml import conditions, detector, yamnet
+from ml import bandwidth, conditions, detector, yamnet
 from ml.backbones import (
+    BAND_FEATURES,
     CONTEXT_FEATURES,
     WINDOW_FEATURES,
     YamnetBackbone,
@@ -74,7 +75,16 @@ CLASS_LOGIT_COMPONENTS = (0, 16, 64)
 CLASS_LOGIT_L2 = 1e-3
 ANCHOR_CAPS = (4.0, 8.0)
 VETO_QUANTILES = (0.999, 1.0)
+# The wideband veto (ml.detector.WindowDetector.wideband_veto, on windows that
+# ml.bandwidth reads as wideband): its margins are quantiles over the training
+# coughs' wideband loud windows, on laughter alone or on every voice confuser.
+WIDEBAND_VETOES = (("laughter", ("laughter",), 0.99), ("voice confusers", detector.VOICE, 0.999))
 DETECTOR_FILE = "detector.npz"
+# Every design's full test figures, the validation rates, the previous gate's rates
+# and the counting sweeps: in the bundle beside the manifest, which keeps the chosen
+# design's figures and a brief of each design (the manifest is stored with every
+# served model and read by the API).
+REPORT_FILE = "report.json"
 NEGATIVE_CONDITIONS = (
     "original",
     "phone_band",
@@ -160,7 +170,7 @@ class Windows:
 
     clip: Clip
     condition: str
-    features: np.ndarray  # (windows, 1,545)
+    features: np.ndarray  # (windows, 1,546): BAND_FEATURES
     loudness_db: np.ndarray  # (windows,)
 
 
@@ -175,7 +185,8 @@ def extract_windows(
     cache_dir: Path | None,
     progress: bool,
 ) -> tuple[list[Windows], dict[str, str]]:
-    """Windows of every clip under its conditions; unusable recordings are reported."""
+    """Windows of every clip under its conditions (rows of ``BAND_FEATURES``: the
+    YAMNet row and the window's high-band share); unusable recordings are reported."""
     jobs = [
         (clip, name)
         for clip in clips
@@ -183,17 +194,14 @@ def extract_windows(
     ]
     out: list[Windows] = []
     rejected: dict[str, str] = {}
-    cache = Path(cache_dir) / "gate-windows" if cache_dir else None
+    cache = Path(cache_dir) if cache_dir else None
     if cache:
-        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "gate-windows").mkdir(parents=True, exist_ok=True)
+        (cache / "gate-band").mkdir(parents=True, exist_ok=True)
     decoded: dict[str, np.ndarray | None] = {}
-    for clip, name in tqdm(jobs, desc="YAMNet windows", unit="clip", disable=not progress):
-        stem = f"{clip.sha256[:24]}-{name}-v{conditions.VERSION}"
-        key = cache / f"{stem}.npz" if cache else None
-        if key is not None and key.is_file():
-            with np.load(key) as z:
-                out.append(Windows(clip, name, z["features"].astype(np.float32), z["loudness"]))
-            continue
+
+    def varied(clip: Clip, name: str) -> np.ndarray | None:
+        nonlocal decoded
         if clip.sha256 not in decoded:
             try:
                 audio = decode(clip.path.read_bytes(), 16000, max_seconds=121)
@@ -204,14 +212,33 @@ def extract_windows(
                 decoded = {clip.sha256: None}
         samples = decoded[clip.sha256]
         if samples is None:
-            continue
-        seed = int(clip.sha256[:8], 16)
-        varied = conditions.apply(name, samples, seed)
-        raw = window_features(backbone.yamnet.run(varied))
-        item = Windows(clip, name, raw, _loudness(varied))
-        if key is not None:
-            np.savez(key, features=item.features.astype(np.float16), loudness=item.loudness_db)
-        out.append(item)
+            return None
+        return conditions.apply(name, samples, int(clip.sha256[:8], 16))
+
+    for clip, name in tqdm(jobs, desc="YAMNet windows", unit="clip", disable=not progress):
+        stem = f"{clip.sha256[:24]}-{name}-v{conditions.VERSION}"
+        key = cache / "gate-windows" / f"{stem}.npz" if cache else None
+        band_key = cache / "gate-band" / f"{stem}-b{bandwidth.VERSION}.npy" if cache else None
+        x: np.ndarray | None = None
+        if key is not None and key.is_file():
+            with np.load(key) as z:
+                features, loudness = z["features"].astype(np.float32), z["loudness"]
+        else:
+            if (x := varied(clip, name)) is None:
+                continue
+            features, loudness = window_features(backbone.yamnet.run(x)), _loudness(x)
+            if key is not None:
+                np.savez(key, features=features.astype(np.float16), loudness=loudness)
+        if band_key is not None and band_key.is_file():
+            stats = np.load(band_key)
+        else:
+            if x is None and (x := varied(clip, name)) is None:
+                continue
+            stats = bandwidth.band_stats(x)
+            if band_key is not None:
+                np.save(band_key, stats)
+        share = bandwidth.high_share_db(stats)[:, None]
+        out.append(Windows(clip, name, np.hstack([features, share]), loudness))
     return out, rejected
 
 
@@ -236,7 +263,8 @@ def training_rows(items: Iterable[Windows], context: bool) -> tuple[np.ndarray, 
     xs, ys = [], []
     for item in items:
         pos, neg = instances(item)
-        rows = with_context(item.features) if context else item.features
+        rows = item.features[:, : detector.YAMNET_COLUMNS]
+        rows = with_context(rows) if context else rows
         xs += [rows[pos], rows[neg]]
         ys += [np.ones(len(pos)), np.zeros(len(neg))]
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
@@ -308,6 +336,20 @@ def fit_designs(train: Sequence[Windows]) -> list[WindowDetector]:
                         f"window head (C={c:g}) + veto on {vetoed} (q={q:g})", head, veto=margins
                     )
                 )
+    wide = coughs[coughs[:, detector.BAND_COLUMN] >= bandwidth.WIDEBAND_DB]
+    for vetoed, named, q in WIDEBAND_VETOES:
+        margins = detector.veto_margins(wide, named, q)
+        for c, head in heads.items():
+            out.append(
+                WindowDetector(
+                    f"window head (C={c:g}) + veto on non-voice confusers (q=1) "
+                    f"+ on {vetoed} where wideband (q={q:g})",
+                    head,
+                    veto=detector.veto_margins(coughs, detector.NOT_VOICE, 1.0),
+                    wideband_veto=margins,
+                    wideband_db=bandwidth.WIDEBAND_DB,
+                )
+            )
     return out
 
 
@@ -322,9 +364,10 @@ def bundle_scorer(bundle: Path) -> tuple[Scorer, Manifest]:
     if "detector" in manifest.backbone:
         return WindowDetector.load(Path(bundle) / manifest.head).scores, manifest
     head = read_head(bundle, manifest)
+    yamnet_rows = detector.YAMNET_COLUMNS
     if manifest.backbone.get("features") == CONTEXT_FEATURES:
-        return (lambda rows: head.scores(with_context(rows))), manifest
-    return head.scores, manifest
+        return (lambda rows: head.scores(with_context(rows[:, :yamnet_rows]))), manifest
+    return (lambda rows: head.scores(rows[:, :yamnet_rows])), manifest
 
 
 def clip_scores(model: WindowDetector | Scorer, items: Sequence[Windows]) -> np.ndarray:
@@ -416,6 +459,41 @@ def summary(scores: np.ndarray, items: Sequence[Windows], threshold: float) -> d
     return out
 
 
+# What the manifest keeps of each design's test figures (the rest is in REPORT_FILE):
+# the evaluation-only categories the issue names, and ESC-50's animals.
+BRIEF_CATEGORIES = ("laughter", "door knocks", "door slams", "throat clearing", "breathing")
+ANIMALS = ("pig", "cow", "cat", "crow", "frog", "hen", "insects", "sheep", "chirping birds",
+           "crickets")  # fmt: skip
+
+
+def brief(design: dict[str, Any]) -> dict[str, Any]:
+    """A design's figures in a few numbers (the manifest's comparison table): its
+    threshold and validation objective; on test, evaluation-only non-coughs accepted
+    ``[accepted, of]`` in all, in :data:`BRIEF_CATEGORIES` and in :data:`ANIMALS`,
+    and the worst condition's share of coughs refused, trained-on sources and
+    evaluation-only ones apart."""
+    test = design["test"]
+    accepted = test["evaluation_only"]["non_coughs_accepted"]
+
+    def total(names: Iterable[str]) -> list[int]:
+        cells = [accepted[n] for n in names if n in accepted]
+        return [sum(c[0] for c in cells), sum(c[1] for c in cells)]
+
+    return {
+        "threshold": design["threshold"],
+        "validation": design["validation"],
+        "test": {
+            "evaluation_only_accepted": total(accepted),
+            **{name: total([name]) for name in BRIEF_CATEGORIES},
+            "animals": total(ANIMALS),
+            "coughs_refused_worst": max(test["sources"]["coughs_refused"].values(), default=0.0),
+            "evaluation_only_coughs_refused_worst": max(
+                test["evaluation_only"]["coughs_refused"].values(), default=0.0
+            ),
+        },
+    }
+
+
 def format_rates(report: dict[str, Any]) -> str:
     names = list(conditions.CONDITIONS)
     lines = ["coughs refused (held-out test split), by source and condition:"]
@@ -473,14 +551,15 @@ def train_cough_gate(
     name: str = "cough-gate",
     version: str | None = None,
     labelled_dirs: Sequence[Path] = (),
-    counting_validation: Path | None = None,
+    counting_validation: Sequence[Path] = (),
     counting_test: Sequence[Path] = (),
     previous: Path | None = None,
 ) -> dict[str, Any]:
     """Fit every design, choose one and its threshold on validation, report them all
-    on test, write the chosen one as the bundle. With ``counting_validation`` (long
-    recordings made from the validation split, ``tussis make-long-recordings``), also
-    choose the counting threshold there and measure it on each ``counting_test`` set.
+    on test, write the chosen one as the bundle (a brief manifest and the full
+    ``REPORT_FILE``). With ``counting_validation`` (sets of long recordings made from
+    the validation split, ``tussis make-long-recordings``), also choose the counting
+    threshold on them together and measure it on each set and each ``counting_test``.
     ``previous``, a gate bundle this one replaces, is measured beside it on the same
     test recordings and long recordings (its card's figures were on its own split)."""
     clips, items, rejected = gather_items(coughs_dir, negatives_dir, labelled_dirs, options)
@@ -534,7 +613,7 @@ def train_cough_gate(
         version=version or datetime.now(UTC).strftime("%Y.%m.%d"),
         backbone={
             "name": "yamnet",
-            "features": WINDOW_FEATURES,
+            "features": WINDOW_FEATURES if chosen.wideband_veto is None else BAND_FEATURES,
             "pooling": "max",
             "detector": chosen.design,
         },
@@ -570,17 +649,24 @@ def train_cough_gate(
             "every condition",
             "design_rule": "the design accepting the fewest validation non-coughs per category "
             "(then overall) at its own threshold",
-            "metrics": report,
+            "metrics": {
+                "threshold": threshold,
+                "design": chosen.design,
+                "designs": {k: brief(v) for k, v in designs.items()},
+                "test": report["test"],
+                "report": REPORT_FILE,
+            },
         },
     )
     out = Path(out)
     write_manifest(out, manifest)
+    _write_report(out, report)
     chosen.save(out / DETECTOR_FILE)
     by_split: dict[str, set[str]] = defaultdict(set)
     for clip in clips:
         by_split[split_of(clip, options.seed)].add(clip.sha256)
     (out / SPLIT_FILE).write_text(json.dumps({k: sorted(v) for k, v in by_split.items()}) + "\n")
-    if counting_validation is not None:
+    if counting_validation:
         report["counting"] = choose_counting_threshold(
             out, options, counting_validation, counting_test, previous
         )
@@ -590,13 +676,14 @@ def train_cough_gate(
 def choose_counting_threshold(
     bundle: Path,
     options: TrainOptions,
-    validation: Path,
+    validation: Sequence[Path],
     tests: Sequence[Path],
     previous: Path | None = None,
 ) -> dict[str, Any]:
     """The counting threshold with the highest episode sensitivity at or below
-    ``ml.counting.MAX_FP_PER_HOUR`` on the validation long recordings, written into
-    the bundle's manifest with what it gives on each test set."""
+    ``ml.counting.MAX_FP_PER_HOUR`` over every validation set's long recordings
+    together, written into the bundle's manifest with what it gives on each
+    validation and test set (the sweeps go to its ``REPORT_FILE``)."""
     from ml import counting
     from ml.bundle import read_manifest
     from ml.model import load_model
@@ -609,31 +696,43 @@ def choose_counting_threshold(
     def measured(folder: Path) -> list[counting.Recording]:
         return counting.read_set(folder, model.window_scores, key, cache, options.progress)
 
-    on_validation = measured(validation)
+    on_validation = {Path(folder).name: measured(folder) for folder in validation}
     threshold, sweep = counting.choose_threshold(
-        on_validation, counting.MAX_FP_PER_HOUR, counting.THRESHOLD_GRID
+        [r for recordings in on_validation.values() for r in recordings],
+        counting.MAX_FP_PER_HOUR,
+        counting.THRESHOLD_GRID,
     )
+    sets = {
+        Path(folder).name: (part, folder, on_validation.get(Path(folder).name) or measured(folder))
+        for part, folders in (("validation", validation), ("test", tests))
+        for folder in folders
+    }
     result: dict[str, Any] = {
         "threshold": threshold,
-        "rule": "the highest episode sensitivity on the validation long recordings with at "
-        f"most {counting.MAX_FP_PER_HOUR:g} false positives per hour",
+        "rule": "the highest episode sensitivity over the validation sets' long recordings "
+        f"together with at most {counting.MAX_FP_PER_HOUR:g} false positives per hour",
         "segment_windows": counting.SEGMENT_WINDOWS,
         "tolerance_s": counting.TOLERANCE_S,
-        "validation": {
-            "set": _set_record(validation),
-            "sweep": sweep,
-            "at_threshold": _brief(counting.score(on_validation, threshold)),
-        },
-        "test": {
-            Path(folder).name: {
+        "chosen_on": sorted(on_validation),
+        "sets": {
+            name: {
+                "part": part,
                 "set": _set_record(folder),
-                "at_threshold": _brief(counting.score(measured(folder), threshold)),
-                "at_gate_threshold": _brief(
-                    counting.score(measured(folder), model.manifest.threshold)
-                ),
+                "at_threshold": _figures(counting.score(recordings, threshold)),
+                "at_gate_threshold": _figures(counting.score(recordings, model.manifest.threshold)),
             }
-            for folder in tests
+            for name, (part, folder, recordings) in sets.items()
         },
+    }
+
+    def swept(recordings: list[counting.Recording]) -> list[dict[str, Any]]:
+        return counting.choose_threshold(
+            recordings, counting.MAX_FP_PER_HOUR, counting.THRESHOLD_GRID
+        )[1]
+
+    full: dict[str, Any] = {
+        "sweep_on_validation": sweep,
+        "sweeps": {name: swept(recordings) for name, (_, _, recordings) in sets.items()},
     }
     if previous is not None:
         # The previous gate counted with its clip threshold (it had no other), on the
@@ -641,22 +740,37 @@ def choose_counting_threshold(
         old = load_model(previous, yamnet_model=options.yamnet_model, yamnet_url=options.yamnet_url)
         old_key = counting.model_digest(previous)
         result["previous"] = {
-            Path(folder).name: _brief(
+            name: _figures(
                 counting.score(
                     counting.read_set(folder, old.window_scores, old_key, cache, False),
                     old.manifest.event_threshold,
                 )
             )
-            for folder in [validation, *tests]
+            for name, (_, folder, _) in sets.items()
         }
     manifest = read_manifest(bundle)
     card = {**manifest.card, "counting": result}
     write_manifest(bundle, replace(manifest, counting_threshold=threshold, card=card))
-    return result
+    report_path = Path(bundle) / REPORT_FILE
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    _write_report(bundle, {**report, "counting": {**result, **full}})
+    return {**result, **full}
 
 
-def _brief(report: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in report.items() if k != "per_recording"}
+def _write_report(bundle: Path, report: dict[str, Any]) -> None:
+    (Path(bundle) / REPORT_FILE).write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+
+
+def _figures(report: dict[str, Any]) -> dict[str, Any]:
+    """Counting figures without the per-recording and per-hour detail."""
+    return {
+        "threshold": report["threshold"],
+        "hours": report["hours"],
+        "recordings": report["recordings"],
+        "episodes": report["episodes"],
+        "events": report["events"],
+        "hourly": {"pearson_r": report["hourly"]["pearson_r"]},
+    }
 
 
 def _set_record(folder: Path) -> dict[str, Any]:
@@ -669,6 +783,7 @@ def _set_record(folder: Path) -> dict[str, Any]:
         "split": data.get("split"),
         "seed": data.get("seed"),
         "with_evaluation_only": data.get("with_evaluation_only"),
+        "channel": data.get("channel", "mixed"),
         "recordings": len(data.get("recordings", [])),
         "cough_events": sum(r["cough_events"] for r in data.get("recordings", [])),
         "other_sounds": sum(r["other_sounds"] for r in data.get("recordings", [])),

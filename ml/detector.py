@@ -37,6 +37,10 @@ from ml.bundle import BundleError, Head
 
 EMBEDDING = 1024  # the first columns of a window row (ml.backbones.window_features)
 COUGH_COLUMN = EMBEDDING + yamnet.COUGH
+YAMNET_COLUMNS = EMBEDDING + 521  # embedding and class logits: what a head sees
+# With ml.backbones.BAND_FEATURES, the column after them: the window's event power
+# above 4 kHz over its power at 300-3,400 Hz, dB (ml.bandwidth.high_share).
+BAND_COLUMN = YAMNET_COLUMNS
 
 
 def _span(first: int, last: int) -> tuple[int, ...]:
@@ -95,6 +99,8 @@ NOT_VOICE = (
     "impacts",
     "other sounds",
 )
+# The voice's own confusers (and the body's): trusted only on wideband windows.
+VOICE = tuple(name for name in CONFUSERS if name not in NOT_VOICE)
 _COLUMNS = [np.array(classes) + EMBEDDING for classes, _ in GROUPS.values()]
 VETOED = 1e-4  # a vetoed window's score is multiplied by this (its rank is kept)
 
@@ -130,11 +136,16 @@ class WindowDetector:
     component_mean: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING, np.float32))
     veto: np.ndarray | None = None  # (groups,) margins
     cap: float | None = None
+    # (groups,) margins that veto only a wideband window (BAND_COLUMN >= wideband_db):
+    # YAMNet's voice classes are trusted where the window's event reaches above 4 kHz.
+    wideband_veto: np.ndarray | None = None
+    wideband_db: float = 0.0
 
     def head_inputs(self, windows: np.ndarray) -> np.ndarray:
         if self.inputs == "groups":
             projected = (windows[:, :EMBEDDING] - self.component_mean) @ self.components.T
             return np.hstack([group_logits(windows), projected])
+        windows = windows[:, :YAMNET_COLUMNS]
         return with_context(windows) if self.context else windows
 
     def logits(self, windows: np.ndarray) -> np.ndarray:
@@ -145,9 +156,18 @@ class WindowDetector:
         return np.asarray(z)
 
     def vetoed(self, windows: np.ndarray) -> np.ndarray:
-        if self.veto is None:
-            return np.zeros(len(windows), dtype=bool)
-        return np.asarray((dominance(windows) >= self.veto).any(axis=1))
+        out = np.zeros(len(windows), dtype=bool)
+        if self.veto is None and self.wideband_veto is None:
+            return out
+        dom = dominance(windows)
+        if self.veto is not None:
+            out |= (dom >= self.veto).any(axis=1)
+        if self.wideband_veto is not None:
+            if windows.shape[1] <= BAND_COLUMN:
+                raise BundleError(f"{self.design} needs each window's band column")
+            wideband = windows[:, BAND_COLUMN] >= self.wideband_db
+            out |= wideband & (dom >= self.wideband_veto).any(axis=1)
+        return out
 
     def scores(self, windows: np.ndarray) -> np.ndarray:
         windows = np.asarray(windows, np.float32)
@@ -168,6 +188,10 @@ class WindowDetector:
             component_mean=self.component_mean.astype(np.float32),
             veto=np.full(0, np.nan) if self.veto is None else self.veto.astype(np.float64),
             cap=np.float64(np.nan if self.cap is None else self.cap),
+            wideband_veto=np.full(0, np.nan)
+            if self.wideband_veto is None
+            else self.wideband_veto.astype(np.float64),
+            wideband_db=np.float64(self.wideband_db),
             groups=np.array(GROUP_NAMES),
         )
 
@@ -179,6 +203,9 @@ class WindowDetector:
                     raise BundleError(f"{path} was written with other class groups")
                 veto = z["veto"].astype(np.float64)
                 cap = float(z["cap"])
+                # Detectors written before the wideband veto have neither field.
+                wide = z["wideband_veto"].astype(np.float64) if "wideband_veto" in z else None
+                wide_db = float(z["wideband_db"]) if "wideband_db" in z else 0.0
                 return cls(
                     design=str(z["design"]),
                     head=Head(
@@ -193,6 +220,8 @@ class WindowDetector:
                     component_mean=z["component_mean"].astype(np.float32),
                     veto=veto if veto.size else None,
                     cap=None if np.isnan(cap) else cap,
+                    wideband_veto=wide if wide is not None and wide.size else None,
+                    wideband_db=wide_db,
                 )
         except FileNotFoundError as exc:
             raise BundleError(f"detector weights missing: {path}") from exc

@@ -30,6 +30,15 @@ the annotation written as they are placed.
   their split.
 - **Cough rates** differ between long recordings (``COUGHS_PER_HOUR``, in turn), so
   hourly rates can be compared.
+- **Channel** (``CHANNELS``): a real night is recorded by one device, so every sound
+  of it went through one channel. ``mixed`` (the first sets) places coughs as they
+  were recorded, 8 kHz phone-line coughs among wideband sounds: no real recording
+  mixes channels so, and it is harsh on purpose. ``phone`` passes the whole
+  recording, coughs, other sounds, background and room tone alike, through the
+  8 kHz phone line of ``ml.conditions.phone_band``. ``wideband`` places only the
+  coughs that were recorded wideband (their active part's median window reaches
+  above 4 kHz, ``ml.bandwidth``: the covid19-cough call-center recordings do not).
+  Everything else (densities, levels, categories) is the same for every channel.
 
 Each long recording is ``NAME.wav`` (16 kHz, 16-bit mono) with ``NAME.csv``
 (``start_s,end_s`` of each cough event) and ``NAME.placed.csv`` (everything placed:
@@ -41,14 +50,14 @@ from __future__ import annotations
 import csv
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml import conditions, events
+from ml import bandwidth, conditions, events
 from ml.cough_gate import Clip, read_coughs, read_labelled, split_of
 from ml.counting import Span, write_annotation
 from ml.gate_data import EVAL_ONLY_PREFIX, RECORD
@@ -68,6 +77,7 @@ BACKGROUND_DBFS = (-60.0, -40.0)
 ROOM_TONE_RMS = conditions.ROOM_NOISE_RMS
 OTHER_PER_HOUR = 120.0
 COUGHS_PER_HOUR = (0.0, 6.0, 15.0, 30.0, 60.0, 120.0)
+CHANNELS = ("mixed", "phone", "wideband")
 MAX_OTHER_S = 20.0  # longer non-cough recordings are cut to a random part this long
 # Background recordings: real, steady noise (not IBM's "street and nature" samples,
 # which hold gunshots and birds), not synthetic (Speech Commands' white and pink
@@ -149,6 +159,40 @@ def _background(x: np.ndarray, n: int, rms_dbfs: float, rng: np.random.Generator
     return (out / rms * 10 ** (rms_dbfs / 20)).astype(np.float32)
 
 
+def _draw_cough(
+    coughs: Sequence[Clip],
+    samples: Callable[[Clip], np.ndarray | None],
+    rng: np.random.Generator,
+    narrow: set[str] | None,
+) -> tuple[Clip, np.ndarray, list[tuple[int, int]]] | None:
+    """A cough recording drawn at random, cut to its active part, with its active
+    runs (relative to the cut); with ``narrow`` (a wideband night), drawn again
+    while the drawn one is band-limited (remembered in ``narrow``). None when the
+    draw is unusable."""
+    for _ in range(100):
+        clip = coughs[int(rng.integers(len(coughs)))]
+        if narrow is not None and clip.sha256 in narrow:
+            continue
+        x = samples(clip)
+        if x is None or len(x) < RATE // 10:
+            return None
+        runs = active_runs(x)
+        if not runs:
+            return None
+        pad = int(PAD_S * RATE)
+        a, b = max(0, runs[0][0] - pad), min(len(x), runs[-1][1] + pad)
+        if narrow is not None and not _wideband(x[a:b]):
+            narrow.add(clip.sha256)
+            continue
+        return clip, x[a:b], [(s - a, e - a) for s, e in runs]
+    return None
+
+
+def _wideband(x: np.ndarray) -> bool:
+    """Whether a cough's median window reaches above 4 kHz (``ml.bandwidth``)."""
+    return bool(np.median(bandwidth.high_share(x)) >= bandwidth.WIDEBAND_DB)
+
+
 def _free_slot(
     taken: list[tuple[int, int]], length: int, total: int, rng: np.random.Generator
 ) -> int | None:
@@ -207,9 +251,13 @@ def make_long_recordings(
     split_seed: int = 0,
     with_evaluation_only: bool = False,
     coughs_per_hour: Sequence[float] = COUGHS_PER_HOUR,
+    channel: str = "mixed",
 ) -> dict[str, Any]:
     """Write ``count`` long recordings of ``minutes`` each into ``out``, the k-th
-    with ``coughs_per_hour[k % len(coughs_per_hour)]`` coughs an hour on average."""
+    with ``coughs_per_hour[k % len(coughs_per_hour)]`` coughs an hour on average,
+    all through one ``channel`` (see the module docstring)."""
+    if channel not in CHANNELS:
+        raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, not {channel!r}")
     if split not in ("validation", "test"):
         raise ValueError("long recordings are made from the validation or the test split")
     if with_evaluation_only and split != "test":
@@ -228,6 +276,8 @@ def make_long_recordings(
                 cache.clear()
             cache[clip.sha256] = _load(clip)
         return cache[clip.sha256]
+
+    narrow: set[str] = set()  # coughs left out of a wideband night
 
     made = []
     total = int(minutes * 60 * RATE)
@@ -253,23 +303,18 @@ def make_long_recordings(
         categories = list(others)
         for kind in kinds:
             if kind == "cough":
-                clip = coughs[int(rng.integers(len(coughs)))]
-                x = samples(clip)
-                if x is None or len(x) < RATE // 10:
+                drawn = _draw_cough(coughs, samples, rng, narrow if channel == "wideband" else None)
+                if drawn is None:
                     continue
-                runs = active_runs(x)
-                if not runs:
-                    continue
-                pad = int(PAD_S * RATE)
-                a, b = max(0, runs[0][0] - pad), min(len(x), runs[-1][1] + pad)
-                x = _fade(_at_peak(x[a:b], float(rng.uniform(*COUGH_PEAK_DBFS))))
-                runs = [(s - a, e - a) for s, e in runs]
+                clip, x, runs = drawn
+                x = _fade(_at_peak(x, float(rng.uniform(*COUGH_PEAK_DBFS))))
             else:
                 category = categories[int(rng.integers(len(categories)))]
                 clip = others[category][int(rng.integers(len(others[category])))]
-                x = samples(clip)
-                if x is None or len(x) < RATE // 10:
+                sound = samples(clip)
+                if sound is None or len(sound) < RATE // 10:
                     continue
+                x = sound
                 if len(x) > MAX_OTHER_S * RATE:
                     start = int(rng.integers(0, len(x) - int(MAX_OTHER_S * RATE)))
                     x = x[start : start + int(MAX_OTHER_S * RATE)]
@@ -293,6 +338,8 @@ def make_long_recordings(
                 annotation += [
                     Span(round((at + s) / RATE, 3), round((at + e) / RATE, 3)) for s, e in runs
                 ]
+        if channel == "phone":
+            audio = conditions.phone_band(audio, rng)
         write_wav(out / f"{name}.wav", audio)
         write_annotation(out / f"{name}.csv", sorted(annotation, key=lambda s: s.start_s))
         with open(out / f"{name}.placed.csv", "w", newline="") as fh:
@@ -320,7 +367,9 @@ def make_long_recordings(
         "seed": seed,
         "split_seed": split_seed,
         "with_evaluation_only": with_evaluation_only,
+        "channel": channel,
         "coughs": sorted({c.source for c in coughs}),
+        "narrowband_coughs_left_out": len(narrow),
         "other_categories": {k: len(v) for k, v in others.items()},
         "rules": {
             "cough_peak_dbfs": COUGH_PEAK_DBFS,

@@ -355,10 +355,10 @@ def gate_data(out: Path, mirror: Path | None) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--counting-validation",
+    multiple=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None,
     help="Long recordings of the validation split (make-long-recordings): the counting "
-    "threshold is chosen on them.",
+    "threshold is chosen on them, all sets together; repeatable.",
 )
 @click.option(
     "--counting-test",
@@ -383,7 +383,7 @@ def train_cough_gate_command(
     out: Path,
     version: str | None,
     seed: int,
-    counting_validation: Path | None,
+    counting_validation: tuple[Path, ...],
     counting_test: tuple[Path, ...],
     previous: Path | None,
     no_progress: bool,
@@ -425,10 +425,8 @@ def train_cough_gate_command(
 
         counting = report["counting"]
         click.echo(f"counting threshold {counting['threshold']:g} ({counting['rule']})")
-        click.echo("validation long recordings:")
-        click.echo(format_report({**counting["validation"]["at_threshold"]}))
-        for name, measured in counting["test"].items():
-            click.echo(f"test long recordings {name}:")
+        for name, measured in counting["sets"].items():
+            click.echo(f"{measured['part']} long recordings {name}:")
             click.echo(format_report(measured["at_threshold"]))
 
 
@@ -462,6 +460,14 @@ def train_cough_gate_command(
     is_flag=True,
     help="Also place the evaluation-only sources' sounds (test split only).",
 )
+@click.option(
+    "--channel",
+    type=click.Choice(["mixed", "phone", "wideband"]),
+    default="mixed",
+    show_default=True,
+    help="mixed: coughs as recorded (phone-line coughs among wideband sounds); phone: the "
+    "whole recording through an 8 kHz phone line; wideband: wideband coughs only.",
+)
 @_model_errors
 def make_long_recordings_command(
     out: Path,
@@ -472,6 +478,7 @@ def make_long_recordings_command(
     coughs_dir: Path,
     labelled_dir: Path,
     with_evaluation_only: bool,
+    channel: str,
 ) -> None:
     """Build long recordings with coughs at known times and their annotations (server
     install): NAME.wav with NAME.csv (start_s,end_s of each cough)."""
@@ -487,6 +494,7 @@ def make_long_recordings_command(
         count=count,
         minutes=minutes,
         with_evaluation_only=with_evaluation_only,
+        channel=channel,
     )
     events = sum(r["cough_events"] for r in record["recordings"])
     others = sum(r["other_sounds"] for r in record["recordings"])

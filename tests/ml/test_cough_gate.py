@@ -55,8 +55,8 @@ def held_out(cough_files: list[Path], cough_metadata: list[dict]) -> list[tuple[
 
 # Where the shipped detector, run here through ml.model on the held-out covid19-cough
 # recordings (conditions drawn with other seeds than the card's), refuses more than
-# 5 %: the card's own misses in these two conditions (docs/model-card.md#limits).
-KNOWN_HELD_OUT_MISSES = {("call-center", "noise_10db"), ("call-center", "single_event")}
+# 5 %: the card's own misses in these two conditions (docs/model-card.md#cough-gate).
+KNOWN_HELD_OUT_MISSES = {("call-center", "noise_10db"), ("telegram", "single_event")}
 
 
 @pytest.mark.parametrize("condition", list(conditions.CONDITIONS))
@@ -120,13 +120,14 @@ def test_one_cough_between_long_silences_is_found_where_it_is(
 KNOWN_COUGH_MISSES = {
     ("coswara", "single_event"),
     ("covid19-cough:call-center", "noise_10db"),
-    ("covid19-cough:call-center", "single_event"),
+    ("covid19-cough:telegram", "single_event"),
     ("eval-dcase2016", "noise_10db"),
 }
 KNOWN_NON_COUGH_MISSES = {
     "breathing (coswara)",
     "breathing (eval-esc50-nc)",
     "brushing teeth (eval-esc50-nc)",
+    "car horn (eval-esc50-nc)",
     "cat (eval-esc50-nc)",
     "cow (eval-esc50-nc)",
     "crow (eval-esc50-nc)",
@@ -136,6 +137,7 @@ KNOWN_NON_COUGH_MISSES = {
     "door slams (eval-dcase2016)",
     "door wood creaks (eval-esc50-nc)",
     "drinking sipping (eval-esc50-nc)",
+    "fireworks (eval-esc50-nc)",
     "footsteps (eval-esc50-nc)",
     "frog (eval-esc50-nc)",
     "glass breaking (eval-esc50-nc)",
@@ -151,6 +153,7 @@ KNOWN_NON_COUGH_MISSES = {
     "room noise (speechcommands-noise)",
     "screaming (soundmonster)",
     "sheep (eval-esc50-nc)",
+    "siren (eval-esc50-nc)",
     "sneezing (esc10)",
     "speech (coswara)",
     "speech (soundmonster)",
@@ -195,6 +198,7 @@ def test_the_design_was_chosen_on_validation_among_every_design_tried() -> None:
     assert manifest["backbone"]["detector"] == metrics["design"] == DESIGN
     assert {"native", "class-logit head, 16 embedding components"} <= set(designs)
     assert any("anchored" in d for d in designs) and any("veto" in d for d in designs)
+    assert any("laughter where wideband" in d for d in designs)
     ranked = sorted(
         designs,
         key=lambda d: (
@@ -204,18 +208,46 @@ def test_the_design_was_chosen_on_validation_among_every_design_tried() -> None:
     )
     assert designs[ranked[0]]["validation"] == designs[DESIGN]["validation"]
     assert manifest["threshold"] == designs[DESIGN]["threshold"]
+    # The chosen design reads each window's channel: its backbone adds the column.
+    assert manifest["backbone"]["features"] == "window_embedding+logit_scores+high_band_share"
 
 
-DESIGN = "window head (C=0.01) + veto on non-voice confusers (q=1)"
+def test_the_manifest_is_brief_and_the_full_report_is_beside_it() -> None:
+    """The manifest is stored with every served model and read by the API: each
+    design's full figures, the validation rates and the sweeps live in report.json."""
+    text = (GATE / "manifest.json").read_text()
+    assert len(json.dumps(json.loads(text))) < 48_000, "the manifest grew: move it to the report"
+    manifest = json.loads(text)
+    report = json.loads((GATE / manifest["card"]["metrics"]["report"]).read_text())
+    assert set(report["designs"]) == set(manifest["card"]["metrics"]["designs"])
+    for name, full in report["designs"].items():
+        assert full["threshold"] == manifest["card"]["metrics"]["designs"][name]["threshold"]
+        assert {"sources", "evaluation_only"} <= set(full["test"])
+    assert report["test"] == manifest["card"]["metrics"]["test"]
+    assert report["previous"]["version"] == "2026.12.03.2"
+    assert set(report["counting"]["sweeps"]) == set(manifest["card"]["counting"]["sets"])
+
+
+DESIGN = (
+    "window head (C=0.003) + veto on non-voice confusers (q=1) "
+    "+ on voice confusers where wideband (q=0.999)"
+)
 # The counting figures on the card (docs/model-card.md#counting), at the counting
-# threshold chosen on the validation long recordings: (episode sensitivity, false
-# positives per hour) per set. They miss the targets (>= 0.90 at <= 2 per hour).
-COUNTING_THRESHOLD = 0.98
+# threshold chosen on the validation long recordings (the three validation sets
+# together): (episode sensitivity, false positives per hour) per set. They miss the
+# targets (>= 0.90 at <= 2 per hour).
+COUNTING_THRESHOLD = 0.97
 COUNTING = {
-    "validation": (0.6378, 1.25),
-    "test": (0.5366, 4.75),
-    "test-with-evaluation-only": (0.7019, 2.25),
+    "validation": (0.622, 1.5),
+    "validation-phone": (0.4316, 1.75),
+    "validation-wideband": (0.6115, 0.5),
+    "test": (0.5528, 3.5),
+    "test-with-evaluation-only": (0.7308, 2.25),
+    "test-phone": (0.6379, 3.25),
+    "test-wideband": (0.6639, 4.25),
 }
+CHANNELS = {"validation-phone": "phone", "validation-wideband": "wideband",
+            "test-phone": "phone", "test-wideband": "wideband"}  # fmt: skip
 
 
 def test_the_counting_threshold_is_chosen_on_validation_and_reported_on_test() -> None:
@@ -223,18 +255,24 @@ def test_the_counting_threshold_is_chosen_on_validation_and_reported_on_test() -
     counting = manifest["card"]["counting"]
     assert manifest["counting_threshold"] == counting["threshold"] == COUNTING_THRESHOLD
     assert manifest["counting_threshold"] != manifest["threshold"]  # chosen apart
-    validation = counting["validation"]
-    assert validation["set"]["split"] == "validation"
-    # The rule: the most sensitive threshold within the bound on validation.
-    within = [s for s in validation["sweep"] if s["false_positives_per_hour"] <= 1.5]
+    sets = counting["sets"]
+    chosen_on = {name for name, s in sets.items() if s["part"] == "validation"}
+    assert set(counting["chosen_on"]) == chosen_on == {
+        "validation", "validation-phone", "validation-wideband"
+    }  # fmt: skip
+    for name, s in sets.items():
+        assert s["set"]["split"] == s["part"], name  # validation sets from validation only
+        assert s["set"]["channel"] == CHANNELS.get(name, "mixed"), name
+    # The rule: the most sensitive threshold within the bound over the validation
+    # sets together (the sweep in the report).
+    report = json.loads((GATE / "report.json").read_text())
+    within = [s for s in report["counting"]["sweep_on_validation"]
+              if s["false_positives_per_hour"] <= 1.5]  # fmt: skip
     best = max(within, key=lambda s: (s["episode_sensitivity"], s["threshold"]))
     assert best["threshold"] == COUNTING_THRESHOLD
-    measured = {"validation": validation["at_threshold"]}
-    for name, result in counting["test"].items():
-        assert result["set"]["split"] == "test"
-        measured[name] = result["at_threshold"]
     assert {
-        name: (m["episodes"]["sensitivity"], m["episodes"]["false_positives_per_hour"])
-        for name, m in measured.items()
-    } == COUNTING
-    assert counting["test"]["test-with-evaluation-only"]["set"]["with_evaluation_only"]
+        name: (s["at_threshold"]["episodes"]["sensitivity"],
+               s["at_threshold"]["episodes"]["false_positives_per_hour"])
+        for name, s in sets.items()
+    } == COUNTING  # fmt: skip
+    assert sets["test-with-evaluation-only"]["set"]["with_evaluation_only"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ml import detector, yamnet
-from ml.bundle import Head, Manifest, write_manifest
+from ml.bundle import BundleError, Head, Manifest, write_manifest
 from ml.detector import GROUP_NAMES, VETOED, WindowDetector
 from ml.spectrogram import SpectrogramParams
 from tests.conftest import YAMNET_MODEL, require
@@ -166,3 +166,16 @@ def test_a_detector_bundle_is_served_through_the_model(tmp_path: Path, cough_fil
     assert gate.manifest.event_threshold == 0.7
     verdict = gate.predict([samples])[0]
     assert verdict.score == pytest.approx(float(expected.max()), rel=1e-4)
+
+
+def test_the_wideband_veto_fires_only_on_wideband_windows() -> None:
+    margins = np.full(len(GROUP_NAMES), np.inf)
+    margins[GROUP_NAMES.index("laughter")] = 2.0
+    made = WindowDetector("w", _native(), wideband_veto=margins, wideband_db=-35.0)
+    rows = np.hstack([_rows(3), np.zeros((3, 1), np.float32)])
+    rows[:, detector.COUGH_COLUMN] = 1.0
+    rows[:, _logit(13)] = 4.0  # Laughter 3 above Cough: over the margin
+    rows[:, detector.BAND_COLUMN] = [-20.0, -35.0, -60.0]  # wideband, at the edge, phone
+    assert made.vetoed(rows).tolist() == [True, True, False]
+    with pytest.raises(BundleError, match="band column"):
+        made.vetoed(rows[:, : detector.BAND_COLUMN])

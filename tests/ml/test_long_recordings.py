@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml import events
+from ml import bandwidth, events
 from ml.cough_gate import read_labelled, split_of
 from ml.counting import read_annotation
 from ml.long_recordings import make_long_recordings
@@ -114,3 +114,43 @@ def test_evaluation_only_sounds_go_into_a_reported_set_only(material: Path, tmp_
     with open(tmp_path / "t" / f"{record['recordings'][0]['name']}.placed.csv") as fh:
         placed = list(csv.DictReader(fh))
     assert any(p["source"] == "eval-elsewhere" for p in placed)
+
+
+def test_a_night_goes_through_one_channel(
+    material: Path, tmp_path: Path, cough_files, cough_metadata
+) -> None:
+    phone = make_long_recordings(
+        tmp_path / "p", material / "coughs", material / "labelled", "test", seed=2, count=1,
+        minutes=2, coughs_per_hour=(120.0,), channel="phone",
+    )  # fmt: skip
+    name = phone["recordings"][0]["name"]
+    audio = decode((tmp_path / "p" / f"{name}.wav").read_bytes(), RATE).samples
+    spectrum = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(len(audio), 1 / RATE)
+    assert spectrum[freqs > 4000].sum() < 1e-4 * spectrum[(freqs > 300) & (freqs < 3400)].sum()
+    # The fixture's test split holds call-center coughs only: none goes into a
+    # wideband night.
+    narrow = make_long_recordings(
+        tmp_path / "n", material / "coughs", material / "labelled", "test", seed=2, count=1,
+        minutes=4, coughs_per_hour=(480.0,), channel="wideband",
+    )  # fmt: skip
+    assert narrow["coughs"] == ["coughs:call-center"] and narrow["narrowband_coughs_left_out"]
+    assert narrow["recordings"][0]["cough_placements"] == 0
+    telegram = [m for m in cough_metadata if m["source"] == "telegram"][:30]
+    coughs_dir = tmp_path / "telegram"
+    (coughs_dir / "raw").mkdir(parents=True)
+    for m in telegram:
+        (coughs_dir / "raw" / m["filename"]).symlink_to(cough_files[0].parent / m["filename"])
+    (coughs_dir / "metadata.json").write_text(json.dumps(telegram))
+    wide = make_long_recordings(
+        tmp_path / "w", coughs_dir, material / "labelled", "test", seed=2,
+        count=1, minutes=4, coughs_per_hour=(480.0,), channel="wideband",
+    )  # fmt: skip
+    name = wide["recordings"][0]["name"]
+    with open(tmp_path / "w" / f"{name}.placed.csv") as fh:
+        coughs = [p for p in csv.DictReader(fh) if p["kind"] == "cough"]
+    assert coughs and {p["source"] for p in coughs} == {"telegram:telegram"}, coughs
+    samples = decode((tmp_path / "w" / f"{name}.wav").read_bytes(), RATE).samples
+    for p in coughs:  # and each placed cough reads wideband where it lies
+        start, end = int(float(p["start_s"]) * RATE), int(float(p["end_s"]) * RATE)
+        assert np.median(bandwidth.high_share(samples[start:end])) >= bandwidth.WIDEBAND_DB

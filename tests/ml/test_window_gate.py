@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ml import conditions
-from ml.backbones import WINDOW_FEATURES
+from ml.backbones import BAND_FEATURES, WINDOW_FEATURES
 from ml.bundle import Head, Manifest, read_manifest, write_bundle
 from ml.spectrogram import SpectrogramParams
 from ml.yamnet import COUGH
@@ -146,10 +146,12 @@ def test_training_a_window_gate_writes_an_honest_card(
     manifest = read_manifest(out)
     assert manifest.backbone == {
         "name": "yamnet",
-        "features": WINDOW_FEATURES,
+        # A design with the wideband veto reads each window's channel (one more column).
+        "features": BAND_FEATURES if "where wideband" in report["design"] else WINDOW_FEATURES,
         "pooling": "max",
         "detector": report["design"],
     }
+    assert (out / "report.json").is_file()
     assert 0.0 < manifest.threshold < 1.0
     assert manifest.threshold == pytest.approx(report["threshold"])
     # Every design was fitted and measured; the chosen one is the best on validation.
