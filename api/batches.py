@@ -197,6 +197,11 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
     with session_scope(s.database_url) as session:
         seen = batches.existing_items(session, batch_id)
         seq = batches.next_seq(session, batch_id)
+        row = session.get(Batch, batch_id)
+        # Every item of a batch is scored with the batch's model.
+        model: intake.Model = None
+        if row is not None and row.model_id and row.model_version:
+            model = (row.model_id, row.model_version)
     accepted: list[str] = []
     published = 0
     chunk = max(1, s.batch_chunk_size)
@@ -206,12 +211,12 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         # being checked and stored: the batch stays open, so it cannot complete early.
         nonlocal published
         while len(accepted) - published >= chunk:
-            intake.publish_chunks(accepted[published : published + chunk])
+            intake.publish_chunks(accepted[published : published + chunk], model)
             published += chunk
 
     try:
         report = _store_members(
-            members, labels, batch_id, owner, seen, seq, accepted, publish_full_chunks
+            members, labels, batch_id, owner, seen, seq, accepted, publish_full_chunks, model
         )
         with session_scope(s.database_url) as session:
             batches.add_to_total(session, batch_id, len(accepted))
@@ -221,7 +226,7 @@ def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
         # worker already took finds its rows gone and does nothing.
         intake.discard_jobs(accepted)
         raise
-    intake.publish_chunks(accepted[published:])
+    intake.publish_chunks(accepted[published:], model)
     return report
 
 
@@ -234,6 +239,7 @@ def _store_members(
     seq: int,
     accepted: list[str],
     on_accept: Callable[[], None],
+    model: intake.Model = None,
 ) -> dict[str, Any]:
     """Store the usable members as jobs, a chunk (``batch_chunk_size``) at a time: one
     storage call and one transaction per chunk, not per recording. Each stored chunk's ids
@@ -248,7 +254,7 @@ def _store_members(
         nonlocal seq
         # Nothing of a chunk that fails is left (store_many removes its own audio), and
         # the caller discards the chunks stored before it.
-        accepted.extend(intake.store_many(owner, pending, batch_id, seq))
+        accepted.extend(intake.store_many(owner, pending, batch_id, seq, model))
         seq += len(pending)
         pending.clear()
         on_accept()
@@ -344,6 +350,7 @@ def _close(batch_id: str) -> None:
                     "type": "string",
                     "description": "`true` keeps the batch open for more items.",
                 },
+                "model": contract.MODEL_FIELD,
             },
             [],
         ),
@@ -358,8 +365,9 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     owner = current_owner()
     callback_url = _callback_url()
     keep_open = (request.form.get("open") or "").lower() in ("1", "true", "yes")
+    model = intake.chosen_model(request.form.get("model"))
     with session_scope(s.database_url) as session:
-        batch_id = batches.create(session, owner, callback_url).id
+        batch_id = batches.create(session, owner, callback_url, model).id
     try:
         report = _ingest(batch_id, owner)
         if not keep_open:
@@ -607,3 +615,133 @@ def list_batches(query: PageQuery) -> Response:
         body = [batch_to_dict(session, b) for b in rows[:limit]]
         next_cursor = batches.encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return page_response({"batches": body, "next_cursor": next_cursor}, next_cursor, limit)
+
+
+def _purged(batch_id: str, why: str) -> ApiError:
+    keep = intake.settings().audio_retention
+    kept = "forever" if keep is None else f"for {_duration(keep.total_seconds())} after upload"
+    return ApiError(
+        410,
+        "audio_purged",
+        f"Batch {batch_id} cannot be rescored: {why}. Rescoring needs the stored recordings, "
+        f"which this service keeps {kept} (TUSSIS_AUDIO_RETENTION) unless a DELETE removes "
+        "them first; upload the recordings again as a new batch.",
+    )
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
+@bp.post(
+    "/batches/<batch_id>/rescore",
+    responses=contract.answers(
+        {
+            202: contract.json_answer(
+                schemas.Batch,
+                "Accepted: the new batch, linked to the first by `rescored_from`; poll `Location`.",
+                {"Location": contract.LOCATION, "Retry-After": contract.RETRY_AFTER},
+            ),
+            200: contract.json_answer(
+                schemas.Batch,
+                "A replay of an earlier request with this `Idempotency-Key`: the new batch "
+                "as it is now.",
+                {"Location": contract.LOCATION, "Idempotent-Replayed": contract.REPLAYED},
+            ),
+        },
+        404,
+        409,
+        410,
+        422,
+    ),
+    openapi_extensions={
+        **contract.multipart(
+            "`model`: the model to score the batch's stored recordings with.",
+            {"model": contract.MODEL_FIELD},
+            [],
+        ),
+        "parameters": [contract.IDEMPOTENCY_KEY],
+    },
+)
+@idempotent("rescore", replay_batch)
+def rescore_batch(path: BatchPath) -> tuple[Response, int, dict[str, str]]:
+    """Score a finished batch's stored recordings again with another model
+
+    No upload: a new batch (its own id and `Location`) with the same items (path, label,
+    group, sha256), scored with `model`, its `rescored_from` naming this one. The new
+    batch holds a copy of the audio, so deleting either batch leaves the other whole.
+    `410 audio_purged` once retention or a DELETE removed the recordings."""
+    batch_id = path.batch_id
+    s = intake.settings()
+    owner = current_owner()
+    with session_scope(s.database_url) as session:
+        batch = batches.get_for_owner(session, batch_id, owner)
+        if batch is None and retention.was_deleted(session, batch_id, retention.KIND_BATCH, owner):
+            raise _purged(batch_id, "it was deleted, with its recordings")
+        first = _load(session, batch_id, owner)
+        if first.status != BatchStatus.COMPLETED:
+            raise ApiError(
+                409,
+                "batch_not_finished",
+                f"Batch {batch_id} is {first.status}: only a completed batch can be rescored; "
+                "wait until it is (GET its Location with `Prefer: wait=N`).",
+            )
+        items = batches.rescore_items(session, batch_id)
+    purged = sum(1 for item in items if item.audio_deleted_at is not None)
+    if purged:
+        raise _purged(batch_id, f"the recordings of {purged} of its {len(items)} items are deleted")
+    model = intake.chosen_model(request.form.get("model"))
+    with session_scope(s.database_url) as session:
+        new_id = batches.create(session, owner, None, model, rescored_from=batch_id).id
+    try:
+        _copy_items(batch_id, new_id, owner, items, model)
+        _close(new_id)
+    except BaseException:
+        _forget_batch(new_id)
+        raise
+    with session_scope(s.database_url) as session:
+        body = batch_to_dict(session, _load(session, new_id, owner))
+    return (
+        jsonify(body),
+        202,
+        {"Location": batch_url(new_id), "Retry-After": str(_retry_after(body))},
+    )
+
+
+def _copy_items(
+    first_id: str, new_id: str, owner: str, items: list[Any], model: intake.Model
+) -> None:
+    """Store a copy of each item's audio under a new job of ``new_id``, a chunk at a time
+    (one read, one write), and queue the chunks on ``model``'s batch queue. A copy, not a
+    shared reference: every deletion path (DELETE of a job or batch, retention, the
+    orphan pass) stays one owner per stored recording."""
+    s = intake.settings()
+    size = max(1, s.batch_chunk_size)
+    stored = 0
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        audio = intake.storage().get_many(item.audio_key for item in chunk)
+        missing = [item for item in chunk if item.audio_key not in audio]
+        if missing:
+            raise _purged(first_id, f"the recording of {missing[0].path or missing[0].id} is gone")
+        pending = [
+            intake.NewJob(
+                audio[item.audio_key],
+                item.filename,
+                item.content_type,
+                item.duration_s or 0.0,
+                item.audio_sha256,
+                item.path,
+                item.label,
+                item.group,
+            )
+            for item in chunk
+        ]
+        ids = intake.store_many(owner, pending, new_id, start + 1, model)  # seqs from 1
+        stored += len(ids)
+        intake.publish_chunks(ids, model)
+    with session_scope(s.database_url) as session:
+        batches.add_to_total(session, new_id, stored)

@@ -107,6 +107,10 @@ ERRORS: dict[int, dict[str, Any]] = {
     },
     404: {"description": "No such resource for this API key's owner."},
     409: {"description": "A conflict with the resource's state; see the code."},
+    410: {
+        "description": "The stored recordings this needs are gone (`audio_purged`): "
+        "retention (`TUSSIS_AUDIO_RETENTION`) or a DELETE removed them."
+    },
     413: {"description": "The upload is larger than allowed (`upload_too_large`)."},
     422: {"description": "The upload cannot be used; see the code (docs/api.md, Errors)."},
     429: {
@@ -184,6 +188,13 @@ def multipart(description: str, properties: dict[str, Any], required: list[str])
 
 # A file part (``format: binary``: clients and test generators send it as a file).
 FILE = {"type": "string", "format": "binary"}
+MODEL_FIELD = {
+    "type": "string",
+    "maxLength": 200,
+    "description": "The model to score with: `name` (its newest active version) or "
+    "`name@version`, as `GET /api/v1/models` lists them. Absent: the deployment's default. "
+    "A model no live worker serves: `422 model_not_served`, with the served ones.",
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",

@@ -34,13 +34,20 @@ DATABASE_RETRY_AFTER_S = 5
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        **extra: object,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        # More fields of the error object (``served`` for model_not_served).
+        self.extra = extra
 
 
 def error_response(
@@ -65,6 +72,12 @@ def upload_too_large(limit_bytes: int) -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
+        if exc.extra:
+            body = {"code": exc.code, "message": exc.message, "status": exc.status, **exc.extra}
+            response = jsonify({"error": body})
+            response.status_code = exc.status
+            response.headers.update(exc.headers)
+            return response
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(RequestEntityTooLarge)

@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from api.errors import ApiError
 from api.guards import has_control
-from shared import jobs
+from shared import jobs, model_registry
 from shared.audio import check_usable, probe
 from shared.config import Settings
 from shared.db import session_scope
-from shared.queue import publish_analysis, publish_chunk
+from shared.queue import Model, publish_analysis, publish_chunk
 from shared.queue import publish_spectrogram as publish_spectrogram_task
 from shared.storage import AudioStorage
 from shared.tables import Job
@@ -41,6 +41,43 @@ def usable_duration(data: bytes) -> float:
     audio = probe(data, max_seconds=s.max_duration_s + 1)
     check_usable(audio, s.min_duration_s, s.max_duration_s, s.silence_dbfs)
     return audio.duration_s
+
+
+# Longer than any name@version the served_models columns hold (128 + 1 + 64).
+MAX_MODEL_SPEC = 200
+
+
+def not_served(wanted: str, served: list[str]) -> ApiError:
+    listed = ", ".join(served) if served else "none (no worker is running)"
+    return ApiError(
+        422,
+        "model_not_served",
+        f"No running worker serves the model '{wanted}'; served now: {listed}. Name one of "
+        "them as `model` (`name` or `name@version`), or leave `model` out for the default.",
+        served=served,
+    )
+
+
+def chosen_model(wanted: str | None) -> Model:
+    """The model a new job or batch is pinned to, from the request's ``model`` field
+    (``name`` or ``name@version``; absent or empty: the deployment's default), resolved
+    against the models live workers serve (``served_models``). None only while no worker
+    has registered any model and none was asked for. 422 ``model_not_served`` otherwise."""
+    s = settings()
+    text = (wanted or "").strip()
+    if len(text) > MAX_MODEL_SPEC or has_control(text):
+        raise not_served(text[:MAX_MODEL_SPEC].encode("unicode_escape").decode(), [])
+    try:
+        with session_scope(s.database_url) as session:
+            return model_registry.resolve(
+                session,
+                text or None,
+                queue=s.queue_name,
+                grace_s=s.model_grace_s,
+                default=s.default_model,
+            )
+    except model_registry.ModelNotServed as exc:
+        raise not_served(exc.wanted, exc.served) from None
 
 
 @dataclass(frozen=True)
@@ -113,6 +150,7 @@ def _add_row(
     item: NewJob,
     batch_id: str | None,
     seq: int | None,
+    model: Model,
 ) -> Job:
     """The job row of one checked upload (its audio is stored under ``job_id``)."""
     return jobs.create(
@@ -129,17 +167,26 @@ def _add_row(
         path=item.path,
         label=item.label,
         group=item.group,
+        model=model,
     )
 
 
-def store(owner: str, item: NewJob, batch_id: str | None = None, seq: int | None = None) -> Job:
+def store(
+    owner: str,
+    item: NewJob,
+    batch_id: str | None = None,
+    seq: int | None = None,
+    model: Model = None,
+) -> Job:
     """Store the audio and the job row in one transaction, one commit (the worker must
     always find both); nothing is left of a failed one."""
     job_id = jobs.new_job_id()
-    return _store(owner, [(job_id, item)], batch_id, seq)[0]
+    return _store(owner, [(job_id, item)], batch_id, seq, model)[0]
 
 
-def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: int) -> list[str]:
+def store_many(
+    owner: str, items: Sequence[NewJob], batch_id: str, first_seq: int, model: Model = None
+) -> list[str]:
     """:func:`store` for a batch chunk: all the audio and all the rows (``first_seq``,
     ``first_seq + 1``, ... in order) in one transaction and one commit, an INSERT for
     the audio and one for the rows. Either every item is stored, or none is (and this
@@ -147,11 +194,15 @@ def store_many(owner: str, items: Sequence[NewJob], batch_id: str, first_seq: in
     if not items:
         return []
     pairs = [(jobs.new_job_id(), item) for item in items]
-    return [job.id for job in _store(owner, pairs, batch_id, first_seq)]
+    return [job.id for job in _store(owner, pairs, batch_id, first_seq, model)]
 
 
 def _store(
-    owner: str, pairs: Sequence[tuple[str, NewJob]], batch_id: str | None, first_seq: int | None
+    owner: str,
+    pairs: Sequence[tuple[str, NewJob]],
+    batch_id: str | None,
+    first_seq: int | None,
+    model: Model,
 ) -> list[Job]:
     try:
         with session_scope(settings().database_url) as session:
@@ -164,6 +215,7 @@ def _store(
                     item,
                     batch_id,
                     None if first_seq is None else first_seq + offset,
+                    model,
                 )
                 for offset, (job_id, item) in enumerate(pairs)
             ]
@@ -198,9 +250,9 @@ def discard_jobs(job_ids: Sequence[str]) -> None:
     _forget_audio(job_ids)
 
 
-def publish_single(job_id: str) -> None:
+def publish_single(job_id: str, model: Model = None) -> None:
     try:
-        publish_analysis(current_app.extensions["celery"], settings(), job_id)
+        publish_analysis(current_app.extensions["celery"], settings(), job_id, model)
     except Exception as exc:
         # The row is committed; the next sweep publishes it.
         log.warning(
@@ -231,13 +283,13 @@ def _leave_to_the_sweeper(job_ids: list[str]) -> None:
         log.warning("could not mark %d job(s) for the next sweep (%s)", len(job_ids), exc)
 
 
-def publish_chunks(job_ids: Sequence[str]) -> None:
+def publish_chunks(job_ids: Sequence[str], model: Model = None) -> None:
     s = settings()
     size = max(1, s.batch_chunk_size)
     for start in range(0, len(job_ids), size):
         chunk = list(job_ids[start : start + size])
         try:
-            publish_chunk(current_app.extensions["celery"], s, chunk)
+            publish_chunk(current_app.extensions["celery"], s, chunk, model)
         except Exception as exc:
             log.warning("batch chunk not yet published (%s); the sweeper will retry", exc)
             _leave_to_the_sweeper(chunk)

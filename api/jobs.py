@@ -83,8 +83,8 @@ def read_upload(field: str) -> tuple[bytes, str | None, str | None]:
     ),
     openapi_extensions={
         **contract.multipart(
-            "The recording, as the file field `audio`.",
-            {"audio": contract.FILE},
+            "The recording, as the file field `audio`; `model` chooses the model.",
+            {"audio": contract.FILE, "model": contract.MODEL_FIELD},
             ["audio"],
         ),
         "parameters": [contract.IDEMPOTENCY_KEY],
@@ -96,12 +96,13 @@ def submit_job() -> tuple[Response, int, dict[str, str]]:
     settings = intake.settings()
     owner = current_owner()
     data, filename, content_type = read_upload("audio")
+    model = intake.chosen_model(request.form.get("model"))
     try:
         duration = intake.usable_duration(data)
     except AudioError as exc:
         raise ApiError(422, exc.code, exc.message) from exc
-    job = intake.store(owner, intake.new_job(data, filename, content_type, duration))
-    intake.publish_single(job.id)
+    job = intake.store(owner, intake.new_job(data, filename, content_type, duration), model=model)
+    intake.publish_single(job.id, model)
     # Its place in the queue is not read here (that would be a query more per upload):
     # the estimate for a job with nobody ahead of it.
     retry_after = pacing.for_queued(settings, 0)

@@ -154,6 +154,7 @@ def job_to_dict(job: Any, notes: ModelNotes) -> dict[str, Any]:
         "path": job.path,
         "label": job.label,
         "group": job.group,
+        "model": _pin(job.model_id, job.model_version),
         "links": {"self": job_url(job.id), "spectrogram": f"{job_url(job.id)}/spectrogram.png"},
     }
     return schemas.dump(schemas.Job, body)
@@ -200,12 +201,20 @@ def batch_body(batch: Any, c: batches.Counts) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 1),
         "eta_s": eta,
         "callback": callback,
+        "model": _pin(batch.model_id, batch.model_version),
+        "rescored_from": batch.rescored_from,
         "links": {"self": url, "items": f"{url}/items", "results": f"{url}/results.csv"},
     }
     return schemas.dump(schemas.Batch, body)
 
 
-def served_model_to_dict(model: ServedModel, *, active: bool) -> dict[str, Any]:
+def _pin(model_id: str | None, version: str | None) -> dict[str, str] | None:
+    return {"id": model_id, "version": version} if model_id and version else None
+
+
+def served_model_to_dict(
+    model: ServedModel, *, active: bool, default: bool = False
+) -> dict[str, Any]:
     manifest = model.manifest
     body = {
         "id": model.name,
@@ -219,5 +228,6 @@ def served_model_to_dict(model: ServedModel, *, active: bool) -> dict[str, Any]:
         "last_seen_at": iso(model.last_seen_at),
         "card": manifest.get("card", {}),
         "active": active,
+        "default": default,
     }
     return schemas.dump(schemas.ServedModel, body)

@@ -39,6 +39,11 @@ class ErrorDetail(Body):
     code: str = Field(description="Stable, machine-readable code (docs/api.md, Errors).")
     message: str = Field(description="A sentence for people.")
     status: int = Field(description="The HTTP status, repeated.")
+    served: list[str] | None = Field(
+        default=None,
+        description="`model_not_served` only: the models a live worker serves, as "
+        "`name@version`, newest version of each name first.",
+    )
 
 
 class Error(Body):
@@ -98,6 +103,11 @@ class JobError(Body):
     cough_segments: Segments | None = None
 
 
+class ModelPin(Body):
+    id: str = Field(description="The model's name (`GET /api/v1/models`).")
+    version: str
+
+
 class JobLinks(Body):
     self: str
     spectrogram: str
@@ -120,6 +130,11 @@ class Job(Body):
     label: str | None
     group: str | None = Field(
         description="Batch items: the group (site, device, source) a labels file gave."
+    )
+    model: ModelPin | None = Field(
+        description="The model this job is scored with, chosen at intake (`model`, or the "
+        "deployment's default); null only for a job accepted before any worker registered a "
+        "model, until a worker scores it with its default."
     )
     links: JobLinks
 
@@ -173,6 +188,12 @@ class Batch(Body):
     elapsed_s: float
     eta_s: float | None
     callback: BatchCallback | None
+    model: ModelPin | None = Field(
+        description="The model every item is scored with, chosen at intake (`model`)."
+    )
+    rescored_from: str | None = Field(
+        description="A rescored batch: the batch whose stored audio it scored again."
+    )
     links: BatchLinks
 
 
@@ -314,7 +335,12 @@ class ServedModel(Body):
     first_seen_at: Timestamp | None
     last_seen_at: Timestamp | None
     card: dict[str, Any]
-    active: bool
+    active: bool = Field(
+        description="Some live worker served it within `TUSSIS_MODEL_GRACE`: jobs may name it."
+    )
+    default: bool = Field(
+        description="The model a job or batch without `model` is scored with (one at most)."
+    )
 
 
 class ServedModels(Body):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint
 
@@ -11,7 +9,6 @@ from api import contract, schemas
 from api.representation import served_model_to_dict
 from shared import model_registry
 from shared.db import session_scope
-from shared.tables import utcnow
 
 bp = APIBlueprint("models", __name__, abp_tags=[contract.TAGS["models"]])
 
@@ -30,11 +27,17 @@ NOTICE = (
 def list_models() -> Response:
     """The model bundles the workers serve, with their model cards"""
     settings = current_app.extensions["tussis.settings"]
-    # Workers refresh last_seen_at on every sweep; a bundle unseen for ten sweeps is stale.
-    active_since = utcnow() - timedelta(seconds=max(600.0, 10 * settings.sweep_interval_s))
+    grace, queue = settings.model_grace_s, settings.queue_name
     with session_scope(settings.database_url) as session:
+        # Worker children refresh last_seen_at every TUSSIS_MODEL_GRACE / 3.
+        active = model_registry.active_diagnosis(session, queue, grace)
+        default = model_registry.default_of(active, settings.default_model)
         models = [
-            served_model_to_dict(m, active=m.last_seen_at >= active_since)
-            for m in model_registry.list_served(session)
+            served_model_to_dict(
+                m,
+                active=model_registry.is_active(m, grace),
+                default=default is not None and m.fingerprint == default.fingerprint,
+            )
+            for m in model_registry.list_served(session, queue)
         ]
     return jsonify(schemas.dump(schemas.ServedModels, {"notice": NOTICE, "models": models}))

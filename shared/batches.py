@@ -27,8 +27,17 @@ def new_batch_id() -> str:
     return str(uuid.uuid4())
 
 
-def create(session: Session, owner: str, callback_url: str | None) -> Batch:
+def create(
+    session: Session,
+    owner: str,
+    callback_url: str | None,
+    model: tuple[str, str] | None = None,
+    rescored_from: str | None = None,
+) -> Batch:
     batch = Batch(
+        model_id=model[0] if model else None,
+        model_version=model[1] if model else None,
+        rescored_from=rescored_from,
         id=new_batch_id(),
         owner=owner,
         status=BatchStatus.OPEN,
@@ -83,6 +92,28 @@ def expired(session: Session, cutoff: datetime, limit: int) -> list[str]:
             .order_by(Batch.created_at)
             .limit(limit)
         )
+    )
+
+
+def rescore_items(session: Session, batch_id: str) -> list[Any]:
+    """What rescoring a batch copies of each item, in upload order."""
+    return list(
+        session.execute(
+            select(
+                Job.id,
+                Job.audio_key,
+                Job.audio_deleted_at,
+                Job.filename,
+                Job.content_type,
+                Job.duration_s,
+                Job.audio_sha256,
+                Job.path,
+                Job.label,
+                Job.group,
+            )
+            .where(Job.batch_id == batch_id)
+            .order_by(Job.batch_seq)
+        ).all()
     )
 
 

@@ -177,11 +177,41 @@ class Settings(BaseSettings):
         timedelta(days=1),
         shown_default="`1d`",
     )
+    model_bundles: Annotated[tuple[Path, ...], NoDecode] = _env(
+        "TUSSIS_MODEL_BUNDLES",
+        "The diagnosis model bundle folders a worker serves, comma-separated. Every worker "
+        "child loads all of them once; the worker consumes the queue of each (see "
+        "[Architecture](architecture.md#a-queue-per-model)). Unset: `TUSSIS_MODEL_BUNDLE` "
+        "alone where that is set, else `<repo>/models/default` and `<repo>/models/inception` "
+        "(where it exists).",
+        (),
+        shown_default="unset",
+    )
     model_bundle: Path = _env(
         "TUSSIS_MODEL_BUNDLE",
-        "The diagnosis model bundle folder that the worker serves.",
+        "A one-bundle deployment: the diagnosis bundle a worker serves when "
+        "`TUSSIS_MODEL_BUNDLES` is unset.",
         PROJECT_ROOT / "models" / "default",
         shown_default="`<repo>/models/default`",
+    )
+    default_model: str = _env(
+        "TUSSIS_DEFAULT_MODEL",
+        "The model a job or batch submitted without `model` is scored with: `name` (its newest "
+        "active version) or `name@version`. Unset: the first bundle of the worker that started "
+        "last (`TUSSIS_MODEL_BUNDLES`). Read by the API, which resolves it against the served "
+        "models (`GET /api/v1/models`).",
+        "",
+        shown_default="unset",
+    )
+    model_grace_s: float = _env(
+        "TUSSIS_MODEL_GRACE",
+        "Seconds a served model stays active after its last worker was last seen (worker "
+        "children refresh it every third of this). After that it is no longer accepted "
+        "(`422 model_not_served`), and the sweeper fails the jobs still queued for it with "
+        "`model_not_served` instead of letting them wait for a worker that is gone.",
+        120.0,
+        ge=3,
+        shown_default="`120`",
     )
     cough_gate_bundle: Path | None = _env(
         "TUSSIS_COUGH_GATE_BUNDLE",
@@ -622,6 +652,13 @@ class Settings(BaseSettings):
         unit = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds", "": "seconds"}
         return timedelta(**{unit[match.group(2)]: float(match.group(1))})
 
+    @field_validator("model_bundles", mode="before")
+    @classmethod
+    def _parse_bundles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(Path(str(part).strip()) for part in value if str(part).strip())
+
     @field_validator("cough_gate_bundle", mode="before")
     @classmethod
     def _gate_off(cls, value: Any) -> Any:
@@ -700,6 +737,24 @@ class Settings(BaseSettings):
         """The hard limit of a recording's one decoding pass (hours of compressed audio take
         minutes), kept below the broker's visibility timeout like every task's."""
         return max(self.task_time_limit_s, self.visibility_timeout_s - 300)
+
+    @property
+    def diagnosis_bundles(self) -> tuple[Path, ...]:
+        """The diagnosis bundles a worker serves, its default first (``TUSSIS_MODEL_BUNDLES``;
+        else ``TUSSIS_MODEL_BUNDLE`` alone where it is not the default folder; else the
+        default folder and ``models/inception`` where that exists)."""
+        if self.model_bundles:
+            return self.model_bundles
+        default = PROJECT_ROOT / "models" / "default"
+        if self.model_bundle != default:
+            return (self.model_bundle,)
+        inception = PROJECT_ROOT / "models" / "inception"
+        return (default, inception) if (inception / "manifest.json").is_file() else (default,)
+
+    @property
+    def model_touch_interval_s(self) -> float:
+        """How often a worker child says it still serves its bundles."""
+        return self.model_grace_s / 3
 
     @property
     def recording_queue_name(self) -> str:

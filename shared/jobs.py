@@ -46,6 +46,7 @@ def create(
     audio_key: str | None = None,
     recording_id: str | None = None,
     segment: int | None = None,
+    model: tuple[str, str] | None = None,
 ) -> Job:
     """A queued job whose audio is stored under its id (store the audio first), or
     under ``audio_key`` (a long recording's decoding pass and segments)."""
@@ -71,6 +72,9 @@ def create(
         group=group,
         recording_id=recording_id,
         segment=segment,
+        # The pin: only a worker serving this model takes the job (shared.queue).
+        model_id=model[0] if model else None,
+        model_version=model[1] if model else None,
     )
     session.add(job)
     return job
@@ -265,10 +269,25 @@ class Coalesced:
     job_id: str
     attempt: int
     audio_key: str
+    model: tuple[str, str] | None = None
+
+
+def pinned_to(models: Iterable[tuple[str, str]]) -> Any:
+    """Jobs pinned to one of ``models`` or to none (scored with a worker's default)."""
+    return or_(
+        Job.model_id.is_(None),
+        *(and_(Job.model_id == name, Job.model_version == version) for name, version in models),
+    )
 
 
 def claim_queued_singles(
-    session: Session, worker_id: str, limit: int, *, lease_s: float, exclude: str
+    session: Session,
+    worker_id: str,
+    limit: int,
+    *,
+    lease_s: float,
+    exclude: str,
+    models: Iterable[tuple[str, str]] = (),
 ) -> list[Coalesced]:
     """Claim up to ``limit`` other queued single jobs, oldest first, for one worker's
     chunk: the same conditional claim as :func:`claim` (queued -> running, one more
@@ -277,7 +296,9 @@ def claim_queued_singles(
     different jobs instead of waiting on each other; SQLite runs one writer at a time,
     and the ``status`` condition lets each job go to one claimer only. Only jobs never
     tried (``attempts`` 0): a job that was in a chunk whose worker died runs alone.
-    Their own messages find them running or finished, and do nothing."""
+    Their own messages find them running or finished, and do nothing. Only jobs pinned
+    to one of ``models`` (those this worker has loaded) or to none: another model's job
+    waits for a worker of its own."""
     if limit <= 0:
         return []
     now = utcnow()
@@ -293,6 +314,7 @@ def claim_queued_singles(
             Job.recording_id.is_(None),  # a long recording's work has its own tasks
             Job.attempts == 0,
             Job.id != exclude,
+            pinned_to(models),
         )
         .order_by(Job.created_at)
         .limit(limit)
@@ -304,11 +326,21 @@ def claim_queued_singles(
         update(Job)
         .where(Job.id.in_(select(chosen.c.id)), Job.status == JobStatus.QUEUED)
         .values(_claimed(worker_id, now, lease_s))
-        .returning(Job.id, Job.attempts, Job.audio_key, Job.created_at)
+        .returning(
+            Job.id, Job.attempts, Job.audio_key, Job.created_at, Job.model_id, Job.model_version
+        )
         .execution_options(synchronize_session=False)
     ).all()
     ordered = sorted(rows, key=lambda r: (r.created_at, r.id))
-    return [Coalesced(r.id, r.attempts, r.audio_key) for r in ordered]
+    return [
+        Coalesced(
+            r.id,
+            r.attempts,
+            r.audio_key,
+            (r.model_id, r.model_version) if r.model_id and r.model_version else None,
+        )
+        for r in ordered
+    ]
 
 
 def _finish(session: Session, job_id: str, worker_id: str, attempt: int, **values: object) -> bool:
@@ -432,6 +464,16 @@ def fail_timed_out(session: Session, job_ids: list[str], message: str) -> int:
         )
     )
     return affected(result)
+
+
+def pins_of(session: Session, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """The model each of ``job_ids`` is pinned to (those pinned to one)."""
+    rows = session.execute(
+        select(Job.id, Job.model_id, Job.model_version).where(
+            Job.id.in_(job_ids), Job.model_id.is_not(None), Job.recording_id.is_(None)
+        )
+    ).all()
+    return {r.id: (r.model_id, r.model_version) for r in rows if r.model_version}
 
 
 def any_running(session: Session, job_ids: list[str]) -> bool:
@@ -578,6 +620,7 @@ class Lost:
     job_id: str
     batch_id: str | None
     recording_id: str | None = None
+    model: tuple[str, str] | None = None
 
 
 # A publish time older than any sweep's cut-off: the next sweep publishes the job.
@@ -614,7 +657,14 @@ def jobs_to_republish(
         stale = min(broker_epoch, now)
     gap = min(requeue_after_s, 60) if republish_gap_s is None else republish_gap_s
     candidates = session.execute(
-        select(Job.id, Job.published_at, Job.batch_id, Job.recording_id)
+        select(
+            Job.id,
+            Job.published_at,
+            Job.batch_id,
+            Job.recording_id,
+            Job.model_id,
+            Job.model_version,
+        )
         .where(
             or_(
                 and_(Job.status == JobStatus.QUEUED, Job.published_at < stale),
@@ -629,7 +679,7 @@ def jobs_to_republish(
         .limit(limit)
     ).all()
     won: list[Lost] = []
-    for job_id, published_at, batch_id, recording_id in candidates:
+    for job_id, published_at, batch_id, recording_id, model_id, version in candidates:
         # Several sweepers may run at once: only the one whose update lands publishes.
         result = session.execute(
             update(Job)
@@ -637,5 +687,62 @@ def jobs_to_republish(
             .values(published_at=now)
         )
         if affected(result) == 1:
-            won.append(Lost(job_id, batch_id, recording_id))
+            pin = (model_id, version) if model_id and version and not recording_id else None
+            won.append(Lost(job_id, batch_id, recording_id, pin))
     return won
+
+
+@dataclass(frozen=True)
+class Unserved:
+    job_id: str
+    batch_id: str | None
+
+
+def fail_unserved(
+    session: Session, queue: str | None, grace_s: float, limit: int = 500
+) -> list[Unserved]:
+    """Fail the jobs waiting for a model no live worker of this deployment has served for
+    ``grace_s`` (``TUSSIS_MODEL_GRACE``): queued ones accepted that long ago, and running
+    ones whose worker died (lease run out). Without this they would wait forever for a
+    worker that was retired. Pinned jobs only: one pinned to no model takes any worker."""
+    now = utcnow()
+    active = model_registry.active_diagnosis(session, queue, grace_s)
+    served = [(r.name, r.version) for r in active]
+    waiting = or_(
+        and_(Job.status == JobStatus.QUEUED, Job.created_at < now - timedelta(seconds=grace_s)),
+        and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now),
+    )
+    rows = session.execute(
+        select(Job.id, Job.batch_id, Job.status, Job.attempts, Job.model_id, Job.model_version)
+        .where(
+            waiting,
+            Job.model_id.is_not(None),
+            Job.recording_id.is_(None),
+            *(or_(Job.model_id != name, Job.model_version != version) for name, version in served),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    listed = ", ".join(model_registry.spec(*pin) for pin in served) or "none"
+    failed: list[Unserved] = []
+    for row in rows:
+        message = (
+            f"No worker has served the model {row.model_id} {row.model_version} for "
+            f"{grace_s:.0f} s (TUSSIS_MODEL_GRACE), so this recording was not analysed. "
+            f"Submit it again with a served model (now: {listed}; GET /api/v1/models)."
+        )
+        result = session.execute(
+            update(Job)
+            .where(Job.id == row.id, Job.status == row.status, Job.attempts == row.attempts)
+            .values(
+                status=JobStatus.FAILED,
+                finished_at=now,
+                updated_at=now,
+                lease_expires_at=None,
+                error_code="model_not_served",
+                error_message=message,
+            )
+        )
+        if affected(result) == 1:
+            failed.append(Unserved(row.id, row.batch_id))
+    return failed

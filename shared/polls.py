@@ -75,6 +75,9 @@ BATCH_COLUMNS = (
     Batch.callback_url,
     Batch.callback_state,
     Batch.callback_attempts,
+    Batch.model_id,
+    Batch.model_version,
+    Batch.rescored_from,
 )
 _KEY_COLUMNS = (
     ApiKey.owner.label("key_owner"),

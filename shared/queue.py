@@ -34,6 +34,37 @@ def check_time_limits(settings: Settings) -> None:
         )
 
 
+Model = tuple[str, str] | None  # (name, version) a job is pinned to; None: any worker
+
+
+def single_queue(settings: Settings, model: Model) -> str:
+    """Where a single job waits: its model's queue, consumed only by workers that serve
+    that model (``<TUSSIS_QUEUE>.m.<name>@<version>``); a job pinned to no model (accepted
+    before any worker registered one) waits on ``TUSSIS_QUEUE``, which every worker takes."""
+    return (
+        settings.queue_name if model is None else f"{settings.queue_name}.m.{model[0]}@{model[1]}"
+    )
+
+
+def batch_queue(settings: Settings, model: Model) -> str:
+    """Where a batch chunk of ``model`` waits (as :func:`single_queue`, beside
+    ``<TUSSIS_QUEUE>.batch``)."""
+    if model is None:
+        return settings.batch_queue_name
+    return f"{settings.batch_queue_name}.m.{model[0]}@{model[1]}"
+
+
+def worker_queues(settings: Settings, models: list[tuple[str, str]]) -> tuple[Queue, ...]:
+    """What a worker serving ``models`` consumes: the shared queues (sweeps, retention,
+    pictures, evaluations, callbacks, long recordings, unpinned work) and, per model, its
+    single-job queue and its batch queue, in that order, so a single job never waits
+    behind a batch."""
+    names = [settings.queue_name, settings.batch_queue_name]
+    for model in models:
+        names += [single_queue(settings, model), batch_queue(settings, model)]
+    return tuple(Queue(name) for name in dict.fromkeys(names))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     check_time_limits(settings)
     transport: dict[str, Any] = {}
@@ -141,12 +172,13 @@ def broker_epoch(settings: Settings) -> datetime | None:
         return None
 
 
-def publish_analysis(app: Celery, settings: Settings, job_id: str) -> None:
-    app.send_task(TASK_ANALYSE, args=[job_id], queue=settings.queue_name)
+def publish_analysis(app: Celery, settings: Settings, job_id: str, model: Model = None) -> None:
+    app.send_task(TASK_ANALYSE, args=[job_id], queue=single_queue(settings, model))
 
 
-def publish_chunk(app: Celery, settings: Settings, job_ids: list[str]) -> None:
-    app.send_task(TASK_ANALYSE_CHUNK, args=[job_ids], queue=settings.batch_queue_name)
+def publish_chunk(app: Celery, settings: Settings, job_ids: list[str], model: Model = None) -> None:
+    """A chunk of one batch's items: all of them pinned to ``model`` (a batch's model)."""
+    app.send_task(TASK_ANALYSE_CHUNK, args=[job_ids], queue=batch_queue(settings, model))
 
 
 def publish_recording_work(app: Celery, settings: Settings, job_ids: list[str]) -> None:

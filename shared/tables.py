@@ -176,6 +176,14 @@ class Batch(Base):
     # When the next delivery attempt is due; the sweeper re-queues a pending
     # callback whose retry message was lost once this is well past.
     callback_next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The model every item is scored with (name, version), pinned at intake; null for a
+    # batch accepted while no worker had registered any model (each item then gets the
+    # default of the worker that scores it).
+    model_id: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    # The batch whose stored audio this one scored again (POST .../rescore); no foreign
+    # key: that batch may since have been deleted.
+    rescored_from: Mapped[str | None] = mapped_column(String(36))
 
     __table_args__ = (
         Index("ix_batches_owner_created", "owner", "created_at", "id"),
@@ -306,6 +314,12 @@ class ServedModel(Base):
     manifest: Mapped[dict] = mapped_column(JSON)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The first bundle of the worker that registered it: the deployment's default model
+    # unless TUSSIS_DEFAULT_MODEL names another.
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The registering worker's TUSSIS_QUEUE: deployments sharing one database (tests do)
+    # each see their own models. Null for rows written before migration 0010.
+    queue: Mapped[str | None] = mapped_column(String(200))
 
 
 class ApiKey(Base):

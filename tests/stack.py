@@ -59,6 +59,12 @@ def settings_env(settings: Settings, **extra: object) -> dict[str, str]:
             "TUSSIS_QUEUE": settings.queue_name,
             "TUSSIS_DATA_DIR": str(settings.data_dir),
             "TUSSIS_MODEL_BUNDLE": str(settings.model_bundle),
+            # Always explicit: a test's worker loads only the bundles its test names, never
+            # models/inception because it happens to exist (loading it costs every child).
+            "TUSSIS_MODEL_BUNDLES": ",".join(
+                str(p) for p in (settings.model_bundles or (settings.model_bundle,))
+            ),
+            "TUSSIS_MODEL_GRACE": str(settings.model_grace_s),
             "TUSSIS_MAX_UPLOAD_BYTES": str(settings.max_upload_bytes),
             "TUSSIS_JOB_MAX_ATTEMPTS": str(settings.job_max_attempts),
             "TUSSIS_SWEEP_INTERVAL": str(settings.sweep_interval_s),

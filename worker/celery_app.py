@@ -24,12 +24,19 @@ from celery.signals import (  # noqa: E402
 )
 
 from shared.config import load_settings  # noqa: E402
-from shared.queue import make_celery  # noqa: E402
+from shared.queue import make_celery, worker_queues  # noqa: E402
 from worker import lifecycle, runtime, tasks  # noqa: E402
 
 settings = load_settings()
 runtime.configure(settings)
 celery = make_celery(settings)
+try:
+    _pins = lifecycle.served_pins(settings)
+except SystemExit:
+    _pins = []  # lifecycle.check_bundles says why at worker_init, and stops the worker
+# The shared queues, then a single-job and a batch queue per served model: a worker takes
+# only the work of models it has loaded (shared/queue.py).
+celery.conf.task_queues = worker_queues(settings, _pins)
 # Flower's task view needs task events; the embedded SQLite broker carries none.
 celery.conf.worker_send_task_events = settings.worker_task_events and not settings.embedded_broker
 # worker.tasks defines shared tasks: importing it (above) attaches them to this app.

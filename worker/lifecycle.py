@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from ml.bundle import BundleError, fingerprint, read_manifest
 from shared import batches, jobs, logs, model_registry
+from shared.config import Settings
 from shared.db import dispose_engines
 from shared.queue import TASK_ANALYSE, TASK_ANALYSE_CHUNK, TASK_BATCH_CALLBACK, publish_callback
 from shared.tables import Job
@@ -67,17 +68,57 @@ def unbind_task_context(task_id: str | None = None, **_: Any) -> None:
         logs.unbind(tokens)
 
 
+def served_pins(settings: Settings) -> list[tuple[str, str]]:
+    """(name, version) of each diagnosis bundle this worker serves, from the manifests
+    alone (no TensorFlow: the parent reads them). SystemExit with a readable message for
+    a folder that holds no bundle, or two bundles of one name and version."""
+    pins: list[tuple[str, str]] = []
+    for path in settings.diagnosis_bundles:
+        try:
+            manifest = read_manifest(path)
+        except BundleError as exc:
+            raise SystemExit(
+                f"tussis worker: {exc}. Set TUSSIS_MODEL_BUNDLES (comma-separated) to model "
+                "bundle folders."
+            ) from exc
+        pin = (manifest.name, manifest.version)
+        if pin in pins:
+            raise SystemExit(
+                f"tussis worker: two bundles in TUSSIS_MODEL_BUNDLES are {pin[0]} {pin[1]}; "
+                "give each bundle its own name or version."
+            )
+        pins.append(pin)
+    return pins
+
+
+def register_bundles(rt: runtime.Runtime) -> None:
+    """Record this worker's bundles in served_models (its first diagnosis bundle as its
+    default), and keep their fingerprints for the refreshes."""
+    settings = rt.settings
+    bundles = [(model_registry.DIAGNOSIS, path) for path in settings.diagnosis_bundles]
+    if settings.cough_gate_bundle is not None:
+        bundles.append((model_registry.COUGH_GATE, settings.cough_gate_bundle))
+    keys = []
+    for n, (role, path) in enumerate(bundles):
+        key = fingerprint(path)
+        with rt.session() as session:
+            model_registry.register(
+                session,
+                role,
+                key,
+                read_manifest(path).to_dict(),
+                is_default=role == model_registry.DIAGNOSIS and n == 0,
+                queue=settings.queue_name,
+            )
+        keys.append(key)
+    rt.served_fingerprints[:] = keys
+
+
 def check_bundles(**_: Any) -> None:
     rt = runtime.current()
     settings = rt.settings
     # Fail fast in the parent with a readable message instead of crashing every child.
-    try:
-        manifest = read_manifest(settings.model_bundle)
-    except BundleError as exc:
-        raise SystemExit(
-            f"tussis worker: {exc}. Set TUSSIS_MODEL_BUNDLE to a model bundle folder."
-        ) from exc
-    bundles = [(model_registry.DIAGNOSIS, settings.model_bundle)]
+    pins = served_pins(settings)
     if settings.cough_gate_bundle is not None:
         try:
             read_manifest(settings.cough_gate_bundle)
@@ -86,18 +127,11 @@ def check_bundles(**_: Any) -> None:
                 f"tussis worker: {exc}. Set TUSSIS_COUGH_GATE_BUNDLE to the cough gate "
                 "bundle, or to 'off' to analyse recordings without checking for a cough."
             ) from exc
-        bundles.append((model_registry.COUGH_GATE, settings.cough_gate_bundle))
-    for role, path in bundles:
-        key = fingerprint(path)
-        with rt.session() as session:
-            model_registry.register(session, role, key, read_manifest(path).to_dict())
-        rt.served_fingerprints.append(key)
+    register_bundles(rt)
     log.info(
-        "serving model %s %s (%s) from %s; broker %s; database %s",
-        manifest.name,
-        manifest.version,
-        manifest.backbone_name,
-        settings.model_bundle,
+        "serving models %s (default first) from %s; broker %s; database %s",
+        ", ".join(f"{name} {version}" for name, version in pins),
+        ", ".join(str(p) for p in settings.diagnosis_bundles),
         settings.public_dict()["broker_url"],
         settings.public_dict()["database_url"],
     )
@@ -108,23 +142,23 @@ def init_child(**_: Any) -> None:
     dispose_engines()
     logs.bind(worker_id=jobs.this_worker_id())  # for every line this child logs
     started = time.monotonic()
+    runtime.current().start_model_refresh()
     try:
         models = runtime.current().load_models()
     except Exception:
         return  # logged by load_models; jobs fail with model_unavailable
-    if models.diagnosis.manifest.backbone_name == "inception_v3":
+    if any(m.manifest.backbone_name == "inception_v3" for m in models.all()):
         # Its model sees the spectrogram: load the renderer (librosa, scipy and numba's
         # compiled code, 2 to 12 s) before the first job. A YAMNet bundle listens to the
         # waveform: its child loads the renderer only when a picture is asked for, beside
         # its jobs (worker.runtime.Runtime.renderer_ready).
         runtime.current().warm_renderer()
-    for model in filter(None, (models.diagnosis, models.cough_gate)):
+    for model in [*models.all(), *filter(None, [models.cough_gate])]:
         model.warm_up()
     metrics.MODEL_LOAD_SECONDS.observe(time.monotonic() - started)
     log.info(
-        "model %s %s ready in %.1f s (cough gate: %s)",
-        models.diagnosis.id,
-        models.diagnosis.version,
+        "models %s ready in %.1f s (cough gate: %s)",
+        ", ".join(f"{m.id} {m.version}" for m in models.all()),
         time.monotonic() - started,
         models.cough_gate.version if models.cough_gate else "off",
     )

@@ -85,6 +85,8 @@ class Claimed:
     # A long recording's decoding pass (segment None) or one of its segments.
     recording_id: str | None = None
     segment: int | None = None
+    # The model the job is pinned to at intake (name, version); None: this worker's default.
+    model: tuple[str, str] | None = None
 
 
 class Pipeline:
@@ -165,6 +167,11 @@ class Pipeline:
                     c.job.batch_id,
                     recording_id=c.job.recording_id,
                     segment=c.job.segment,
+                    model=(
+                        (c.job.model_id, c.job.model_version)
+                        if c.job.model_id and c.job.model_version
+                        else None
+                    ),
                 )
             )
             return
@@ -222,6 +229,7 @@ class Pipeline:
                 limit,
                 lease_s=self.settings.lease_s,
                 exclude=items[0].job_id,
+                models=self.served_pins(),
             )
         if more:
             self.runtime.heartbeat.hold([c.job_id for c in more])
@@ -231,7 +239,15 @@ class Pipeline:
                 len(more),
                 [c.job_id for c in more],
             )
-        return [Claimed(c.job_id, c.attempt, c.audio_key, None) for c in more]
+        return [Claimed(c.job_id, c.attempt, c.audio_key, None, model=c.model) for c in more]
+
+    def served_pins(self) -> list[tuple[str, str]]:
+        """The models this child has loaded; none while they cannot be loaded (then it
+        coalesces only jobs pinned to no model)."""
+        try:
+            return list(self.runtime.load_models().by_pin)
+        except Exception:
+            return []
 
     def _run(self, items: list[Claimed]) -> None:
         active = [i for i in items if not i.done]
@@ -291,7 +307,26 @@ class Pipeline:
                     f"The analysis model could not be loaded on the worker: {exc}",
                 )
             return
-        model, gate = models.diagnosis, models.cough_gate
+        # Each job on the model it is pinned to (a chunk is one batch's: one model; coalesced
+        # single jobs may be pinned to several of this worker's models).
+        groups: dict[int, tuple[Model, list[Claimed]]] = {}
+        for item in items:
+            model = models.for_pin(*(item.model or (None, None)))
+            if model is None:
+                assert item.model is not None
+                self.fail(
+                    item,
+                    "model_not_served",
+                    f"This worker does not serve the model {item.model[0]} {item.model[1]} "
+                    "this job was submitted for; submit it again with a served model "
+                    "(GET /api/v1/models).",
+                )
+                continue
+            groups.setdefault(id(model), (model, []))[1].append(item)
+        for model, group in groups.values():
+            self.analyse_with(model, models.cough_gate, group)
+
+    def analyse_with(self, model: Model, gate: Model | None, items: list[Claimed]) -> None:
         with metrics.stage("decode"):
             ready = self.prepare(items, model.sample_rate)
         decoded = list(ready)

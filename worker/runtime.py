@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from shared import notify
+from shared import model_registry, notify
 from shared.config import Settings
 from shared.db import session_scope
 from shared.jobs import this_worker_id
@@ -33,8 +34,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Models:
+    """Every bundle this worker serves, loaded once per child: ``diagnosis`` is its
+    default (the first of ``TUSSIS_MODEL_BUNDLES``), ``by_pin`` all of them by (name,
+    version), the pin a job carries."""
+
     diagnosis: Model
     cough_gate: Model | None
+    by_pin: dict[tuple[str, str], Model] = field(default_factory=dict)
+
+    def for_pin(self, model_id: str | None, version: str | None) -> Model | None:
+        """The model a job pinned to (``model_id``, ``version``) runs on; the default for
+        a job pinned to none; None when this worker does not serve the pinned one."""
+        if not model_id or not version:
+            return self.diagnosis
+        return self.by_pin.get((model_id, version))
+
+    def all(self) -> list[Model]:
+        return list(self.by_pin.values()) or [self.diagnosis]
 
 
 class Runtime:
@@ -84,9 +100,28 @@ class Runtime:
                 threads=self.tf_threads(),
             )
 
-        diagnosis = load(s.model_bundle)
+        loaded = [load(path) for path in s.diagnosis_bundles]
         gate = load(s.cough_gate_bundle) if s.cough_gate_bundle else None
-        return Models(diagnosis, gate)
+        return Models(loaded[0], gate, {(m.id, m.version): m for m in loaded})
+
+    def start_model_refresh(self) -> None:
+        """In a child: say every ``TUSSIS_MODEL_GRACE / 3`` that this worker still serves
+        its bundles (``served_models.last_seen_at``), from a thread of its own, so a busy
+        child or a worker whose sweeps another worker runs stays listed; a worker gone
+        for ``TUSSIS_MODEL_GRACE`` stops being, and the sweeper fails work left for it."""
+        if not self.served_fingerprints:
+            return
+
+        def run() -> None:
+            while True:
+                time.sleep(self.settings.model_touch_interval_s)
+                try:
+                    with self.session() as session:
+                        model_registry.touch(session, self.served_fingerprints)
+                except Exception as exc:  # the database may be restarting: try again later
+                    log.warning("could not refresh the served models (%s)", type(exc).__name__)
+
+        threading.Thread(target=run, name="served-models", daemon=True).start()
 
     def warm_renderer(self) -> None:
         """Load the spectrogram renderer now, in this thread (before an Inception V3

@@ -26,6 +26,7 @@ from shared.queue import (
     TASK_RETENTION,
     TASK_SPECTROGRAM,
     TASK_SWEEP,
+    Model,
     broker_epoch,
     publish_analysis,
     publish_callback,
@@ -101,11 +102,12 @@ def _analyse_chunk(self: Task, job_ids: list[str]) -> None:
     if len(job_ids) > 1:
         with rt.session() as session:
             cut_off = jobs.any_running(session, job_ids)
+            pins = jobs.pins_of(session, job_ids) if cut_off else {}
         if cut_off:
             # An earlier delivery of this chunk was cut off (its worker died): retry each
             # recording on its own, so one that kills its worker cannot take the others down.
             for job_id in job_ids:
-                publish_chunk(self.app, rt.settings, [job_id])
+                publish_chunk(self.app, rt.settings, [job_id], pins.get(job_id))
             return
     _pipeline(self).run(job_ids)
 
@@ -166,17 +168,30 @@ def sweep(self: Task) -> int:
             # a job still without one gets a new message at most once per lease.
             republish_gap_s=settings.lease_s,
         )
-    singles = [item.job_id for item in lost if item.batch_id is None and not item.recording_id]
-    batch_items = [item.job_id for item in lost if item.batch_id is not None]
-    for job_id in singles:
-        publish_analysis(self.app, settings, job_id)
+    for item in lost:
+        if item.batch_id is None and not item.recording_id:
+            publish_analysis(self.app, settings, item.job_id, item.model)
     publish_recording_work(self.app, settings, [i.job_id for i in lost if i.recording_id])
-    # Batch items go back to the batch queue, so they never crowd out single jobs.
+    # Batch items go back to their model's batch queue, so they never crowd out single
+    # jobs, in chunks of one model each.
+    by_model: dict[Model, list[str]] = {}
+    for item in lost:
+        if item.batch_id is not None and not item.recording_id:
+            by_model.setdefault(item.model, []).append(item.job_id)
     size = max(1, settings.batch_chunk_size)
-    for start in range(0, len(batch_items), size):
-        publish_chunk(self.app, settings, batch_items[start : start + size])
+    for model, batch_items in by_model.items():
+        for start in range(0, len(batch_items), size):
+            publish_chunk(self.app, settings, batch_items[start : start + size], model)
     if lost:
         log.warning("re-published %d job(s) whose message was lost", len(lost))
+    with rt.session() as session:
+        # Work left for a model whose workers are all gone fails with its code, instead
+        # of waiting for a worker that may never come back (the batches complete below).
+        unserved = jobs.fail_unserved(session, settings.queue_name, settings.model_grace_s)
+    if unserved:
+        rt.notifier.jobs([u.job_id for u in unserved])
+        metrics.job_finished("failed", "model_not_served", count=len(unserved))
+        log.warning("%d job(s) failed: their model is no longer served", len(unserved))
     with rt.session() as session:
         running = batches.running_batches(session)
     for batch_id in running:
