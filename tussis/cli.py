@@ -673,6 +673,12 @@ def _fail(exc: Exception) -> None:
     help="CSV path,label[,group] labelling the files by their item paths; checked before "
     "anything is sent (then `tussis results BATCH --evaluation`).",
 )
+@click.option(
+    "--model",
+    default=None,
+    help="Score every item with this model: NAME (its newest version) or NAME@VERSION, as "
+    "`tussis models` lists them (default: the server's default model).",
+)
 def submit(
     paths: tuple[Path, ...],
     server: str,
@@ -685,6 +691,7 @@ def submit(
     callback_url: str | None,
     progress: bool | None,
     labels_path: Path | None,
+    model: str | None,
 ) -> None:
     """Upload recordings as one batch: files, and folders (searched for audio files,
     keeping their paths relative to the folder).
@@ -706,6 +713,7 @@ def submit(
         callback_url=callback_url,
         progress=progress,
         labels=labels_path,
+        model=model,
     )
     submitter = None
     try:
@@ -843,6 +851,87 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
         click.echo(json.dumps(batch, indent=2, ensure_ascii=False))
     else:
         click.echo(describe_batch(batch))
+
+
+@main.command(epilog=_STATUS_EPILOG)
+@_server_options
+@click.option("--json", "as_json", is_flag=True, help="Print GET /api/v1/models as JSON.")
+def models(server: str, api_key: str | None, as_json: bool) -> None:
+    """List the models the server's workers serve: NAME@VERSION for --model, whether
+    each is active (a live worker serves it) and which is the default."""
+    from tussis.client import Client
+    from tussis.errors import TussisError
+
+    try:
+        served = Client(server, api_key).models()
+    except TussisError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps([m.__dict__ for m in served], indent=2, default=str))
+        return
+    for m in served:
+        if m.role != "diagnosis":
+            continue
+        flags = ", ".join(
+            f
+            for f, on in (("default", m.default), ("active", m.active), ("retired", not m.active))
+            if on
+        )
+        click.echo(f"{m.id}@{m.version}  {m.backbone or '?'}  ({flags})")
+
+
+_RESCORE_EPILOG = """\b
+Exit codes:
+  0    done
+  2    usage error
+  3    cannot reach the server
+  4    the server refused the request (model_not_served, batch_not_finished,
+       audio_purged when retention removed the recordings; its code and message
+       are shown)
+  130  interrupted (Ctrl-C)"""
+
+
+@main.command(epilog=_RESCORE_EPILOG)
+@click.argument("batch_id")
+@_server_options
+@click.option(
+    "--model",
+    default=None,
+    help="The model to score with: NAME or NAME@VERSION (default: the server's default).",
+)
+@click.option("--wait", is_flag=True, help="Wait until the new batch is completed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new batch as JSON on stdout.")
+def rescore(
+    batch_id: str,
+    server: str,
+    api_key: str | None,
+    model: str | None,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Score a finished batch's stored recordings again with another model, without
+    uploading them: a new batch (printed), linked to BATCH_ID. Compare the two with
+    `tussis results NEW_BATCH --evaluation`."""
+    from tussis.client import Client
+    from tussis.describe import describe_batch
+    from tussis.errors import TussisError
+
+    try:
+        client = Client(server, api_key)
+        batch = client.rescore(batch_id, model)
+        if wait:
+            batch = batch.wait(progress=None)
+    except TussisError as exc:
+        _fail(exc)
+        return
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    if as_json:
+        click.echo(json.dumps(batch.raw, indent=2, ensure_ascii=False))
+    else:
+        click.echo(f"batch {batch.id}: {batch_id} rescored with {batch.model or 'the default'}")
+        click.echo(describe_batch(batch.raw))
 
 
 @main.command(epilog=_RESULTS_EPILOG)

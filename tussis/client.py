@@ -40,12 +40,20 @@ class Client(Connection):
     """One Tussis server (see :class:`~tussis.connection.Connection` for ``base_url``,
     ``api_key`` and ``timeout``), answering typed objects."""
 
-    def submit(self, audio: str | os.PathLike[str] | bytes, filename: str | None = None) -> Job:
+    def submit(
+        self,
+        audio: str | os.PathLike[str] | bytes,
+        filename: str | None = None,
+        *,
+        model: str | None = None,
+    ) -> Job:
         """Submit one recording (a path, or its bytes) as a job; returns at once with the
-        queued :class:`Job` (``job.wait()`` for its result). A recording the API finds
-        unusable is refused here (:class:`RequestRefused` with its ``code``, e.g.
-        ``audio_too_short``). Sent with an Idempotency-Key, so a retry after a lost
-        answer never makes a second job."""
+        queued :class:`Job` (``job.wait()`` for its result). ``model`` (``name`` or
+        ``name@version``, as :meth:`models` lists them) chooses the model; None: the
+        server's default. A recording the API finds unusable is refused here
+        (:class:`RequestRefused` with its ``code``, e.g. ``audio_too_short``; a model no
+        worker serves: ``model_not_served``). Sent with an Idempotency-Key, so a retry
+        after a lost answer never makes a second job."""
         data = _read_bytes(audio)
         if filename is None:
             filename = "recording" if isinstance(audio, bytes | bytearray) else Path(audio).name
@@ -53,6 +61,7 @@ class Client(Connection):
             "POST",
             "/api/v1/jobs",
             files={"audio": (filename, data)},
+            data={"model": model} if model else None,
             headers={IDEMPOTENCY_HEADER: str(uuid.uuid4())},
             read_timeout=UPLOAD_READ_TIMEOUT_S,
         )
@@ -78,6 +87,7 @@ class Client(Connection):
         part_size: int = 100,
         state_path: str | os.PathLike[str] | None = None,
         callback_url: str | None = None,
+        model: str | None = None,
     ) -> Batch:
         """Upload recordings (files, and folders searched for audio files) as one batch
         and close it; returns the :class:`Batch` (``batch.wait()`` for the results).
@@ -89,7 +99,8 @@ class Client(Connection):
         sent. Resumable: an interrupted call leaves a state file
         (``.tussis-submit-<hash>.json`` here, or ``state_path``), and the same call again
         uploads only what the server does not have yet. Files the server turned away are
-        in ``batch.rejected``."""
+        in ``batch.rejected``. ``model`` (``name`` or ``name@version``) scores every item
+        with that model; None: the server's default."""
         report = self._run_submit(
             SubmitOptions(
                 paths=[
@@ -102,6 +113,7 @@ class Client(Connection):
                 labels=Path(labels) if isinstance(labels, str | os.PathLike) else None,
                 label_map=dict(labels) if isinstance(labels, Mapping) else None,
                 group_map=dict(groups) if groups is not None else None,
+                model=model,
             ),
         )
         assert report.batch is not None
@@ -122,6 +134,16 @@ class Client(Connection):
     def batch(self, batch_id: str) -> Batch:
         """The batch ``batch_id`` as it is now."""
         data, _ = self.get_batch(batch_id)
+        return Batch.from_api(data, self)
+
+    def rescore(self, batch_id: str, model: str | None = None) -> Batch:
+        """Score a finished batch's stored recordings again with ``model`` (``name`` or
+        ``name@version``; None: the server's default), without uploading them: returns the
+        new :class:`Batch` (``batch.wait()``), whose ``rescored_from`` is ``batch_id``.
+        Refused with ``audio_purged`` once the server's audio retention removed the
+        recordings, ``batch_not_finished`` while the batch still runs. Sent with an
+        Idempotency-Key, so a retry after a lost answer never makes a second batch."""
+        data, _ = self.rescore_batch(batch_id, model, str(uuid.uuid4()))
         return Batch.from_api(data, self)
 
     # -- long recordings --

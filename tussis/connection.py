@@ -267,14 +267,18 @@ class Connection:
         on_bytes: Callable[[int], object] | None = None,
         idempotency_key: str | None = None,
         labels: bytes | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Create a batch with a first part. With ``idempotency_key``, a retry of the same
-        request answers the batch the first try created (docs/api.md); such a replayed
-        answer is marked ``"replayed": true`` and has no per-file report. ``labels`` is
-        the part's labels CSV (``path,label[,group]``, tussis/labels.py)."""
+        """Create a batch with a first part (``model``: ``name`` or ``name@version``).
+        With ``idempotency_key``, a retry of the same request answers the batch the first
+        try created (docs/api.md); such a replayed answer is marked ``"replayed": true``
+        and has no per-file report. ``labels`` is the part's labels CSV
+        (``path,label[,group]``, tussis/labels.py)."""
         fields = [("open", "true" if keep_open else "false")]
         if callback_url:
             fields.append(("callback_url", callback_url))
+        if model:
+            fields.append(("model", model))
         response = self._upload(
             "/api/v1/batches", files, fields, on_bytes, idempotency_key, labels=labels
         )
@@ -292,6 +296,20 @@ class Connection:
     ) -> dict[str, Any]:
         path = f"/api/v1/batches/{batch_id}/items"
         return self._upload(path, files, on_bytes=on_bytes, labels=labels).json()
+
+    def rescore_batch(
+        self, batch_id: str, model: str | None, idempotency_key: str | None = None
+    ) -> tuple[dict[str, Any], float | None]:
+        """``POST /api/v1/batches/{id}/rescore``: the new batch and its Retry-After."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key} if idempotency_key else {}
+        response = self.request(
+            "POST",
+            f"/api/v1/batches/{batch_id}/rescore",
+            data={"model": model} if model else {},
+            headers=headers,
+            read_timeout=UPLOAD_READ_TIMEOUT_S,
+        )
+        return response.json(), _retry_after(response)
 
     def close_batch(self, batch_id: str) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/batches/{batch_id}/close").json()

@@ -44,6 +44,13 @@ def describe_batch(batch: dict[str, Any]) -> str:
         f"  created {batch.get('created_at')}, closed {batch.get('closed_at') or '-'}"
         f", finished {batch.get('finished_at') or '-'}",
     ]
+    model = batch.get("model") or {}
+    if model.get("id"):
+        rescored = batch.get("rescored_from")
+        lines.append(
+            f"  model: {model['id']}@{model.get('version')}"
+            + (f" (rescoring batch {rescored})" if rescored else "")
+        )
     callback = batch.get("callback")
     if callback:
         lines.append(

@@ -32,6 +32,13 @@ def _known(cls: type[T], data: Mapping[str, Any], **extra: Any) -> T:
     return cls(**{k: v for k, v in data.items() if k in names and k not in extra}, **extra)
 
 
+def _model_spec(pin: Any) -> str | None:
+    """``name@version`` of a job's or batch's ``model`` (``{"id", "version"}``)."""
+    if isinstance(pin, Mapping) and pin.get("id") and pin.get("version"):
+        return f"{pin['id']}@{pin['version']}"
+    return None
+
+
 # --- a single job ------------------------------------------------------------------------
 
 
@@ -95,6 +102,8 @@ class Job:
     path: str | None = None
     label: str | None = None
     group: str | None = None
+    # ``name@version`` of the model it is scored with (chosen at submission).
+    model: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _client: Connection | None = field(default=None, repr=False, compare=False)
     _retry_after: float | None = field(default=None, repr=False, compare=False)
@@ -115,6 +124,7 @@ class Job:
             filename=audio.get("filename"),
             sha256=audio.get("sha256"),
             duration_s=audio.get("duration_s"),
+            model=_model_spec(data.get("model")),
             raw=dict(data),
             _client=client,
             _retry_after=retry_after,
@@ -212,6 +222,10 @@ class Batch:
     created_at: str | None = None
     closed_at: str | None = None
     finished_at: str | None = None
+    # ``name@version`` of the model every item is scored with.
+    model: str | None = None
+    # A rescored batch (``Client.rescore``): the batch whose audio it scored again.
+    rescored_from: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _client: Connection | None = field(default=None, repr=False, compare=False)
@@ -227,6 +241,7 @@ class Batch:
             cls,
             data,
             counts=_known(Counts, data.get("counts") or {}),
+            model=_model_spec(data.get("model")),
             rejected=list(rejected or []),
             raw=dict(data),
             _client=client,
@@ -356,6 +371,7 @@ class Model:
     version: str
     role: str  # diagnosis or cough_gate
     active: bool = False
+    default: bool = False  # what a job or batch without ``model`` is scored with
     fingerprint: str | None = None
     backbone: str | None = None
     labels: list[str] = field(default_factory=list)

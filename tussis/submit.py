@@ -150,6 +150,7 @@ class SubmitOptions:
     labels: Path | None = None  # CSV path,label[,group] (tussis/labels.py)
     label_map: dict[str, str] | None = None  # or {item path: label} (the library's)
     group_map: dict[str, str] | None = None  # and {item path: group}
+    model: str | None = None  # name or name@version; None: the server's default
 
 
 @dataclass
@@ -391,6 +392,7 @@ class Submitter:
                     on_bytes=counted,
                     idempotency_key=state.idempotency_key,
                     labels=self._part_labels(part),
+                    model=self.options.model,
                 )
             except (ServerUnreachable, RequestRefused) as exc:
                 in_use = isinstance(exc, RequestRefused) and exc.code == "idempotency_key_in_use"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,7 +27,9 @@ from shared.retention import purge
 from shared.storage import make_storage
 from shared.tables import utcnow
 from tests.conftest import base_settings
-from tests.stack import Stack, wait_until
+from tests.stack import BIN, Stack, wait_until
+from tussis.client import Client
+from tussis.errors import RequestRefused
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +166,33 @@ def test_each_model_scores_the_jobs_and_batches_that_name_it_and_rescoring_copie
         assert len(got) == 4
         assert {i["result"]["model_id"] for i in got if i["status"] == "succeeded"} == {name}
         assert {i["model"]["id"] for i in got} == {name}
+
+    # The client and the CLI choose the model the same way.
+    client = Client(stack.url)
+    job = client.submit(audio, model=OTHER_NAME).wait(timeout=120)
+    assert job.model == f"{OTHER_NAME}@{OTHER_VERSION}"
+    assert job.result is not None and job.result.model_id == OTHER_NAME
+    with pytest.raises(RequestRefused) as refusal:
+        client.submit(audio, model="no-such-model")
+    assert refusal.value.code == "model_not_served"
+    cli = subprocess.run(
+        [
+            *(str(BIN / "tussis"), "rescore", other["id"], "--model", DEFAULT_NAME),
+            *("--server", stack.url, "--wait", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert cli.returncode == 0, cli.stderr
+    by_cli = json.loads(cli.stdout)
+    assert by_cli["rescored_from"] == other["id"] and by_cli["status"] == "completed"
+    assert by_cli["model"]["id"] == DEFAULT_NAME
+    by_client = client.rescore(by_cli["id"], model=OTHER_NAME).wait(progress=False, timeout=180)
+    assert (by_client.rescored_from, by_client.model) == (
+        by_cli["id"],
+        f"{OTHER_NAME}@{OTHER_VERSION}",
+    )
 
     # Rescoring: no upload, a new batch linked to the first, the same items.
     not_finished = api(stack, "POST", "/batches/nonexistent/rescore", data={"model": OTHER_NAME})
