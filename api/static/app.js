@@ -345,6 +345,7 @@
 
     var form = new FormData();
     form.append("audio", blob, filename);
+    appendModel(form);
     upload(API + "/jobs", form, function (fraction, done) {
       if (run !== state.run) return;
       setUploadProgress(fraction);
@@ -522,6 +523,34 @@
     });
   }
 
+  /** The model chosen in the selector, as the form field `model` (none: the default). */
+  function appendModel(form) {
+    var chosen = $("model-select").value;
+    if (chosen) form.append("model", chosen);
+  }
+
+  /** The selector, from GET /api/v1/models: the active diagnosis models, newest version
+   * first, the server's default chosen. Shown only when there is a choice to make. */
+  function fillModelSelect() {
+    servedModels().then(function (models) {
+      var select = $("model-select");
+      var active = models.filter(function (m) {
+        return m.role === "diagnosis" && m.active;
+      });
+      select.textContent = "";
+      active.forEach(function (m) {
+        var option = document.createElement("option");
+        option.value = m.id + "@" + m.version;
+        option.textContent =
+          m.id + " · version " + m.version + (m.backbone ? " (" + m.backbone + ")" : "") +
+          (m.default ? " — default" : "");
+        option.selected = !!m.default;
+        select.appendChild(option);
+      });
+      show("model-picker", active.length > 1);
+    });
+  }
+
   function servedModels() {
     return state.models
       ? Promise.resolve(state.models)
@@ -600,6 +629,7 @@
     var form = new FormData();
     // The labels CSV (path,label[,group]) names the files by the paths they are sent under.
     if (labels) form.append("labels", labels, labels.name);
+    appendModel(form);
     files.forEach(function (file) {
       form.append("files", file, file.webkitRelativePath || file.name);
     });
@@ -1227,6 +1257,7 @@
     );
   }
   if (state.apiKey) show("key-toggle", true);
+  fillModelSelect();
   window.addEventListener("hashchange", function () {
     if (state.busy) return;
     if (batchFromHash()) openBatch(batchFromHash());

@@ -26,6 +26,7 @@ from shared.config import PROJECT_ROOT, Settings, normalise_database_url
 from shared.retention import purge
 from shared.storage import make_storage
 from shared.tables import utcnow
+from tests.api.test_web import _expect, _submitted_job, browser, playwright  # noqa: F401
 from tests.conftest import base_settings
 from tests.stack import BIN, Stack, wait_until
 from tussis.client import Client
@@ -288,3 +289,32 @@ def test_a_worker_takes_only_the_work_of_its_models_and_work_left_for_a_retired_
         assert submit(stack, audio).json()["model"]["id"] == OTHER_NAME
     finally:
         only_default.stop()
+
+
+def test_the_page_offers_the_served_models_and_sends_the_chosen_one(
+    stack: Stack,
+    playwright: Any,  # noqa: F811 - the fixture imported from tests/api/test_web.py
+    cough_file: Path,
+) -> None:
+    """The selector in headless Chromium: fed by /api/v1/models, the default chosen, and
+    the job of a file sent after choosing the second model is scored by that model."""
+    stack.start_api()
+    stack.start_worker()
+    with browser(playwright, stack.url) as session:
+        page, expect = session.page, _expect()
+        expect(page.locator("#model-picker")).to_be_visible()
+        options = page.locator("#model-select option")
+        values = options.evaluate_all("os => os.map(o => o.value)")
+        assert f"{OTHER_NAME}@{OTHER_VERSION}" in values
+        assert any(v.startswith(f"{DEFAULT_NAME}@") for v in values)
+        chosen = page.locator("#model-select").input_value()
+        assert chosen.startswith(f"{DEFAULT_NAME}@")  # the server's default
+        expect(page.locator("#model-select option:checked")).to_contain_text("default")
+        page.select_option("#model-select", f"{OTHER_NAME}@{OTHER_VERSION}")
+        accepted = _submitted_job(page, lambda: page.set_input_files("#file-input", cough_file))
+        assert accepted["model"] == {"id": OTHER_NAME, "version": OTHER_VERSION}
+        expect(page.locator("#result-model")).to_have_text(
+            f"{OTHER_NAME} · version {OTHER_VERSION}", timeout=120_000
+        )
+        session.assert_only_loopback()
+        session.assert_clean()
