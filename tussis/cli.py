@@ -857,8 +857,9 @@ def status(batch_id: str, server: str, api_key: str | None, as_json: bool) -> No
 @_server_options
 @click.option("--json", "as_json", is_flag=True, help="Print GET /api/v1/models as JSON.")
 def models(server: str, api_key: str | None, as_json: bool) -> None:
-    """List the models the server's workers serve: NAME@VERSION for --model, whether
-    each is active (a live worker serves it) and which is the default."""
+    """List the models the server's workers serve, as NAME@VERSION (how `tussis submit`
+    and `tussis rescore` name a model), whether each is active (a live worker serves it)
+    and which is the default."""
     from tussis.client import Client
     from tussis.errors import TussisError
 
