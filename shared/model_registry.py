@@ -132,7 +132,9 @@ class ModelNotServed(LookupError):
 
 
 def _match(active: list[ServedModel], wanted: str) -> ServedModel | None:
-    name, _, version = wanted.strip().partition("@")
+    name, at, version = wanted.strip().partition("@")
+    if at and not version:
+        return None  # "name@" names no version
     # ``active`` lists each name's newest version first: a name alone takes that one.
     for row in active:
         if row.name == name and (not version or row.version == version):

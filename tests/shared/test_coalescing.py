@@ -62,3 +62,34 @@ def test_queued_single_jobs_are_claimed_oldest_first_and_only_once(settings: Set
                 row = session.get(Job, c.job_id)
                 assert row is not None and row.status == "running" and row.worker == name
                 assert row.attempts == c.attempt == 1 and row.lease_expires_at is not None
+
+
+def test_a_claim_takes_only_jobs_of_the_models_its_worker_serves(settings: Settings) -> None:
+    """A child serving models A and B coalesces jobs pinned to A or B (or to none), never
+    one pinned to C, which waits for a worker of C's."""
+    own = [make_job(settings) for _ in range(5)]
+    pins = {own[1]: ("a", "1"), own[2]: ("c", "1"), own[3]: ("b", "2"), own[4]: ("a", "2")}
+    with session_scope(settings.database_url) as session:
+        # Older than any other test's queued jobs (the database may hold some).
+        old = jobs.utcnow().replace(year=1999)
+        for offset, job_id in enumerate(own):
+            name, version = pins.get(job_id, (None, None))
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(created_at=old.replace(second=offset), model_id=name, model_version=version)
+            )
+    with session_scope(settings.database_url) as session:
+        got = jobs.claim_queued_singles(
+            session, "w", 3, lease_s=60, exclude=own[0], models=[("a", "1"), ("b", "2")]
+        )
+    # own[2] (model c) and own[4] (a version 2, not served) are left; own[0] is excluded.
+    assert [(c.job_id, c.model) for c in got][:2] == [
+        (own[1], ("a", "1")),
+        (own[3], ("b", "2")),
+    ]
+    assert own[2] not in {c.job_id for c in got} and own[4] not in {c.job_id for c in got}
+    with session_scope(settings.database_url) as session:
+        assert session.get(Job, own[2]).status == "queued"  # type: ignore[union-attr]
+        assert session.get(Job, own[4]).status == "queued"  # type: ignore[union-attr]
+        jobs.delete_jobs(session, own)  # none left queued for another test's claims
