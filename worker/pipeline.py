@@ -423,7 +423,11 @@ def draw_spectrogram(rt: Runtime, job_id: str) -> bool:
         if job is None or job.has_spectrogram or job.audio_deleted_at is not None:
             return False
         key, segments = job.audio_key, job.cough_segments
-    params = rt.load_models().diagnosis.manifest.spectrogram
+        pin = (job.model_id, job.model_version)
+    # The picture of the model that scored it (an Inception bundle's is what it looked at),
+    # where this worker serves that model; else its default's.
+    models = rt.load_models()
+    params = (models.for_pin(*pin) or models.diagnosis).manifest.spectrogram
     try:
         audio = decode(
             rt.storage.get(key), params.sample_rate, max_seconds=rt.settings.max_duration_s + 1

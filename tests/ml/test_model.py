@@ -81,7 +81,7 @@ def test_worker_refuses_to_start_without_a_bundle(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "no model bundle" in out.stderr + out.stdout
-    assert "TUSSIS_MODEL_BUNDLE" in out.stderr + out.stdout
+    assert "TUSSIS_MODEL_BUNDLES" in out.stderr + out.stdout
 
 
 def test_training_head_separates_its_training_data() -> None:
