@@ -89,7 +89,7 @@ INCEPTION_LAYERS: tuple[str | None, ...] = (None, MIXED8)
 INCEPTION_INT8_FILE = "backbone.int8-dynamic.tflite"
 
 
-def _is_truncated_weights_file(weights: str | None) -> bool:
+def is_truncated_weights_file(weights: str | None) -> bool:
     """A Keras 3 weights file of the *truncated* network (``*.weights.h5``, as
     ``shared/models/inception_v3_imagenet_to_mixed8.weights.h5``), rather than
     ``imagenet`` or the full network's legacy ``..._notop.h5``."""
@@ -131,7 +131,7 @@ class InceptionV3Backbone:
         self.layer = layer
         keras.utils.set_random_seed(seed)
         self.weights_source = weights
-        truncated_file = _is_truncated_weights_file(weights)
+        truncated_file = is_truncated_weights_file(weights)
         full = keras.applications.InceptionV3(
             include_top=False,
             # A truncated weights file fits only the truncated model: load it below.
@@ -172,7 +172,7 @@ class InceptionV3Backbone:
         and random features there would only hide a wrong path)."""
         if weights in (None, "none"):
             return cls(params, weights=None, threads=threads, seed=seed, layer=layer)
-        if layer is None and _is_truncated_weights_file(weights):
+        if layer is None and is_truncated_weights_file(weights):
             raise ValueError(
                 f"{weights} holds Inception V3 cut at a layer, not the whole network: "
                 "add --inception-layer mixed8"
@@ -297,6 +297,58 @@ class InceptionTFLiteBackbone:
         return INCEPTION_INT8_FILE
 
 
+# ``backbone["weights"]`` of a bundle that references its pretrained backbone
+# instead of carrying a copy: ``backbone["pretrained"]`` names the file (``path``,
+# relative to the bundle's folder, as written at training) and its ``sha256``. The
+# shipped Inception bundle does this, so the 43 MB ImageNet weights to mixed8 stay in
+# ../shared and are never committed twice (the head was fitted on exactly those
+# weights, frozen: a copy would be byte for byte the same tensors).
+PRETRAINED = "pretrained"
+
+
+def pretrained_weights_file(path: Path, manifest: Manifest, inception_weights: str) -> Path:
+    """The pretrained weights file a bundle references, checked against its sha256.
+
+    ``inception_weights`` (TUSSIS_INCEPTION_WEIGHTS) wins when it names a cut
+    network's ``*.weights.h5`` (a deployment keeps the file elsewhere, e.g. a
+    container volume); otherwise the manifest's path, relative to the bundle. A
+    missing file or a different one is refused here, before any job: a head fitted
+    on these features is meaningless on others.
+    """
+    from ml.yamnet import sha256_of
+
+    pretrained = manifest.backbone.get(PRETRAINED)
+    if not isinstance(pretrained, dict) or not pretrained.get("sha256"):
+        raise BundleError(
+            f"bundle {path} references its backbone weights but its manifest names no "
+            "backbone.pretrained.sha256 to check them against"
+        )
+    expected = str(pretrained["sha256"])
+    if is_truncated_weights_file(inception_weights):
+        weights_file, where = Path(inception_weights), "TUSSIS_INCEPTION_WEIGHTS"
+    elif pretrained.get("path"):
+        weights_file, where = Path(path) / str(pretrained["path"]), "the bundle's manifest"
+    else:
+        raise ModelUnavailable(
+            f"bundle {manifest.name} needs {pretrained.get('source', 'its backbone weights')} "
+            f"(sha256 {expected}): set TUSSIS_INCEPTION_WEIGHTS to that file"
+        )
+    if not weights_file.is_file():
+        raise ModelUnavailable(
+            f"bundle {manifest.name} {manifest.version} needs the Inception V3 weights "
+            f"{pretrained.get('source', '')} (sha256 {expected}), not found at {weights_file} "
+            f"(from {where}): put the file there or set TUSSIS_INCEPTION_WEIGHTS to its path"
+        )
+    actual = sha256_of(weights_file)
+    if actual != expected:
+        raise BundleError(
+            f"bundle {manifest.name} {manifest.version} was trained on Inception V3 weights "
+            f"with sha256 {expected}, but {weights_file} (from {where}) has sha256 {actual}: "
+            "these are other weights, refused"
+        )
+    return weights_file
+
+
 def inception_from_bundle(
     path: Path, manifest: Manifest, inception_weights: str, threads: int | None
 ) -> InceptionV3Backbone | InceptionTFLiteBackbone:
@@ -317,6 +369,15 @@ def inception_from_bundle(
         if not model_file.is_file():
             raise BundleError(f"bundle {path} lacks its backbone weights {model_file.name}")
         return InceptionTFLiteBackbone(manifest.spectrogram, model_file.read_bytes(), threads)
+    if source == PRETRAINED:
+        # The file is checked before the network is built: a wrong deployment fails in
+        # a fraction of a second, not after TensorFlow's start.
+        weights_file = pretrained_weights_file(path, manifest, inception_weights)
+        backbone = InceptionV3Backbone(
+            manifest.spectrogram, weights=None, threads=threads, layer=layer
+        )
+        backbone.load_weights(weights_file)
+        return backbone
     if source == "bundle":
         weights_file = Path(path) / manifest.backbone.get("file", INCEPTION_BACKBONE_WEIGHTS)
         if not weights_file.is_file():

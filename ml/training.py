@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,11 +19,13 @@ from typing import Any
 import numpy as np
 
 from ml.backbones import (
+    PRETRAINED,
     Backbone,
     InceptionTFLiteBackbone,
     InceptionV3Backbone,
     YamnetBackbone,
     convert_int8_dynamic,
+    is_truncated_weights_file,
 )
 from ml.bundle import FP32, INT8_DYNAMIC, PRECISIONS, SPLIT_FILE, Manifest, write_bundle
 from ml.datasets import load_dataset
@@ -111,6 +114,11 @@ def make_backbone(
             if layer is not None:
                 spec["layer"] = layer
             provenance = {"pretrained": weights_provenance(inception.weights_source)}
+            if options.precision == FP32 and is_truncated_weights_file(inception.weights_source):
+                # The cut network is the file's weights, frozen: reference that file
+                # by path and sha256 (train_bundle writes the path) instead of
+                # writing a 43 MB copy into the bundle.
+                spec["weights"] = PRETRAINED
         cache_spec = {
             **spec,
             **provenance,
@@ -266,6 +274,14 @@ def train_bundle(
         and manifest_backbone["weights"] == "bundle"
     ):
         manifest_backbone["file"] = backbone.save_weights(out)
+    if manifest_backbone.get("weights") == PRETRAINED:
+        # Relative to the bundle, so the bundle and ../shared move together (the
+        # repository's models/inception finds ../shared/models from any clone).
+        source = Path(options.inception_weights).resolve()
+        manifest_backbone["pretrained"] = {
+            **manifest_backbone["pretrained"],
+            "path": os.path.relpath(source, out.resolve()),
+        }
     card = {
         "intended_use": DISCLAIMER,
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),

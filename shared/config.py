@@ -453,7 +453,10 @@ class Settings(BaseSettings):
         "Where the Inception V3 ImageNet weights come from, for bundles that use them (and for "
         "`tussis train --backbone inception_v3`). `imagenet` lets Keras download them (cached "
         "under `~/.keras`). A path means a local "
-        "`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`.",
+        "`inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5`, or a network cut at "
+        "`mixed8` (`*.weights.h5`): that file then replaces the path a bundle that references "
+        "its backbone names (`models/inception` names `../shared`'s), and must have the "
+        "sha256 the bundle names.",
         "imagenet",
         shown_default="`imagenet`",
     )

@@ -18,6 +18,7 @@ from tests.conftest import COUGH_DIR, YAMNET_MODEL, require, train_tiny
 from tests.stack import BIN
 
 DEFAULT_BUNDLE = PROJECT_ROOT / "models" / "default"
+INCEPTION_BUNDLE = PROJECT_ROOT / "models" / "inception"
 
 
 def _cached_training_features(bundle: Path) -> dict[str, np.ndarray]:
@@ -195,13 +196,23 @@ def _close_confusion(measured: dict[str, int], stated: dict[str, int]) -> None:
     assert all(abs(measured[k] - stated[k]) <= 2 for k in stated), (measured, stated)
 
 
-def test_shipped_default_bundle_is_honest_and_reproducible(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("bundle", "backbone"), [(DEFAULT_BUNDLE, "yamnet"), (INCEPTION_BUNDLE, "inception_v3")]
+)
+def test_shipped_bundle_is_honest_and_reproducible(
+    tmp_path: Path, bundle: Path, backbone: str
+) -> None:
     """`tussis evaluate` on the data set scores only the held-out files and gives the
-    numbers the model card states."""
+    numbers the model card states (the Inception bundle with the backbone its
+    manifest references in ../shared)."""
     require((COUGH_DIR / "metadata.json").is_file(), f"no cough data at {COUGH_DIR}")
-    manifest = read_manifest(DEFAULT_BUNDLE)
+    require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
+    manifest = read_manifest(bundle)
+    if backbone == "inception_v3":
+        weights = bundle / manifest.backbone["pretrained"]["path"]
+        require(weights.is_file(), f"no Inception V3 weights at {weights}")
     card = manifest.card
-    assert manifest.backbone_name == "yamnet"
+    assert manifest.backbone_name == backbone
     assert "not a diagnostic device" in card["intended_use"]
     metrics = card["metrics"]
     assert set(metrics["by_source"]) == {"call-center", "telegram"}
@@ -211,7 +222,7 @@ def test_shipped_default_bundle_is_honest_and_reproducible(tmp_path: Path) -> No
             str(BIN / "tussis"),
             "evaluate",
             "--model",
-            str(DEFAULT_BUNDLE),
+            str(bundle),
             "--data",
             str(COUGH_DIR),
             "--json",
