@@ -27,7 +27,7 @@ from shared.retention import purge
 from shared.storage import make_storage
 from shared.tables import utcnow
 from tests.api.test_web import _expect, _submitted_job, browser, playwright  # noqa: F401
-from tests.conftest import base_settings
+from tests.conftest import base_settings, require
 from tests.stack import BIN, Stack, wait_until
 from tussis.client import Client
 from tussis.errors import RequestRefused
@@ -318,3 +318,46 @@ def test_the_page_offers_the_served_models_and_sends_the_chosen_one(
         )
         session.assert_only_loopback()
         session.assert_clean()
+
+
+INCEPTION = PROJECT_ROOT / "models" / "inception"
+
+
+def test_the_shipped_yamnet_and_inception_bundles_each_score_a_job_and_a_batch(
+    tmp_path: Path, postgres_url: str, redis_url: str, cough_files: list[Path]
+) -> None:
+    """The deployment `make run` starts: both shipped diagnosis bundles in one worker,
+    each child loading both; a job and a batch for each, each scored by its own model.
+    (The one test here that loads Inception V3: seconds and about 0.9 GiB per child.)"""
+    require((INCEPTION / "manifest.json").is_file(), "no Inception bundle in models/inception")
+    inception = json.loads((INCEPTION / "manifest.json").read_text())
+    weights = (INCEPTION / inception["backbone"]["pretrained"]["path"]).resolve()
+    require(weights.is_file(), f"no Inception V3 backbone at {weights}")
+    settings = base_settings(
+        tmp_path,
+        database_url=normalise_database_url(postgres_url),
+        broker_url=redis_url,
+        model_bundles=(DEFAULT, INCEPTION),
+    )
+    stack = Stack(settings, tmp_path)
+    try:
+        stack.start_api()
+        stack.start_worker()
+        audio = cough_files[2].read_bytes()
+        names = {DEFAULT_NAME, inception["name"]}
+        served = {m["id"] for m in api(stack, "GET", "/models").json()["models"] if m["active"]}
+        assert names <= served
+        data = batch_zip(cough_files[:3])
+        for name in sorted(names):
+            job = stack.wait_done(submit(stack, audio, {"model": name}).json()["id"])
+            assert job["model"]["id"] == name
+            assert job["status"] == "succeeded", job
+            assert job["result"]["model_id"] == name
+            batch = submit_batch(stack, data, model=name)
+            wait_batch(stack, batch["id"])
+            got = items(stack, batch["id"])
+            assert len(got) == 3
+            assert {i["result"]["model_id"] for i in got if i["result"]} == {name}
+            assert any(i["status"] == "succeeded" for i in got)
+    finally:
+        stack.stop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shared.config import PROJECT_ROOT
 from tests.conftest import YAMNET_MODEL, require
 from tests.worker.test_startup import python
 
@@ -32,7 +33,14 @@ def test_a_yamnet_child_loads_the_renderer_only_when_asked_and_beside_its_work(
     tmp_path: Path,
 ) -> None:
     require(YAMNET_MODEL.is_file(), f"no YAMNet model at {YAMNET_MODEL}")
-    done = python(CODE, tmp_path, TUSSIS_YAMNET_MODEL=str(YAMNET_MODEL))
+    # The YAMNet default alone: an Inception bundle beside it (models/inception) loads the
+    # renderer with it, as it must (its model sees the spectrogram).
+    done = python(
+        CODE,
+        tmp_path,
+        TUSSIS_YAMNET_MODEL=str(YAMNET_MODEL),
+        TUSSIS_MODEL_BUNDLES=str(PROJECT_ROOT / "models" / "default"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     # Models loaded, no renderer; the first ask answers at once (loading has begun in
