@@ -197,9 +197,9 @@ class Settings(BaseSettings):
     default_model: str = _env(
         "TUSSIS_DEFAULT_MODEL",
         "The model a job or batch submitted without `model` is scored with: `name` (its newest "
-        "active version) or `name@version`. Unset: the first bundle of the worker that started "
-        "last (`TUSSIS_MODEL_BUNDLES`). Read by the API, which resolves it against the served "
-        "models (`GET /api/v1/models`).",
+        "active version) or `name@version`. Unset: the first bundle of a worker "
+        "(`TUSSIS_MODEL_BUNDLES`), the one served longest where workers differ. Read by the "
+        "API, which resolves it against the served models (`GET /api/v1/models`).",
         "",
         shown_default="unset",
     )

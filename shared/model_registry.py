@@ -144,12 +144,15 @@ def _match(active: list[ServedModel], wanted: str) -> ServedModel | None:
 
 def default_of(active: list[ServedModel], default_model: str = "") -> ServedModel | None:
     """The deployment's default: ``TUSSIS_DEFAULT_MODEL`` where it is served, else the
-    default bundle of the worker that registered last, else the first served."""
+    first bundle of a worker (``TUSSIS_MODEL_BUNDLES``), the one served longest where
+    workers differ, else the first served. Longest, not newest: a new version's workers
+    do not take the default from the old one until the old one's are retired, and a
+    worker added for one model alone (first in its own list) does not take it either."""
     if default_model:
         return _match(active, default_model)
     marked = [r for r in active if r.is_default]
     if marked:
-        return max(marked, key=lambda r: r.first_seen_at)
+        return min(marked, key=lambda r: (r.first_seen_at, r.name, r.version))
     return active[0] if active else None
 
 

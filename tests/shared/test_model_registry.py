@@ -72,6 +72,10 @@ def test_a_name_is_its_newest_active_version_and_the_default_is_the_workers_firs
         ]
     with pytest.raises(model_registry.ModelNotServed):
         resolve(settings, queue, None, default="resnet")  # a default nobody serves
+    # A worker added later for one model alone (first in its own list) does not take
+    # the default from the one served longest.
+    register(settings, queue, "inception", "1.0", default=True)
+    assert resolve(settings, queue, None) == ("yamnet", "2026.9.1")
 
 
 def test_the_sweeper_fails_work_left_for_a_model_no_worker_serves(settings: Settings) -> None:
