@@ -258,6 +258,16 @@ def main() -> None:
         f"   CPU per clip ratio (a)/(c) {cpu['a'] / cpu['c']:.3f}   (b)/(c) "
         f"{cpu['b'] / cpu['c']:.3f}"
     )
+    # Each round's configurations ran back to back: their ratio within a round is less
+    # exposed to the other sessions' load, which changes from minute to minute.
+    paired = {
+        k: statistics.median(x / y for x, y in zip(yamnet_rates[k], yamnet_rates["c"], strict=True))
+        for k in ("a", "b")
+    }
+    print(
+        f"  clips/s ratio within each round, median: (a)/(c) {paired['a']:.3f}   "
+        f"(b)/(c) {paired['b']:.3f}"
+    )
     print("Inception clips/s, median [each round]; CPU ms per clip, median")
     for key, label in (("a", "(a) on 2 children"), ("b", "(b) on its 1 child")):
         rounds = " ".join(f"{r:.1f}" for r in inception_rates[key])
