@@ -318,6 +318,78 @@ class FlatteringFigures(Body):
     message: str
 
 
+class AucDifference(Body):
+    """DeLong's test for two correlated ROC AUCs on the same items."""
+
+    se: float = Field(description="Standard error of the difference.")
+    ci: list[float] = Field(
+        description="Normal 95 % interval of the difference.", min_length=2, max_length=2
+    )
+    z: float
+    p_value: float = Field(ge=0, le=1, description="Two-sided p value (no difference).")
+
+
+class ComparedFigures(Body):
+    """Both models on the same items."""
+
+    n: int
+    positives: int
+    auc_first: Rate = Field(description="The first batch's model (the batch in the URL).")
+    auc_second: Rate = Field(description="The `compare` batch's model.")
+    difference: float | None = Field(
+        description="`auc_second - auc_first`; null when one label is absent."
+    )
+    delong: AucDifference | None
+    bootstrap_ci: list[float] | None = Field(
+        description="Paired bootstrap 95 % interval of the difference (2,000 resamples of "
+        "the items, the same items for both models).",
+        min_length=2,
+        max_length=2,
+    )
+    baselines: Baselines | None = Field(
+        description="Duration, active share and loudness alone on these items; "
+        "`model_auc` and `not_beaten_by` are the first model's."
+    )
+
+
+class ComparedModel(Body):
+    id: str
+    version: str
+    training_split_known: bool = Field(
+        description="False when its training items could not be left out (its bundle is "
+        "not served here)."
+    )
+
+
+class ComparedItems(Body):
+    paired: int = Field(description="Recordings in both batches with the same label.")
+    left_out: int = Field(description="... left out: a model was trained or tuned on them.")
+    first_trained: int
+    second_trained: int
+    compared: int = Field(description="... compared: `paired - left_out`.")
+    message: str
+
+
+class ComparisonLinks(Body):
+    roc: str = Field(description="Both models' ROC curves on the compared items (PNG).")
+
+
+class Comparison(Body):
+    """Two batches' models compared on the recordings they share, paired by content
+    (sha256) and label."""
+
+    first: ComparedModel
+    second: ComparedModel
+    items: ComparedItems
+    overall: ComparedFigures
+    groups: dict[str, ComparedFigures] = Field(
+        description="Per group of the first batch (the 50 largest)."
+    )
+    groups_omitted: int
+    difference_is: str
+    links: ComparisonLinks
+
+
 class Evaluating(Body):
     """``202`` from a batch's evaluation that a worker is computing now (once: it is
     stored): ask again after ``Retry-After`` seconds."""

@@ -378,9 +378,11 @@ def pictures(cohort: Cohort) -> tuple[bytes | None, bytes]:
 
 
 def evaluate_batch(rt: Runtime, batch_id: str, variant: str = evaluations.DEFAULT) -> str | None:
-    """Compute and store the evaluation the API asked for; the state stored (None when
+    """Compute and store the evaluation the API asked for (``default``, or the
+    comparison with another batch, ``compare:<id>``); the state stored (None when
     nothing was pending, or the claim was gone when it was done)."""
-    if variant != evaluations.DEFAULT:
+    other = evaluations.compared_with(variant)
+    if variant != evaluations.DEFAULT and other is None:
         log.warning("batch %s: unknown evaluation variant %r", batch_id, variant)
         return None
     with rt.session() as session:
@@ -391,11 +393,17 @@ def evaluate_batch(rt: Runtime, batch_id: str, variant: str = evaluations.DEFAUL
     calibration: bytes | None = None
     try:
         with rt.session() as session:
-            cohort = collect(session, batch_id, rt.settings)
-        body, refused = report(cohort), False
-        roc, calibration = pictures(cohort.held_out())
+            if other is not None:
+                body, roc = compare_batches(session, batch_id, other, rt.settings)
+            else:
+                cohort = collect(session, batch_id, rt.settings)
+                body = report(cohort)
+                roc, calibration = pictures(cohort.held_out())
+        refused = False
     except Refusal as refusal:
         body, refused = {"code": refusal.code, "message": refusal.message}, True
+        if isinstance(refusal, CompareRefusal):
+            body["status"] = refusal.status
     except Exception:
         # Not stored: the next request asks again (and this one is logged by Celery).
         with rt.session() as session:
@@ -413,5 +421,163 @@ def evaluate_batch(rt: Runtime, batch_id: str, variant: str = evaluations.DEFAUL
             calibration_png=calibration,
         )
     state = evaluations.REFUSED if refused else evaluations.READY
-    log.info("batch %s: evaluation %s%s", batch_id, state, "" if stored else " (dropped)")
+    log.info(
+        "batch %s: evaluation %s %s%s", batch_id, variant, state, "" if stored else " (dropped)"
+    )
     return state if stored else None
+
+
+# --- two models on one cohort: the paired comparison (issue 25) ---------------------------
+
+
+class CompareRefusal(Refusal):
+    """The comparison cannot be made, answered as a 422 with this code."""
+
+    status = 422
+
+
+def _other(refusal: Refusal) -> CompareRefusal:
+    """A refusal about the other batch, said of the other batch."""
+    return CompareRefusal(
+        f"compare_{refusal.code}", f"The batch to compare with: {refusal.message}"
+    )
+
+
+def pair(first: Cohort, second: Cohort) -> tuple[list[int], list[int], dict[str, int]]:
+    """Items of both cohorts paired by content (sha256) and label, in the first's order:
+    each content once (its first item in each batch). Items either model saw in
+    training are left out, and counted."""
+    where: dict[tuple[str, int], int] = {}
+    for j, (digest, label) in enumerate(zip(second.column("sha256s"), second.labels, strict=True)):
+        if digest is not None:
+            where.setdefault((digest, label), j)
+    seen_first, seen_second = first.column("seen"), second.column("seen")
+    firsts: list[int] = []
+    seconds: list[int] = []
+    used: set[tuple[str, int]] = set()
+    counts = {"paired": 0, "left_out": 0, "first_trained": 0, "second_trained": 0}
+    for i, (digest, label) in enumerate(zip(first.column("sha256s"), first.labels, strict=True)):
+        key = (digest, label)
+        if digest is None or key in used or key not in where:
+            continue
+        used.add(key)
+        j = where[key]
+        counts["paired"] += 1
+        if seen_first[i] is not None or seen_second[j] is not None:
+            counts["left_out"] += 1
+            counts["first_trained"] += seen_first[i] is not None
+            counts["second_trained"] += seen_second[j] is not None
+            continue
+        firsts.append(i)
+        seconds.append(j)
+    return firsts, seconds, counts
+
+
+def compared(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Both AUCs on the same items, the difference (second - first), DeLong's interval
+    and p value, and the paired bootstrap's interval."""
+    from shared import metrics
+
+    delong = metrics.delong_auc_difference(y, a, b)
+    interval = metrics.paired_bootstrap_auc_difference(y, a, b, BOOTSTRAP_SEED)
+    return {
+        "n": len(y),
+        "positives": int(y.sum()),
+        "auc_first": metrics.roc_auc(y, a),
+        "auc_second": metrics.roc_auc(y, b),
+        "difference": delong["difference"] if delong else None,
+        "delong": (
+            {k: delong[k] for k in ("se", "ci", "z", "p_value")} if delong is not None else None
+        ),
+        "bootstrap_ci": list(interval) if interval else None,
+    }
+
+
+def comparison(first: Cohort, second: Cohort) -> tuple[dict[str, Any], bytes | None]:
+    """The paired comparison of two batches' models on their common items, overall and
+    per group of the first batch, with the trivial baselines; and an ROC figure with
+    both curves."""
+    from shared import plots
+
+    if [x.casefold() for x in first.model_labels] != [x.casefold() for x in second.model_labels]:
+        raise CompareRefusal(
+            "labels_differ",
+            f"The two models name their labels differently ({first.model_labels} and "
+            f"{second.model_labels}), so their items cannot be paired by label.",
+        )
+    firsts, seconds, counts = pair(first, second)
+    if not firsts:
+        raise CompareRefusal(
+            "no_common_items",
+            "The two batches share no scored recording with the same label (same content, "
+            "by sha256)"
+            + (
+                f" that neither model saw in training ({counts['left_out']} did)"
+                if counts["left_out"]
+                else ""
+            )
+            + ", so there is nothing to compare.",
+        )
+    a = first.subset(firsts)
+    b_scores = np.asarray([second.scores[j] for j in seconds], dtype=np.float64)
+    y, s_a = a.arrays()
+    members: dict[str, list[int]] = {}
+    for k, name in enumerate(a.groups):
+        if name:
+            members.setdefault(name, []).append(k)
+    largest = sorted(members, key=lambda n: (-len(members[n]), n))[:MAX_GROUPS]
+    baseline = baselines(a)
+    body: dict[str, Any] = {
+        "first": _model(first),
+        "second": _model(second),
+        "items": {
+            **counts,
+            "compared": len(firsts),
+            "message": (
+                f"{counts['paired']} recordings are in both batches with the same label; "
+                f"{counts['left_out']} of them are left out because a model was trained on "
+                f"them (first: {counts['first_trained']}, second: {counts['second_trained']})."
+                if counts["left_out"]
+                else f"{counts['paired']} recordings are in both batches with the same label."
+            ),
+        },
+        "overall": {**compared(y, s_a, b_scores), "baselines": baseline["overall"]},
+        "groups": {
+            name: {
+                **compared(y[members[name]], s_a[members[name]], b_scores[members[name]]),
+                "baselines": baseline["groups"].get(name),
+            }
+            for name in sorted(largest)
+        },
+        "groups_omitted": len(members) - len(largest),
+        "difference_is": "second model's AUC minus the first's",
+    }
+    roc = None
+    if y.size and y.min() != y.max():
+        roc = plots.roc_png(
+            [
+                (f"{first.model_id} {first.model_version} (first)", y, s_a),
+                (f"{second.model_id} {second.model_version} (second)", y, b_scores),
+            ],
+            f"Both models on the same {len(y)} recordings",
+        )
+    return body, roc
+
+
+def _model(cohort: Cohort) -> dict[str, Any]:
+    return {
+        "id": cohort.model_id,
+        "version": cohort.model_version,
+        "training_split_known": cohort.split_known,
+    }
+
+
+def compare_batches(session: Session, batch_id: str, other_id: str, settings: Settings) -> Any:
+    first = collect(session, batch_id, settings)
+    try:
+        second = collect(session, other_id, settings)
+    except CompareRefusal:
+        raise
+    except Refusal as refusal:
+        raise _other(refusal) from None
+    return comparison(first, second)

@@ -753,3 +753,135 @@ def test_trivial_baselines_stand_beside_every_auc_and_flag_a_model_they_match(
     assert got["groups"]["a"]["duration"] == {"auc": 1.0, "direction": "higher", "n": 12}
     assert "duration" in got["groups"]["a"]["not_beaten_by"]
     assert got["groups"]["b"]["not_beaten_by"] == []
+
+
+# --- two models compared on one cohort (issue 25) -----------------------------------------
+
+OTHER_MODEL = ("tiny-other", "2.0.0")
+
+
+def compare(
+    client: FlaskClient, settings: Settings, batch_id: str, other: str, what: str = ""
+) -> Any:
+    """The comparison as a client gets it: 202 first, the worker's task runs here."""
+    from shared.evaluations import compare_variant
+
+    url = f"/api/v1/batches/{batch_id}/evaluation{what}?compare={other}"
+    first = client.get(url)
+    if first.status_code != 202:
+        return first
+    evaluate_batch(Runtime(settings), batch_id, compare_variant(other))
+    return client.get(url)
+
+
+def reference_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. (1988) straight from its definition: the Mann-Whitney kernel over
+    every (positive, negative) pair, its structural components and their covariance;
+    the difference b - a and its standard error."""
+    pos, neg = y == 1, y == 0
+
+    def kernel(s: np.ndarray) -> np.ndarray:  # psi(X_i, Y_j), positives x negatives
+        x, z = s[pos][:, None], s[neg][None, :]
+        return (x > z) + 0.5 * (x == z)
+
+    ka, kb = kernel(a), kernel(b)
+    m, n = ka.shape
+    v10 = np.vstack([ka.mean(axis=1), kb.mean(axis=1)])  # per positive
+    v01 = np.vstack([ka.mean(axis=0), kb.mean(axis=0)])  # per negative
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    return float(kb.mean() - ka.mean()), float(np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+
+
+def reference_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, rounds: int = 2000) -> list:
+    """The paired percentile bootstrap, one resample at a time with scikit-learn."""
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        diffs.append(roc_auc_score(y[idx], b[idx]) - roc_auc_score(y[idx], a[idx]))
+    return list(np.percentile(diffs, [2.5, 97.5]))
+
+
+def test_two_models_compared_on_the_items_two_batches_share(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    """Two batches of the same recordings (and two the other lacks), scored by two
+    models: both AUCs, the difference and its DeLong and paired-bootstrap intervals,
+    against an independent computation on the same scores; the ROC figure with both."""
+    register(settings, *MODEL)
+    register(settings, *OTHER_MODEL)
+    rng = np.random.default_rng(11)
+    n = 40
+    names = [f"r{i:02d}.mp3" for i in range(n)]
+    data = [f.read_bytes() for f in cough_files[:n]]
+    assert len({bytes(d) for d in data}) == n  # distinct contents: every item pairs
+    y = np.array([i % 2 for i in range(n)])
+    groups = ["a" if i % 4 < 2 else "b" for i in range(n)]
+    a = np.round(np.clip(0.5 + 0.15 * (y - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 2)
+    b = np.round(np.clip(0.5 + 0.45 * (y - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 2)
+    labels = "path,label,group\n" + "".join(
+        f"{p},{'sick' if y[i] else 'not sick'},{groups[i]}\n" for i, p in enumerate(names)
+    )
+    first = post_batch(client, list(zip(names, data, strict=True)), labels.encode(), open="true")
+    first_id = first.get_json()["id"]
+    finish(settings, first_id, {p: ("ok", float(a[i]), MODEL) for i, p in enumerate(names)})
+    close(client, first_id)
+    # The second batch: other names, the same contents, two more recordings.
+    extra = [(f"x{i}.mp3", f.read_bytes()) for i, f in enumerate(cough_files[n : n + 2])]
+    second_files = [(f"s/{p}", d) for p, d in zip(names, data, strict=True)] + extra
+    second_labels = labels.replace("\nr", "\ns/r") + "x0.mp3,sick\nx1.mp3,not sick\n"
+    second = post_batch(client, second_files, second_labels.encode(), open="true")
+    second_id = second.get_json()["id"]
+    outcomes = {f"s/{p}": ("ok", float(b[i]), OTHER_MODEL) for i, p in enumerate(names)}
+    outcomes |= {"x0.mp3": ("ok", 0.9, OTHER_MODEL), "x1.mp3": ("ok", 0.1, OTHER_MODEL)}
+    finish(settings, second_id, outcomes)
+    close(client, second_id)
+
+    response = compare(client, settings, first_id, second_id)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    got = response.get_json()
+    assert got["first"]["id"] == MODEL[0] and got["second"]["id"] == OTHER_MODEL[0]
+    assert got["items"]["paired"] == got["items"]["compared"] == n
+    for name, mask in [
+        ("overall", np.ones(n, bool)),
+        ("a", np.array(groups) == "a"),
+        ("b", np.array(groups) == "b"),
+    ]:
+        figures = got["overall"] if name == "overall" else got["groups"][name]
+        ym, am, bm = y[mask], a[mask], b[mask]
+        assert figures["n"] == int(mask.sum())
+        assert figures["auc_first"] == pytest.approx(roc_auc_score(ym, am))
+        assert figures["auc_second"] == pytest.approx(roc_auc_score(ym, bm))
+        difference, se = reference_delong(ym, am, bm)
+        assert figures["difference"] == pytest.approx(difference)
+        assert figures["delong"]["se"] == pytest.approx(se)
+        lo, hi = figures["delong"]["ci"]
+        assert (lo, hi) == pytest.approx((difference - 1.959964 * se, difference + 1.959964 * se))
+        assert figures["bootstrap_ci"] == pytest.approx(reference_bootstrap(ym, am, bm))
+    png = client.get(got["links"]["roc"])
+    assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
+
+    # Refusals, each with its code.
+    url = f"/api/v1/batches/{first_id}/evaluation"
+    assert_error(client.get(f"{url}?compare={first_id}"), 422, "compare_same_batch")
+    assert_error(client.get(f"{url}?compare=nope"), 422, "compare_batch_not_found")
+    stranger = make_client(settings, "someone-else")
+    theirs = post_batch(stranger, [("t.mp3", data[0])], b"path,label\nt.mp3,sick\n", open="true")
+    theirs_id = theirs.get_json()["id"]
+    assert_error(client.get(f"{url}?compare={theirs_id}"), 422, "compare_batch_not_found")
+    unlabelled = post_batch(client, [("u.mp3", data[0])], open="true").get_json()["id"]
+    assert_error(client.get(f"{url}?compare={unlabelled}"), 422, "compare_batch_not_finished")
+    finish(settings, unlabelled, {"u.mp3": ("ok", 0.3, OTHER_MODEL)})
+    close(client, unlabelled)
+    assert_error(compare(client, settings, first_id, unlabelled), 422, "compare_no_labels")
+    # Labelled, but no recording in common with the first batch.
+    apart = post_batch(
+        client, extra, b"path,label\nx0.mp3,sick\nx1.mp3,not sick\n", open="true"
+    ).get_json()["id"]
+    finish(
+        settings, apart, {"x0.mp3": ("ok", 0.9, OTHER_MODEL), "x1.mp3": ("ok", 0.2, OTHER_MODEL)}
+    )
+    close(client, apart)
+    assert_error(compare(client, settings, first_id, apart), 422, "no_common_items")
