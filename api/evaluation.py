@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint
+from pydantic import BaseModel, Field
 
 from api import contract, intake, schemas
 from api.auth import current_owner
@@ -33,9 +34,43 @@ def _conflict(code: str, message: str) -> ApiError:
     return ApiError(409, code, message)
 
 
-def _stored(batch_id: str, owner: str) -> evaluations.Stored:
-    """The batch's stored evaluation, or a 404/409 that says why there is none; asks a
-    worker (once) when none is stored yet."""
+class CompareQuery(BaseModel):
+    compare: str | None = Field(
+        None,
+        max_length=64,
+        description="Another finished, labelled batch of yours: compare the two batches' "
+        "models on the recordings they share (paired by content and label).",
+    )
+
+
+def _unprocessable(code: str, message: str) -> ApiError:
+    return ApiError(422, code, message)
+
+
+def _check_other(session: Any, batch_id: str, other_id: str, owner: str) -> None:
+    """The batch to compare with: yours, finished, not this one (422 otherwise)."""
+    if other_id == batch_id:
+        raise _unprocessable(
+            "compare_same_batch", "Compare a batch with another batch, not with itself."
+        )
+    other = batches.get_for_owner(session, other_id, owner)
+    if other is None:
+        raise _unprocessable(
+            "compare_batch_not_found", f"There is no batch {other_id} of yours to compare with."
+        )
+    if other.status != BatchStatus.COMPLETED:
+        raise _unprocessable(
+            "compare_batch_not_finished",
+            f"The batch {other_id} to compare with has not finished; compare once every "
+            "item of it has a result.",
+        )
+
+
+def _stored(batch_id: str, owner: str, compare: str | None = None) -> evaluations.Stored:
+    """The batch's stored evaluation (or its comparison with the batch ``compare``), or
+    a 404/409/422 that says why there is none; asks a worker (once) when none is
+    stored yet."""
+    variant = evaluations.DEFAULT if compare is None else evaluations.compare_variant(compare)
     with session_scope(intake.settings().database_url) as session:
         batch = batches.get_for_owner(session, batch_id, owner)
         if batch is None:
@@ -47,15 +82,23 @@ def _stored(batch_id: str, owner: str) -> evaluations.Stored:
                 f"The batch has not finished{still_open}; evaluate it once every item has a "
                 "result.",
             )
-        stored = evaluations.request(session, batch_id)
+        if compare is not None:
+            _check_other(session, batch_id, compare, owner)
+        stored = evaluations.request(session, batch_id, variant)
     if stored.publish:
         try:
-            publish_evaluation(current_app.extensions["celery"], intake.settings(), batch_id)
+            publish_evaluation(
+                current_app.extensions["celery"],
+                intake.settings(),
+                batch_id,
+                None if compare is None else variant,
+            )
         except Exception as exc:
             # The claim is left pending: the first request after its lease asks again.
             current_app.logger.warning("batch %s: evaluation not queued (%s)", batch_id, exc)
     if stored.state == evaluations.REFUSED and stored.body is not None:
-        raise _conflict(stored.body["code"], stored.body["message"])
+        status = int(stored.body.get("status", 409))
+        raise ApiError(status, stored.body["code"], stored.body["message"])
     return stored
 
 
@@ -71,6 +114,7 @@ def _evaluating() -> Response:
 
 
 _ANSWERS = (404, 409)
+_COMPARE_ANSWERS = (404, 409, 422)
 _EVALUATING = contract.json_answer(
     schemas.Evaluating,
     "A worker is computing it now; ask again after `Retry-After` seconds.",
@@ -81,21 +125,48 @@ _EVALUATING = contract.json_answer(
 @bp.get(
     "/batches/<batch_id>/evaluation",
     responses=contract.answers(
-        {200: contract.json_answer(schemas.Evaluation, "The evaluation."), 202: _EVALUATING},
-        *_ANSWERS,
+        {
+            200: {
+                "description": "The evaluation; with `compare`, the comparison of the two "
+                "batches' models (`Comparison`).",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                contract.ref(schemas.Evaluation),
+                                contract.ref(schemas.Comparison),
+                            ]
+                        }
+                    }
+                },
+            },
+            202: _EVALUATING,
+        },
+        *_COMPARE_ANSWERS,
     ),
 )
-def get_evaluation(path: BatchPath) -> Response:
-    """Evaluate a finished batch's labelled items
+def get_evaluation(path: BatchPath, query: CompareQuery) -> Response:
+    """Evaluate a finished batch's labelled items, or compare two models on them
 
     409 `batch_not_finished` until the batch has completed; then 202 while a worker
     computes it (once), and the stored evaluation; 409 `no_labels`, `no_scored_items`,
-    `several_models` or `model_unknown` when there is nothing one model scored to
-    evaluate."""
-    stored = _stored(path.batch_id, current_owner())
+    `several_models`, `model_unknown` or `only_training_items` when there is nothing
+    one model scored to evaluate. The headline leaves out the items the model was
+    trained or tuned on (`training_items`).
+
+    With `compare=<other batch id>`: both models' AUCs on the recordings the two
+    batches share (same content and label, neither model trained on it), overall and
+    per group, with the difference's paired 95 % intervals (DeLong, paired bootstrap).
+    422 `compare_same_batch`, `compare_batch_not_found`, `compare_batch_not_finished`,
+    `compare_no_labels` (and the other refusals above, prefixed `compare_`),
+    `labels_differ` or `no_common_items`."""
+    stored = _stored(path.batch_id, current_owner(), query.compare)
     if stored.state != evaluations.READY or stored.body is None:
         return _evaluating()
     url = f"{batch_url(path.batch_id)}/evaluation"
+    if query.compare is not None:
+        links = {"roc": f"{url}/roc.png?compare={query.compare}"}
+        return jsonify(schemas.dump(schemas.Comparison, {**stored.body, "links": links}))
     body: dict[str, Any] = {
         **stored.body,
         "links": {"roc": f"{url}/roc.png", "calibration": f"{url}/calibration.png"},
@@ -122,14 +193,15 @@ def _png(stored: evaluations.Stored, data: bytes | None) -> Response:
             200: contract.file_answer("image/png", "ROC curves, overall and per group."),
             202: _EVALUATING,
         },
-        *_ANSWERS,
+        *_COMPARE_ANSWERS,
     ),
 )
-def evaluation_roc(path: BatchPath) -> Response:
-    """The evaluation's ROC curves (PNG)
+def evaluation_roc(path: BatchPath, query: CompareQuery) -> Response:
+    """The evaluation's ROC curves (PNG); with `compare`, both models' curves
 
-    409 `auc_undefined` when the scored items carry only one of the two labels."""
-    stored = _stored(path.batch_id, current_owner())
+    409 `auc_undefined` when the scored items carry only one of the two labels; with
+    `compare`, the comparison's 422s."""
+    stored = _stored(path.batch_id, current_owner(), query.compare)
     return _png(stored, stored.roc_png)
 
 

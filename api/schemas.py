@@ -280,6 +280,137 @@ class EvaluationLinks(Body):
     calibration: str
 
 
+class BaselineAuc(Body):
+    auc: Rate = Field(
+        description="The AUC of this feature alone as the score, in whichever direction "
+        "does better here (an upper bound for it); null when one label is absent."
+    )
+    direction: Literal["higher", "lower"] | None = Field(
+        description="Whether higher or lower values go with the positive label."
+    )
+    n: int = Field(description="Items that have this feature (jobs from before it have none).")
+
+
+class Baselines(Body):
+    """The model's AUC beside trivial baselines on the same items."""
+
+    model_auc: Rate
+    duration: BaselineAuc
+    active_share: BaselineAuc = Field(
+        description="The share of the clip's 32 ms frames within 30 dB of its loudest."
+    )
+    loudness: BaselineAuc = Field(description="The clip's RMS level (dBFS).")
+    not_beaten_by: list[Literal["duration", "active_share", "loudness"]] = Field(
+        description="The baselines whose AUC the model's does not exceed: where it says no "
+        "more than how the clip was cut or recorded."
+    )
+
+
+class CohortBaselines(Body):
+    overall: Baselines
+    groups: dict[str, Baselines] = Field(description="Per group with figures.")
+    method: str
+
+
+class TrainingItems(Body):
+    """The scored items the model saw while it was built (its bundle's ``split.json``,
+    matched on each upload's sha256): left out of the headline figures."""
+
+    split_known: bool = Field(
+        description="False when the model's training split is not known here (its bundle "
+        "is not served by this deployment, or records none): nothing could be left out."
+    )
+    left_out: int = Field(description="Scored items left out of the headline figures.")
+    train: int = Field(description="... of which the model was fitted and tuned on.")
+    conflicting_labels: int = Field(
+        description="... of which its training data holds under both labels."
+    )
+    message: str = Field(description="The same, as a sentence.")
+
+
+class FlatteringFigures(Body):
+    """The figures with every scored item, the model's training items included."""
+
+    overall: EvaluationFigures
+    groups: dict[str, EvaluationFigures]
+    groups_omitted: int = 0
+    group_only_auc: Rate
+    flattering: Literal[True]
+    message: str
+
+
+class AucDifference(Body):
+    """DeLong's test for two correlated ROC AUCs on the same items."""
+
+    se: float = Field(description="Standard error of the difference.")
+    ci: list[float] = Field(
+        description="Normal 95 % interval of the difference.", min_length=2, max_length=2
+    )
+    z: float
+    p_value: float = Field(ge=0, le=1, description="Two-sided p value (no difference).")
+
+
+class ComparedFigures(Body):
+    """Both models on the same items."""
+
+    n: int
+    positives: int
+    auc_first: Rate = Field(description="The first batch's model (the batch in the URL).")
+    auc_second: Rate = Field(description="The `compare` batch's model.")
+    difference: float | None = Field(
+        description="`auc_second - auc_first`; null when one label is absent."
+    )
+    delong: AucDifference | None
+    bootstrap_ci: list[float] | None = Field(
+        description="Paired bootstrap 95 % interval of the difference (2,000 resamples of "
+        "the items, the same items for both models).",
+        min_length=2,
+        max_length=2,
+    )
+    baselines: Baselines | None = Field(
+        description="Duration, active share and loudness alone on these items; "
+        "`model_auc` and `not_beaten_by` are the first model's."
+    )
+
+
+class ComparedModel(Body):
+    id: str
+    version: str
+    training_split_known: bool = Field(
+        description="False when its training items could not be left out (its bundle is "
+        "not served here)."
+    )
+
+
+class ComparedItems(Body):
+    paired: int = Field(description="Recordings in both batches with the same label.")
+    left_out: int = Field(description="... left out: a model was trained or tuned on them.")
+    first_trained: int
+    second_trained: int
+    compared: int = Field(description="... compared: `paired - left_out`.")
+    message: str
+
+
+class ComparisonLinks(Body):
+    roc: str = Field(description="Both models' ROC curves on the compared items (PNG).")
+
+
+class Comparison(Body):
+    """Two batches' models compared on the recordings they share, paired by content
+    (sha256) and label."""
+
+    first: ComparedModel
+    second: ComparedModel
+    items: ComparedItems
+    overall: ComparedFigures
+    groups: dict[str, ComparedFigures] = Field(
+        description="Per group of the first batch (the 50 largest)."
+    )
+    groups_omitted: int
+    difference_is: str
+    links: ComparisonLinks
+
+
 class Evaluating(Body):
     """``202`` from a batch's evaluation that a worker is computing now (once: it is
     stored): ask again after ``Retry-After`` seconds."""
@@ -304,6 +435,18 @@ class Evaluation(Body):
     group_only_auc: Rate = Field(
         description="The AUC of the group alone (each item scored by its group's share of "
         "positives in this batch, which flatters it); null without groups."
+    )
+    baselines: CohortBaselines = Field(
+        description="Duration, active share and loudness alone, beside the model's AUC, on "
+        "the headline's items, overall and per group."
+    )
+    training_items: TrainingItems = Field(
+        description="Items the model was trained or tuned on: left out of `overall` and "
+        "`groups`, the headline."
+    )
+    all_items: FlatteringFigures | None = Field(
+        description="The figures with the training items too (they flatter the model); "
+        "null when none was left out."
     )
     rejected_by_gate: int = Field(
         description="Labelled items the cough gate refused (`no_cough_detected`): not scored."

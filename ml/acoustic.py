@@ -67,10 +67,12 @@ def features(samples: np.ndarray, sample_rate: int, cough_scores: np.ndarray) ->
     )
 
 
-def _envelope(x: np.ndarray, duration: float) -> tuple[float, float, float, float]:
-    """Duration, share of 32 ms frames within 20 dB of the loudest, crest factor
-    (peak over RMS, dB) and the spread of the frame levels (dB): how the clip was
-    cut and how peaky it is, whatever its level."""
+def _envelope(
+    x: np.ndarray, duration: float, active_db: float = 20.0
+) -> tuple[float, float, float, float]:
+    """Duration, share of 32 ms frames within ``active_db`` dB of the loudest, crest
+    factor (peak over RMS, dB) and the spread of the frame levels (dB): how the clip
+    was cut and how peaky it is, whatever its level."""
     import librosa
 
     rms = librosa.feature.rms(y=x, frame_length=FRAME, hop_length=HOP)[0]
@@ -79,7 +81,7 @@ def _envelope(x: np.ndarray, duration: float) -> tuple[float, float, float, floa
     mean_rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
     return (
         duration,
-        float((rms_db >= rms_db.max() - 20.0).mean()),
+        float((rms_db >= rms_db.max() - active_db).mean()),
         20 * np.log10(max(peak, 1e-8) / max(mean_rms, 1e-8)),
         float(rms_db[rms_db >= rms_db.max() - 60.0].std()),
     )
@@ -89,13 +91,14 @@ def _envelope(x: np.ndarray, duration: float) -> tuple[float, float, float, floa
 TRIMMING = ("duration_s", "active_share", "crest_db", "envelope_db_sd")
 
 
-def trimming(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+def trimming(samples: np.ndarray, sample_rate: int, active_db: float = 20.0) -> np.ndarray:
     """:data:`TRIMMING` of a decoded recording, in that order (the trimming-only
-    baseline's features; the same values :func:`features` computes)."""
+    baseline's features; the same values :func:`features` computes). The service's
+    cohort baselines count active frames within 30 dB (worker.pipeline)."""
     x = np.asarray(samples, dtype=np.float32)
     if len(x) < FRAME:
         x = np.pad(x, (0, FRAME - len(x)))
-    duration, active, crest, spread = _envelope(x, len(samples) / sample_rate)
+    duration, active, crest, spread = _envelope(x, len(samples) / sample_rate, active_db)
     return np.array([duration, active, crest, spread], dtype=np.float32)
 
 

@@ -23,6 +23,9 @@ Parts (one or more; ``all``, the default, runs every one):
   evaluation   a finished batch's evaluation (--eval-items in --eval-groups groups): computed
                per request for every group, as the API did, against computed once by a
                worker (50 largest groups) and a request answered from the stored row
+  compare      the paired comparison of two models on a --compare-items recording pair
+               (issue 25): computed once by a worker (DeLong, paired bootstrap per group,
+               the ROC figure) and a warm request answered from the stored row
   long         an --hours long 16-bit WAV (8 h: about 920 MB) streamed to a real stack: API
                RSS while streaming, upload finished -> result against decode + one YAMNet
                pass over its windows in --children processes, child RSS (scripts/bench_long.py)
@@ -1141,6 +1144,76 @@ def bench_evaluation(n_items: int, n_groups: int, requests_timed: int = 20) -> N
     print(f"  {'a request before / a request now, same run':<44} {ratio:8.0f}x")
 
 
+def bench_compare(n_items: int, n_groups: int = 2, requests_timed: int = 20) -> None:
+    """Issue 25: ``/evaluation?compare=`` on two batches of the same ``n_items``
+    recordings scored by two models. In-process, on SQLite: the worker's function runs
+    here over two hand-built cohorts, its result is stored as a worker stores it, and
+    the API answers warm requests from the row."""
+    from api import create_app
+    from shared import batches, evaluations
+    from shared.db import session_scope
+    from shared.tables import BatchStatus
+    from tests.conftest import base_settings, migrate
+    from worker.evaluation import Cohort, comparison
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, n_items).tolist()
+    cohorts = []
+    for name, signal in (("first", 0.3), ("second", 0.6)):
+        cohort = Cohort(name, "1", {"threshold": 0.5, "labels": ["not sick", "sick"]})
+        cohort.labels = labels
+        noise = 0.3 * rng.standard_normal(n_items)
+        cohort.scores = np.clip(0.5 + signal * (np.array(labels) - 0.5) + noise, 0, 1).tolist()
+        cohort.groups = [f"g{i % n_groups}" for i in range(n_items)]
+        cohort.sha256s = [f"{i:064x}" for i in range(n_items)]
+        cohort.seen = [None] * n_items
+        cohort.duration_s = rng.random(n_items).tolist()
+        cohort.active_share = rng.random(n_items).tolist()
+        cohort.loudness_db = (-40 * rng.random(n_items)).tolist()
+        cohorts.append(cohort)
+    print(f"compare: two models on the same {n_items} recordings in {n_groups} groups")
+    started = time.perf_counter()
+    comparison(*cohorts)  # a worker child's first: imports matplotlib and scipy.stats
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    body, roc = comparison(*cohorts)
+    once = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = base_settings(Path(tmp), api_keys={"k": "bench"})
+        migrate(settings.database_url)
+        with session_scope(settings.database_url) as session:
+            ids = []
+            for _ in range(2):
+                batch = batches.create(session, "bench", None)
+                batch.status = BatchStatus.COMPLETED
+                ids.append(batch.id)
+        variant = evaluations.compare_variant(ids[1])
+        with session_scope(settings.database_url) as session:
+            evaluations.request(session, ids[0], variant)
+        with session_scope(settings.database_url) as session:
+            asked = evaluations.claimed_at(session, ids[0], variant)
+            assert asked is not None
+            evaluations.store(session, ids[0], variant, asked, body=body, roc_png=roc)
+        client = create_app(settings).test_client()
+        url = f"/api/v1/batches/{ids[0]}/evaluation?compare={ids[1]}"
+        headers = {"Authorization": "Bearer k"}
+        answer = client.get(url, headers=headers)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        stored = timed(lambda: client.get(url, headers=headers), requests_timed)
+    o = body["overall"]
+    print(
+        f"  AUC first {o['auc_first']:.3f}, second {o['auc_second']:.3f}, difference "
+        f"{o['difference']:+.3f} (DeLong 95 % CI {o['delong']['ci'][0]:+.3f} to "
+        f"{o['delong']['ci'][1]:+.3f}; paired bootstrap {o['bootstrap_ci'][0]:+.3f} to "
+        f"{o['bootstrap_ci'][1]:+.3f})"
+    )
+    print(f"  {'computed by a worker child, its first (cold)':<44} {cold:8.2f} s")
+    print(f"  {'computed once, by a warm worker child':<44} {once:8.2f} s")
+    line("a warm request, from the stored row", stored)
+    total = once + statistics.median(stored) / 1000
+    print(f"  {'warm worker once + a request, same run':<44} {total:8.2f} s")
+
+
 def statistics_str(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
@@ -1162,6 +1235,7 @@ PARTS = [
     "poc",
     "scale",
     "evaluation",
+    "compare",
     "decode-strategies",
     "long",
 ]
@@ -1196,6 +1270,9 @@ def main() -> None:
     )
     parser.add_argument("--scale-files", type=int, default=200, help="scale: recordings in the zip")
     parser.add_argument("--eval-items", type=int, default=10_000, help="evaluation: items")
+    parser.add_argument(
+        "--compare-items", type=int, default=400, help="compare: recordings in the pair"
+    )
     parser.add_argument("--eval-groups", type=int, default=5_000, help="evaluation: groups")
     parser.add_argument("--hours", type=float, default=8.0, help="long: the recording's hours")
     parser.add_argument(
@@ -1272,6 +1349,8 @@ def main() -> None:
             print(f"bare loop / the proof of concept's way, same clips, same run: {ratio:.1f}x")
     if "scale" in parts:
         bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
+    if "compare" in parts:
+        bench_compare(args.compare_items)
     if "evaluation" in parts:
         bench_evaluation(args.eval_items, args.eval_groups)
     if "decode-strategies" in parts:

@@ -135,7 +135,7 @@ def items_page(session: Session, batch_id: str, after_seq: int, limit: int) -> l
 
 def evaluation_items(session: Session, batch_id: str) -> list[Any]:
     """What evaluating a finished batch needs of each item, in upload order: path,
-    status, label, group, score, model id and version, error code. Scores and labels
+    status, label, group, score, model id and version, error code, content sha256. Scores and labels
     only (no results' other columns), so that thousands of items are one light query."""
     return list(
         session.execute(
@@ -148,6 +148,10 @@ def evaluation_items(session: Session, batch_id: str) -> list[Any]:
                 Job.model_id,
                 Job.model_version,
                 Job.error_code,
+                Job.audio_sha256,
+                Job.duration_s,
+                Job.active_share,
+                Job.loudness_db,
             )
             .where(Job.batch_id == batch_id)
             .order_by(Job.batch_seq)

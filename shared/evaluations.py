@@ -28,8 +28,20 @@ from shared.tables import BatchEvaluation, utcnow
 
 # The computation's version: raise it when what an evaluation holds changes, and rows
 # of an older one are computed again when next asked for.
-FORMAT = 1
+FORMAT = 3  # 2: training items left out of the headline, 3: baselines (issue 25)
 DEFAULT = "default"  # the batch's labelled items as they are
+COMPARE = "compare:"  # + another batch's id: both models on the items they share
+
+
+def compare_variant(other_id: str) -> str:
+    return f"{COMPARE}{other_id}"
+
+
+def compared_with(variant: str) -> str | None:
+    """The other batch of a comparison's variant; None for any other variant."""
+    return variant[len(COMPARE) :] if variant.startswith(COMPARE) else None
+
+
 PENDING, READY, REFUSED = "pending", "ready", "refused"
 PENDING_LEASE_S = 300.0
 
@@ -134,5 +146,9 @@ def release(session: Session, batch_id: str, variant: str, asked_at: datetime) -
 
 
 def forget(session: Session, batch_id: str) -> None:
-    """The batch's items changed (one was deleted): every stored view of it is stale."""
+    """The batch's items changed (one was deleted): every stored view of it is stale,
+    and so is every comparison of another batch with it."""
     session.execute(delete(BatchEvaluation).where(BatchEvaluation.batch_id == batch_id))
+    session.execute(
+        delete(BatchEvaluation).where(BatchEvaluation.variant == compare_variant(batch_id))
+    )

@@ -375,6 +375,8 @@ def succeed(
     cough_score: float | None = None,
     cough_segments: list[list[float]] | None = None,
     cough_threshold: float | None = None,
+    active_share: float | None = None,
+    loudness_db: float | None = None,
 ) -> bool:
     return _finish(
         session,
@@ -392,6 +394,8 @@ def succeed(
         cough_score=cough_score,
         cough_segments=cough_segments,
         cough_threshold=cough_threshold,
+        active_share=active_share,
+        loudness_db=loudness_db,
     )
 
 

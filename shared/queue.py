@@ -202,10 +202,13 @@ def publish_spectrogram(app: Celery, settings: Settings, job_id: str) -> None:
     app.send_task(TASK_SPECTROGRAM, args=[job_id], queue=settings.queue_name)
 
 
-def publish_evaluation(app: Celery, settings: Settings, batch_id: str) -> None:
-    """Compute a finished batch's evaluation once (shared/evaluations.py), beside the
-    batch chunks, never ahead of single jobs."""
-    app.send_task(TASK_EVALUATE, args=[batch_id], queue=settings.batch_queue_name)
+def publish_evaluation(
+    app: Celery, settings: Settings, batch_id: str, variant: str | None = None
+) -> None:
+    """Compute a finished batch's evaluation (or ``variant`` of it, a comparison) once
+    (shared/evaluations.py), beside the batch chunks, never ahead of single jobs."""
+    args = [batch_id] if variant is None else [batch_id, variant]
+    app.send_task(TASK_EVALUATE, args=args, queue=settings.batch_queue_name)
 
 
 def publish_callback(app: Celery, settings: Settings, batch_id: str) -> None:

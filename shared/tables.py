@@ -108,6 +108,11 @@ class Job(Base):
     # [[start_s, end_s], ...]: where the gate found a cough; on a refusal, the
     # window it scored highest (what it looked at).
     cough_segments: Mapped[list[list[float]] | None] = mapped_column(JSON)
+    # A scored clip's trivial features (worker.pipeline), for the evaluation's
+    # baselines beside duration_s: they outlive the audio. Share of 32 ms frames
+    # within 30 dB of the loudest, and the RMS level in dBFS.
+    active_share: Mapped[float | None] = mapped_column(Float)
+    loudness_db: Mapped[float | None] = mapped_column(Float)
 
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

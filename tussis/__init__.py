@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tussis.recordings import CoughEvent, Recording, RecordingResult
     from tussis.resources import (
         Batch,
+        Comparison,
         Evaluation,
         Health,
         Job,
@@ -37,7 +38,17 @@ _HOMES = {
     "Client": "tussis.client",
     **dict.fromkeys(("CoughEvent", "Recording", "RecordingResult"), "tussis.recordings"),
     **dict.fromkeys(
-        ("Batch", "Evaluation", "Health", "Job", "JobError", "Metrics", "Model", "Result"),
+        (
+            "Batch",
+            "Comparison",
+            "Evaluation",
+            "Health",
+            "Job",
+            "JobError",
+            "Metrics",
+            "Model",
+            "Result",
+        ),
         "tussis.resources",
     ),
     **dict.fromkeys(
@@ -48,6 +59,7 @@ _HOMES = {
 __all__ = [
     "Batch",
     "Client",
+    "Comparison",
     "CoughEvent",
     "Evaluation",
     "Health",

@@ -957,7 +957,16 @@ def rescore(
     "--figures",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="With --evaluation: also write roc.png and calibration.png into this folder.",
+    help="With --evaluation: also write roc.png and calibration.png into this folder "
+    "(with --compare: roc.png with both models' curves).",
+)
+@click.option(
+    "--compare",
+    "compare",
+    metavar="OTHER_BATCH",
+    default=None,
+    help="With --evaluation: compare this batch's model with OTHER_BATCH's on the "
+    "recordings both hold with the same label (paired AUC difference, 95 % intervals).",
 )
 def results(
     batch_id: str,
@@ -967,18 +976,19 @@ def results(
     evaluation: bool,
     as_json: bool,
     figures: Path | None,
+    compare: str | None,
 ) -> None:
     """Download a batch's results CSV (one row per item), or with --evaluation show the
     model's evaluation on its labelled items."""
     from tussis.client import Client
     from tussis.errors import TussisError
 
-    if not evaluation and (as_json or figures is not None):
-        raise click.UsageError("--json and --figures go with --evaluation")
+    if not evaluation and (as_json or figures is not None or compare is not None):
+        raise click.UsageError("--json, --figures and --compare go with --evaluation")
     if evaluation and out is not None:
         raise click.UsageError("--out writes the CSV; with --evaluation use --json or --figures")
     if evaluation:
-        _print_evaluation(server, api_key, batch_id, as_json, figures)
+        _print_evaluation(server, api_key, batch_id, as_json, figures, compare)
         return
     try:
         client = Client(server, api_key)
@@ -1003,23 +1013,30 @@ def results(
 
 
 def _print_evaluation(
-    server: str, api_key: str | None, batch_id: str, as_json: bool, figures: Path | None
+    server: str,
+    api_key: str | None,
+    batch_id: str,
+    as_json: bool,
+    figures: Path | None,
+    compare: str | None = None,
 ) -> None:
-    """``tussis results --evaluation``: the batch's evaluation as a table or JSON."""
+    """``tussis results --evaluation [--compare OTHER]``: the batch's evaluation (or the
+    comparison of the two batches' models) as a table or JSON."""
     from tussis.client import Client
     from tussis.connection import EVALUATION_FIGURES
-    from tussis.describe import describe_evaluation
+    from tussis.describe import describe_comparison, describe_evaluation
     from tussis.errors import RequestRefused, TussisError
 
     try:
         client = Client(server, api_key)
-        evaluation = client.get_evaluation(batch_id)
+        evaluation = client.get_evaluation(batch_id, compare=compare)
         written = []
         if figures is not None:
             figures.mkdir(parents=True, exist_ok=True)
-            for name in EVALUATION_FIGURES:
+            names = EVALUATION_FIGURES if compare is None else ("roc.png",)
+            for name in names:
                 try:
-                    image = client.get_evaluation_figure(batch_id, name)
+                    image = client.get_evaluation_figure(batch_id, name, compare=compare)
                 except RequestRefused as exc:
                     if exc.status != 409:
                         raise
@@ -1038,6 +1055,8 @@ def _print_evaluation(
         raise SystemExit(130) from None
     if as_json:
         click.echo(json.dumps(evaluation, indent=2, ensure_ascii=False))
+    elif compare is not None:
+        click.echo(describe_comparison(evaluation, batch_id, compare))
     else:
         click.echo(describe_evaluation(evaluation, batch_id))
     for line in written:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlencode
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -49,6 +50,12 @@ UPLOAD_READ_TIMEOUT_S = 900.0  # the API decodes every file of a part before it 
 PART_MAX_BYTES = 256 * 1024 * 1024  # a part also ends here, well below the server's limit
 POLL_MIN_S, POLL_MAX_S = 0.5, 10.0
 PAGE_LIMIT = 200
+
+
+def _compare_query(compare: str | None) -> str:
+    return "" if compare is None else "?" + urlencode({"compare": compare})
+
+
 # How long a batch's evaluation is waited for while a worker computes it (it is done
 # once, then kept): seconds for thousands of items, longer behind a busy queue.
 EVALUATION_WAIT_S = 300.0
@@ -379,16 +386,20 @@ class Connection:
                 )
             time.sleep(delay)
 
-    def get_evaluation(self, batch_id: str) -> dict[str, Any]:
+    def get_evaluation(self, batch_id: str, compare: str | None = None) -> dict[str, Any]:
         """The model's evaluation on a finished batch's labelled items (docs/batches.md),
         waiting while a worker computes it (once); refused with ``batch_not_finished``
-        before the batch finishes."""
-        answer: dict[str, Any] = self._computed(f"/api/v1/batches/{batch_id}/evaluation").json()
+        before the batch finishes. With ``compare`` (another batch's id): the paired
+        comparison of the two batches' models on the recordings they share."""
+        path = f"/api/v1/batches/{batch_id}/evaluation" + _compare_query(compare)
+        answer: dict[str, Any] = self._computed(path).json()
         return answer
 
-    def get_evaluation_figure(self, batch_id: str, name: str) -> bytes:
-        """``roc.png`` or ``calibration.png`` of a batch's evaluation."""
-        return self._computed(f"/api/v1/batches/{batch_id}/evaluation/{name}").content
+    def get_evaluation_figure(self, batch_id: str, name: str, compare: str | None = None) -> bytes:
+        """``roc.png`` or ``calibration.png`` of a batch's evaluation; with ``compare``,
+        ``roc.png`` holds both models' curves."""
+        path = f"/api/v1/batches/{batch_id}/evaluation/{name}" + _compare_query(compare)
+        return self._computed(path).content
 
     def download_results(self, batch_id: str, out: BinaryIO) -> int:
         """Stream the results CSV into ``out``, every cell made safe to open in a

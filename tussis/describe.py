@@ -107,17 +107,16 @@ def describe_evaluation(evaluation: dict[str, Any], batch_id: str = "") -> str:
     head += f": model {model.get('id')} {model.get('version')}"
     if evaluation.get("threshold") is not None:
         head += f", threshold {_number(evaluation['threshold'])}"
-    rows = [["", *_METRIC_COLUMNS, *(k.upper() for k in _CONFUSION)]]
-    rows.append(_metrics_row("overall", evaluation.get("overall") or {}))
-    for name, metrics in sorted((evaluation.get("groups") or {}).items()):
-        rows.append(_metrics_row(f"group {name}", metrics or {}))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [head]
-    for row in rows:
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
-        ]
-        lines.append("  " + "  ".join(cells).rstrip())
+    seen = evaluation.get("training_items") or {}
+    if seen.get("message"):
+        # Said before the figures: they leave these items out.
+        lines.append(_paragraph(str(seen["message"])))
+    lines.extend(_metrics_table(evaluation))
+    baselines = evaluation.get("baselines") or {}
+    if baselines:
+        lines.append("  trivial baselines (each feature alone as the score, either direction):")
+        lines.extend(_baseline_rows(baselines))
     omitted = _count(evaluation.get("groups_omitted"))
     if omitted:
         lines.append(
@@ -160,7 +159,106 @@ def describe_evaluation(evaluation: dict[str, Any], batch_id: str = "") -> str:
         )
         if _count(errors) > len(examples):
             lines.append(f"    ... and {_count(errors) - len(examples)} more")
+    every = evaluation.get("all_items")
+    if every:
+        lines.append(
+            f"  FLATTERING, with the {_count(seen.get('left_out'))} items the model saw in "
+            "training (not the figures above):"
+        )
+        lines.extend("  " + line for line in _metrics_table(every))
     caveat = model.get("caveat")
     if caveat:
         lines.append(f"  model caveat: {caveat}")
+    return "\n".join(lines)
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  "
+        + "  ".join(
+            [row[0].ljust(widths[0])]
+            + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def _metrics_table(evaluation: dict[str, Any]) -> list[str]:
+    rows = [["", *_METRIC_COLUMNS, *(k.upper() for k in _CONFUSION)]]
+    rows.append(_metrics_row("overall", evaluation.get("overall") or {}))
+    for name, metrics in sorted((evaluation.get("groups") or {}).items()):
+        rows.append(_metrics_row(f"group {name}", metrics or {}))
+    return _table(rows)
+
+
+_BASELINES = ("duration", "active_share", "loudness")
+
+
+def _baseline_rows(baselines: dict[str, Any]) -> list[str]:
+    """The model's AUC beside each baseline's, per group, flagged where it does not
+    beat one."""
+    rows = [["", "model AUC", *(b.replace("_", " ") for b in _BASELINES), ""]]
+    named = [("overall", baselines.get("overall") or {})]
+    named += [(f"group {k}", v or {}) for k, v in sorted((baselines.get("groups") or {}).items())]
+    for name, figures in named:
+        beaten = figures.get("not_beaten_by") or []
+        rows.append(
+            [
+                name,
+                _number(figures.get("model_auc")),
+                *(_number((figures.get(b) or {}).get("auc")) for b in _BASELINES),
+                f"NOT BETTER than {', '.join(x.replace('_', ' ') for x in beaten)}"
+                if beaten
+                else "",
+            ]
+        )
+    return _table(rows)
+
+
+def describe_comparison(comparison: dict[str, Any], batch_id: str = "", other: str = "") -> str:
+    """Two models on the recordings two batches share: both AUCs, the difference and
+    its paired 95 % intervals, overall and per group, then the baselines."""
+    first, second = comparison.get("first") or {}, comparison.get("second") or {}
+    items = comparison.get("items") or {}
+    lines = [
+        f"comparison of batch {batch_id} (first: {first.get('id')} {first.get('version')}) "
+        f"with batch {other} (second: {second.get('id')} {second.get('version')})",
+        _paragraph(str(items.get("message", ""))),
+    ]
+    rows = [
+        ["", "n", "AUC first", "AUC second", "difference", "DeLong 95% CI", "p", "bootstrap CI"]
+    ]
+    named = [("overall", comparison.get("overall") or {})]
+    named += [(f"group {k}", v or {}) for k, v in sorted((comparison.get("groups") or {}).items())]
+    for name, f in named:
+        delong = f.get("delong") or {}
+        ci = delong.get("ci") or [None, None]
+        boot = f.get("bootstrap_ci") or [None, None]
+        rows.append(
+            [
+                name,
+                str(f.get("n", "-")),
+                _number(f.get("auc_first")),
+                _number(f.get("auc_second")),
+                _number(f.get("difference")),
+                f"[{_number(ci[0])}, {_number(ci[1])}]",
+                _number(delong.get("p_value")),
+                f"[{_number(boot[0])}, {_number(boot[1])}]",
+            ]
+        )
+    lines.extend(_table(rows))
+    lines.append(
+        _paragraph(
+            "difference: the second model's AUC minus the first's on the same recordings; "
+            "an interval that holds 0 says the cohort cannot tell the two models apart."
+        )
+    )
+    baselines = {
+        "overall": (comparison.get("overall") or {}).get("baselines") or {},
+        "groups": {k: (v or {}).get("baselines") or {} for k, v in named[1:]},
+    }
+    lines.append("  trivial baselines on the same recordings (model AUC: the first's):")
+    groups = {k[len("group ") :]: v for k, v in baselines["groups"].items()}
+    lines.extend(_baseline_rows({"overall": baselines["overall"], "groups": groups}))
     return "\n".join(lines)

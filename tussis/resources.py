@@ -291,6 +291,13 @@ class Batch:
         ``batch_not_finished`` (:class:`~tussis.errors.RequestRefused`) until it finishes."""
         return Evaluation.from_api(self._owner().get_evaluation(self.id))
 
+    def compare(self, other: Batch | str) -> Comparison:
+        """This batch's model against ``other``'s on the recordings both batches hold
+        with the same label (docs/batches.md "Compare two models"); refused with a
+        ``422`` code (``compare_batch_not_found``, ``no_common_items``, ...)."""
+        other_id = other if isinstance(other, str) else other.id
+        return Comparison.from_api(self._owner().get_evaluation(self.id, compare=other_id))
+
 
 @dataclass(frozen=True)
 class Metrics:
@@ -339,6 +346,14 @@ class Evaluation:
     failed: int = 0
     unlabelled: int = 0
     groups_omitted: int = 0  # groups beyond the 50 largest: no figures of their own
+    # Items the model was trained or tuned on, left out of the figures above:
+    # {"left_out", "train", "conflicting_labels", "split_known", "message"}.
+    training_items: dict[str, Any] = field(default_factory=dict)
+    # The figures with them (they flatter the model), or None when none was left out.
+    all_items: dict[str, Any] | None = None
+    # Duration, active share and loudness alone beside the model's AUC, overall and
+    # per group (docs/batches.md).
+    baselines: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -356,6 +371,53 @@ class Evaluation:
             failed=int(data.get("failed") or 0),
             unlabelled=int(data.get("unlabelled") or 0),
             groups_omitted=int(data.get("groups_omitted") or 0),
+            training_items=dict(data.get("training_items") or {}),
+            all_items=data.get("all_items"),
+            baselines=dict(data.get("baselines") or {}),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class ComparedFigures:
+    """Both models on the same items: AUCs, ``difference`` (second - first), DeLong's
+    ``delong`` ({se, ci, z, p_value}) and the paired bootstrap's ``bootstrap_ci``."""
+
+    n: int
+    positives: int = 0
+    auc_first: float | None = None
+    auc_second: float | None = None
+    difference: float | None = None
+    delong: dict[str, Any] | None = None
+    bootstrap_ci: tuple[float, float] | None = None
+    baselines: dict[str, Any] | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> ComparedFigures:
+        ci = data.get("bootstrap_ci")
+        return _known(cls, data, bootstrap_ci=(ci[0], ci[1]) if ci else None)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two batches' models on the recordings they share (docs/batches.md "Compare two
+    models"): ``first`` is the batch compared, ``second`` the other."""
+
+    first: dict[str, Any]
+    second: dict[str, Any]
+    items: dict[str, Any]  # paired, left_out, compared, message
+    overall: ComparedFigures
+    groups: dict[str, ComparedFigures]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Comparison:
+        return cls(
+            first=dict(data.get("first") or {}),
+            second=dict(data.get("second") or {}),
+            items=dict(data.get("items") or {}),
+            overall=ComparedFigures.from_api(data.get("overall") or {"n": 0}),
+            groups={k: ComparedFigures.from_api(v) for k, v in (data.get("groups") or {}).items()},
             raw=dict(data),
         )
 

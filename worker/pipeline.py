@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ml import yamnet
+from ml import acoustic, yamnet
 from ml.model import Model, Prediction
 from ml.spectrogram import picture
 from shared import batches, jobs, logs
@@ -51,6 +51,26 @@ NOT_A_SCORE = (
 QUIET_DBFS = -45.0
 # A loudest moment less than this above the typical level: nothing stands out.
 STANDS_OUT_DB = 6.0
+# The evaluation's "active share" baseline: frames within this of the clip's loudest.
+ACTIVE_DB = 30.0
+
+
+def baseline_features(audio: DecodedAudio) -> dict[str, float | None]:
+    """A scored clip's trivial features, stored on its job for the evaluation's
+    baselines (worker/evaluation.py) while the decoded samples are at hand: its active
+    share (ml.acoustic's trimming feature, within :data:`ACTIVE_DB`) and its RMS level
+    (ml.acoustic's loudness baseline). Never fails a job: None when not computable."""
+    try:
+        active = float(acoustic.trimming(audio.samples, audio.sample_rate, ACTIVE_DB)[1])
+        level = float(acoustic.loudness(audio.samples)[0])
+    except Exception as exc:  # a baseline is never worth a result
+        log.warning("baseline features not computed: %s", exc)
+        return {"active_share": None, "loudness_db": None}
+    finite = math.isfinite
+    return {
+        "active_share": active if finite(active) else None,
+        "loudness_db": level if finite(level) else None,
+    }
 
 
 def no_cough_message(samples: np.ndarray) -> str:
@@ -385,6 +405,7 @@ class Pipeline:
                 self.fail(item, *NOT_A_SCORE)
                 continue
             gate_verdict = cough[item.job_id]
+            features = baseline_features(item.audio)  # type: ignore[arg-type]
             item.done = True
             with self.runtime.session() as session:
                 ok = jobs.succeed(
@@ -402,6 +423,8 @@ class Pipeline:
                     cough_score=gate_verdict.score,
                     cough_segments=gate_verdict.segments,
                     cough_threshold=gate_verdict.threshold,
+                    active_share=features["active_share"],
+                    loudness_db=features["loudness_db"],
                 )
             if ok:
                 self.runtime.notifier.jobs([item.job_id])

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from shared import batches, jobs, model_registry, recordings
+from shared import batches, evaluations, jobs, model_registry, recordings
 from shared.db import is_unavailable
 from shared.queue import (
     TASK_ANALYSE,
@@ -126,10 +126,11 @@ def spectrogram(self: Task, job_id: str) -> bool:
 
 
 @shared_task(name=TASK_EVALUATE, bind=True, max_retries=None)
-def evaluate(self: Task, batch_id: str) -> str | None:
-    """A finished batch's evaluation, computed once and stored (worker/evaluation.py)."""
+def evaluate(self: Task, batch_id: str, variant: str = evaluations.DEFAULT) -> str | None:
+    """A finished batch's evaluation (or comparison), computed once and stored
+    (worker/evaluation.py)."""
     with _retry_while_database_is_down(self):
-        return evaluate_batch(runtime.current(), batch_id)
+        return evaluate_batch(runtime.current(), batch_id, variant)
 
 
 @shared_task(name=TASK_BATCH_CALLBACK, bind=True, max_retries=None)

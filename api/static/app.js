@@ -301,6 +301,8 @@
       "progress-view", "result-view", "batch-view", "error-box", "spectrogram", "playback",
       "result-model-note", "batch-caveat", "evaluation", "evaluation-problem",
       "evaluation-numbers", "evaluation-group-only", "evaluation-roc", "evaluation-calibration",
+      "evaluation-training", "evaluation-baselines", "evaluation-flattering", "comparison",
+      "comparison-problem", "comparison-numbers", "comparison-roc",
     ].forEach(function (id) {
       show(id, false);
     });
@@ -310,6 +312,9 @@
       window.history.replaceState(null, "", window.location.pathname + window.location.search);
     }
     $("evaluation-rows").textContent = "";
+    $("evaluation-baselines-rows").textContent = "";
+    $("comparison-rows").textContent = "";
+    $("comparison-roc-img").removeAttribute("src");
     $("evaluation-roc-img").removeAttribute("src");
     $("evaluation-calibration-img").removeAttribute("src");
     show("again", false);
@@ -882,6 +887,23 @@
 
     show("evaluation-numbers", true);
 
+    // Items the model was trained on are left out of the figures above: said first.
+    var seen = ev.training_items || {};
+    if (seen.message) {
+      setText("evaluation-training", seen.message);
+      show("evaluation-training", true);
+    }
+    showBaselines(ev.baselines);
+    if (ev.all_items && ev.all_items.overall) {
+      setText(
+        "evaluation-flattering",
+        "With the " + count(seen.left_out) + " recordings the model saw in training, AUC " +
+          num(ev.all_items.overall.auc) + " over " + ev.all_items.overall.n +
+          " recordings: a figure that flatters the model, not the one above."
+      );
+      show("evaluation-flattering", true);
+    }
+
     if (Object.keys(groups).length) {
       setText(
         "evaluation-group-only",
@@ -915,6 +937,112 @@
     loadFigure(run, links.roc || url + "/roc.png", "evaluation-roc", 0);
     loadFigure(run, links.calibration || url + "/calibration.png", "evaluation-calibration", 0);
   }
+
+  var BASELINES = ["duration", "active_share", "loudness"];
+
+  function baselineRow(body, name, b) {
+    var tr = document.createElement("tr");
+    var th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = name;
+    tr.appendChild(th);
+    cell(tr, num(b.model_auc), "num");
+    BASELINES.forEach(function (key) {
+      cell(tr, num((b[key] || {}).auc), "num");
+    });
+    var beaten = b.not_beaten_by || [];
+    var verdict = cell(tr, beaten.length ? "No: not better than " + beaten.map(function (k) {
+      return k.replace("_", " ");
+    }).join(", ") : "Yes");
+    if (beaten.length) tr.className = "flagged";
+    body.appendChild(tr);
+    return verdict;
+  }
+
+  function showBaselines(baselines) {
+    if (!baselines || !baselines.overall) return;
+    var body = $("evaluation-baselines-rows");
+    body.textContent = "";
+    baselineRow(body, "All labelled", baselines.overall);
+    var groups = baselines.groups || {};
+    Object.keys(groups).sort().forEach(function (name) {
+      baselineRow(body, "Group " + name, groups[name] || {});
+    });
+    show("evaluation-baselines", true);
+  }
+
+  // --- two models on the same recordings: GET .../evaluation?compare=<other batch> ------
+
+  function loadComparison(run, url, attempt) {
+    getJson(url).then(function (response) {
+      if (run !== state.run) return;
+      if (response.status === 200 && response.body) {
+        showComparison(run, response.body);
+        return;
+      }
+      if (response.status === 202 && attempt < 300) {
+        later(run, retryAfterMs(response.retryAfter), function () {
+          loadComparison(run, url, attempt + 1);
+        });
+        return;
+      }
+      var err = apiError(response);
+      setText("comparison-summary", "");
+      setText("comparison-problem", "The comparison could not be made: " + err.message + " (" + err.code + ")");
+      show("comparison-problem", true);
+      show("comparison", true);
+    });
+  }
+
+  function interval(pair) {
+    return pair && pair[0] != null ? num(pair[0]) + " to " + num(pair[1]) : "–";
+  }
+
+  function comparisonRow(body, name, f) {
+    var tr = document.createElement("tr");
+    var th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = name;
+    tr.appendChild(th);
+    var delong = f.delong || {};
+    cell(tr, f.n, "num");
+    cell(tr, num(f.auc_first), "num");
+    cell(tr, num(f.auc_second), "num");
+    cell(tr, num(f.difference) + " (" + interval(delong.ci) + ")", "num");
+    cell(tr, num(delong.p_value), "num");
+    cell(tr, interval(f.bootstrap_ci), "num");
+    body.appendChild(tr);
+  }
+
+  function showComparison(run, c) {
+    var first = c.first || {};
+    var second = c.second || {};
+    setText(
+      "comparison-summary",
+      "First: " + first.id + " · version " + first.version + "; second: " + second.id +
+        " · version " + second.version + ". " + ((c.items || {}).message || "")
+    );
+    show("comparison-problem", false);
+    var body = $("comparison-rows");
+    body.textContent = "";
+    comparisonRow(body, "All compared", c.overall || {});
+    var groups = c.groups || {};
+    Object.keys(groups).sort().forEach(function (name) {
+      comparisonRow(body, "Group " + name, groups[name] || {});
+    });
+    show("comparison-numbers", true);
+    show("comparison", true);
+    if (c.links && c.links.roc) loadFigure(run, c.links.roc, "comparison-roc", 0);
+  }
+
+  $("compare-form").addEventListener("submit", function (event) {
+    event.preventDefault();
+    var other = $("compare-batch").value.trim();
+    if (!other || !state.batchSelf) return;
+    $("comparison-rows").textContent = "";
+    show("comparison-roc", false);
+    loadComparison(state.run, state.batchSelf + "/evaluation?compare=" + encodeURIComponent(other), 0);
+  });
 
   function loadItems(run, last) {
     var rows = [];

@@ -364,8 +364,9 @@ def test_a_result_carries_its_models_caveat(
 
 def pick_cohort(metadata: list[dict], files: list[Path], per_cell: int) -> list[dict]:
     """``per_cell`` recordings of each (source, label), none of the tiny bundle's
-    training recordings (the first of each label) and no content that the data set
-    holds under both labels (byte-identical rows, issue 12)."""
+    training recordings by name (the first of each label: byte-identical copies of
+    some sit under other names, which the evaluation finds by sha256) and no content
+    that the data set holds under both labels (byte-identical rows, issue 12)."""
     from ml.datasets import file_sha256
 
     by_name = {m["filename"]: m for m in metadata}
@@ -482,17 +483,32 @@ def test_a_real_labelled_batch_evaluates_as_tussis_evaluate_does(
     scored = [i for i in listed if i["path"].startswith("cohort/")]
     assert all(i["result"]["caveat"] == CAVEAT for i in listed)
     assert all(i["result"]["within_source_auc"] == 0.52 for i in listed)
-    y = np.array([1 if i["label"].lower() == "sick" else 0 for i in scored])
-    s = np.array([i["result"]["score"] for i in scored])
-    groups = np.array([i["group"] for i in scored])
+    # Byte-identical copies of the tiny bundle's training recordings sit under other
+    # names in the data set: the headline leaves them out (its split, by sha256), and
+    # the figures with every item follow, as tussis evaluate gives them on all clips.
+    split = json.loads((bundle / "split.json").read_text())
+    seen = set(split["train"]) | set(split["conflicting_labels"])
+    trained = [i for i in scored if i["audio"]["sha256"] in seen]
+    assert got["training_items"]["left_out"] == len(trained)
     threshold = manifest["threshold"]
     assert got["threshold"] == threshold
-    assert got["overall"] == metrics.summarise(y, s, threshold, seed=0)
-    assert set(got["groups"]) == {"call-center", "telegram"}
-    for name, figures in got["groups"].items():
-        mask = groups == name
-        assert figures == metrics.summarise(y[mask], s[mask], threshold, seed=0)
-    assert got["group_only_auc"] == metrics.group_only_auc(y, groups)
+    for figures, items in [
+        (got, [i for i in scored if i["audio"]["sha256"] not in seen]),
+        (got["all_items"] or got, scored),
+    ]:
+        y = np.array([1 if i["label"].lower() == "sick" else 0 for i in items])
+        s = np.array([i["result"]["score"] for i in items])
+        groups = np.array([i["group"] for i in items])
+        assert figures["overall"] == metrics.summarise(y, s, threshold, seed=0)
+        assert set(figures["groups"]) == {"call-center", "telegram"}
+        for name, group_figures in figures["groups"].items():
+            mask = groups == name
+            assert group_figures == metrics.summarise(y[mask], s[mask], threshold, seed=0)
+        assert figures["group_only_auc"] == metrics.group_only_auc(y, groups)
+    # Every scored clip's baseline features were stored by the worker.
+    assert got["baselines"]["overall"]["duration"]["n"] == len(scored) - len(trained)
+    assert got["baselines"]["overall"]["active_share"]["n"] == len(scored) - len(trained)
+    assert got["baselines"]["overall"]["loudness"]["n"] == len(scored) - len(trained)
     assert got["label_errors"] == {
         "count": 1,
         "examples": [{"path": "extra/unknown.mp3", "label": "covid positive"}],
@@ -512,8 +528,9 @@ def test_a_real_labelled_batch_evaluates_as_tussis_evaluate_does(
         default_out_root=tmp_path,
         progress=False,
     )
-    pairs = [("overall", got["overall"], report["overall"])]
-    pairs += [(g, got["groups"][g], report["by_source"][g]) for g in got["groups"]]
+    every = got["all_items"] or got
+    pairs = [("overall", every["overall"], report["overall"])]
+    pairs += [(g, every["groups"][g], report["by_source"][g]) for g in every["groups"]]
     for name, ours, theirs in pairs:
         auc = theirs.get("auc", theirs.get("roc_auc"))
         interval = theirs.get("auc_ci", theirs.get("roc_auc_95ci"))
@@ -574,3 +591,311 @@ def test_an_evaluation_is_computed_once_by_a_worker_and_answered_from_what_was_s
     assert client.get(url).status_code == 202
     assert evaluate_batch(runtime, batch_id) == "ready"
     assert client.get(url).get_json()["overall"]["n"] == 2 * groups - 1
+
+
+# --- training items left out of the headline (issue 25) ----------------------------------
+
+
+def with_bundle(settings: Settings, tmp_path: Path, source: Path) -> tuple[Settings, dict]:
+    """``settings`` serving a copy of ``source``'s manifest and split (what the
+    evaluation reads of a bundle), registered as a worker registers it."""
+    bundle = tmp_path / "served-bundle"
+    bundle.mkdir()
+    for name in ("manifest.json", "split.json"):
+        shutil.copy(source / name, bundle / name)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    register(settings, manifest["name"], manifest["version"], threshold=manifest["threshold"])
+    return settings.model_copy(update={"model_bundle": bundle}), manifest
+
+
+def test_items_the_model_was_trained_on_are_left_out_of_the_headline(
+    settings: Settings,
+    tmp_path: Path,
+    cough_metadata: list[dict],
+    cough_files: list[Path],
+) -> None:
+    """The issue's case: 60 recordings of ../shared, many in the shipped bundle's
+    training split or among its conflicting labels. The model 'remembers' its training
+    items (near-perfect scores there, noise elsewhere): the headline is the held-out
+    items' figures and says how many were left out and why."""
+    import hashlib
+
+    settings, manifest = with_bundle(settings, tmp_path, Path("models/default"))
+    client = make_client(settings, "eval-split")
+    split = json.loads(Path("models/default/split.json").read_text())
+    by_name = {m["filename"]: m for m in cough_metadata}
+    # The issue's mix: 33 training recordings, 10 with conflicting labels, 17 others,
+    # told apart here from the split file and the files' bytes (independently of the
+    # service).
+    # The others of both labels (the data set lists the not sick first).
+    wanted: dict[tuple[str | None, bool | None], int] = {
+        ("train", None): 33,
+        ("conflicting_labels", None): 10,
+        (None, False): 9,
+        (None, True): 8,
+    }
+    chosen: list[Path] = []
+    reasons: list[str | None] = []
+    for f in cough_files:
+        if not any(wanted.values()):
+            break
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        why = next((k for k in ("train", "conflicting_labels") if digest in split[k]), None)
+        cell = (why, None if why else bool(by_name[f.name]["covid19"]))
+        if wanted[cell] > 0:
+            wanted[cell] -= 1
+            chosen.append(f)
+            reasons.append(why)
+    assert len(chosen) == 60, wanted
+    rng = np.random.default_rng(3)
+    plan: dict[str, tuple[int, str, float, str | None]] = {}
+    for i, (f, why) in enumerate(zip(chosen, reasons, strict=True)):
+        label = int(bool(by_name[f.name]["covid19"]))
+        score = (0.9 if label else 0.1) if why else float(rng.random())
+        plan[f"c/{i:02d}-{f.name}"] = (label, by_name[f.name]["source"], score, why)
+    trained = sum(1 for p in plan.values() if p[3] == "train")
+    conflicting = sum(1 for p in plan.values() if p[3] == "conflicting_labels")
+    assert trained >= 10 and conflicting >= 1  # the case the issue describes
+    labels_csv = "path,label,group\n" + "".join(
+        f"{p},{'sick' if lab else 'not sick'},{grp}\n" for p, (lab, grp, _, _) in plan.items()
+    )
+    response = post_batch(
+        client,
+        [(p, f.read_bytes()) for p, f in zip(plan, chosen, strict=True)],
+        labels_csv.encode(),
+        open="true",
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    batch_id = response.get_json()["id"]
+    model = (manifest["name"], manifest["version"])
+    finish(settings, batch_id, {p: ("ok", sc, model) for p, (_, _, sc, _) in plan.items()})
+    close(client, batch_id)
+    response = evaluate(client, settings, batch_id)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    got = response.get_json()
+
+    seen = got["training_items"]
+    assert seen["split_known"] is True
+    assert (seen["train"], seen["conflicting_labels"]) == (trained, conflicting)
+    assert seen["left_out"] == trained + conflicting
+    assert f"{trained + conflicting} of the 60 scored items are left out" in seen["message"]
+    held = [p for p in plan.values() if p[3] is None]
+    y = np.array([p[0] for p in held])
+    s = np.array([p[2] for p in held])
+    assert got["overall"]["n"] == len(held) == 60 - seen["left_out"]
+    assert got["overall"]["auc"] == pytest.approx(roc_auc_score(y, s))
+    for name in got["groups"]:
+        mask = np.array([p[1] == name for p in held])
+        assert got["groups"][name]["n"] == int(mask.sum())
+    # With every item: the flattering figures, after the headline and marked as such.
+    every = got["all_items"]
+    assert every["flattering"] is True and every["overall"]["n"] == 60
+    all_y = np.array([p[0] for p in plan.values()])
+    all_s = np.array([p[2] for p in plan.values()])
+    assert every["overall"]["auc"] == pytest.approx(roc_auc_score(all_y, all_s))
+    assert every["overall"]["auc"] > got["overall"]["auc"]
+
+
+def test_an_evaluation_says_when_the_models_training_split_is_unknown(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    """A model this deployment does not hold (no bundle folder, no split): nothing is
+    left out, and the evaluation says its figures may be optimistic."""
+    register(settings, *MODEL)
+    files = [(f"r{i}.mp3", f.read_bytes()) for i, f in enumerate(cough_files[:4])]
+    labels = b"path,label\nr0.mp3,sick\nr1.mp3,not sick\nr2.mp3,sick\nr3.mp3,not sick\n"
+    batch_id = post_batch(client, files, labels, open="true").get_json()["id"]
+    finish(settings, batch_id, {f"r{i}.mp3": ("ok", 0.2 * i, MODEL) for i in range(4)})
+    close(client, batch_id)
+    got = evaluate(client, settings, batch_id).get_json()
+    assert got["training_items"]["split_known"] is False
+    assert got["training_items"]["left_out"] == 0 and got["all_items"] is None
+    assert "may be optimistic" in got["training_items"]["message"]
+
+
+def test_trivial_baselines_stand_beside_every_auc_and_flag_a_model_they_match(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    """Duration, active share and loudness alone, per group and overall, against
+    scikit-learn on the same stored features; a group where the model does no better
+    than the clip's duration is flagged."""
+    register(settings, *MODEL)
+    rng = np.random.default_rng(5)
+    n = 24
+    names = [f"r{i:02d}.mp3" for i in range(n)]
+    y = np.array([i % 2 for i in range(n)])
+    groups = ["a" if i < 12 else "b" for i in range(n)]
+    # Group a: the duration gives the label away, the model is noise; group b: the
+    # model is perfect, the features noise. Loudness is missing on one job (older).
+    in_a = np.array(groups) == "a"
+    duration = np.where(in_a & (y == 1), 9.0, 3.0) + rng.random(n)
+    active = rng.random(n)
+    level: list[float | None] = list(-30 + 10 * rng.random(n))
+    level[0] = None
+    score = np.where(np.array(groups) == "b", 0.2 + 0.6 * y, rng.random(n))
+    files = [(name, f.read_bytes()) for name, f in zip(names, cough_files[:n], strict=True)]
+    labels = "path,label,group\n" + "".join(
+        f"{p},{'sick' if y[i] else 'not sick'},{groups[i]}\n" for i, p in enumerate(names)
+    )
+    batch_id = post_batch(client, files, labels.encode(), open="true").get_json()["id"]
+    finish(settings, batch_id, {p: ("ok", float(score[i]), MODEL) for i, p in enumerate(names)})
+    with session_scope(settings.database_url) as session:
+        for job in session.scalars(select(Job).where(Job.batch_id == batch_id)):
+            i = names.index(job.path or "")
+            job.duration_s, job.active_share = float(duration[i]), float(active[i])
+            job.loudness_db = level[i]
+    close(client, batch_id)
+    got = evaluate(client, settings, batch_id).get_json()["baselines"]
+
+    def either_way(labels: np.ndarray, values: np.ndarray) -> float:
+        auc = roc_auc_score(labels, values)
+        return max(auc, 1 - auc)
+
+    for name, mask in [
+        ("overall", np.ones(n, bool)),
+        ("a", np.array(groups) == "a"),
+        ("b", np.array(groups) == "b"),
+    ]:
+        figures = got["overall"] if name == "overall" else got["groups"][name]
+        assert figures["model_auc"] == pytest.approx(roc_auc_score(y[mask], score[mask]))
+        assert figures["duration"]["auc"] == pytest.approx(either_way(y[mask], duration[mask]))
+        assert figures["active_share"]["auc"] == pytest.approx(either_way(y[mask], active[mask]))
+        known = mask & np.array([v is not None for v in level])
+        values = np.array([v if v is not None else 0.0 for v in level])
+        assert figures["loudness"]["n"] == int(known.sum())
+        assert figures["loudness"]["auc"] == pytest.approx(either_way(y[known], values[known]))
+    assert got["groups"]["a"]["duration"] == {"auc": 1.0, "direction": "higher", "n": 12}
+    assert "duration" in got["groups"]["a"]["not_beaten_by"]
+    assert got["groups"]["b"]["not_beaten_by"] == []
+
+
+# --- two models compared on one cohort (issue 25) -----------------------------------------
+
+OTHER_MODEL = ("tiny-other", "2.0.0")
+
+
+def compare(
+    client: FlaskClient, settings: Settings, batch_id: str, other: str, what: str = ""
+) -> Any:
+    """The comparison as a client gets it: 202 first, the worker's task runs here."""
+    from shared.evaluations import compare_variant
+
+    url = f"/api/v1/batches/{batch_id}/evaluation{what}?compare={other}"
+    first = client.get(url)
+    if first.status_code != 202:
+        return first
+    evaluate_batch(Runtime(settings), batch_id, compare_variant(other))
+    return client.get(url)
+
+
+def reference_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """DeLong et al. (1988) straight from its definition: the Mann-Whitney kernel over
+    every (positive, negative) pair, its structural components and their covariance;
+    the difference b - a and its standard error."""
+    pos, neg = y == 1, y == 0
+
+    def kernel(s: np.ndarray) -> np.ndarray:  # psi(X_i, Y_j), positives x negatives
+        x, z = s[pos][:, None], s[neg][None, :]
+        return (x > z) + 0.5 * (x == z)
+
+    ka, kb = kernel(a), kernel(b)
+    m, n = ka.shape
+    v10 = np.vstack([ka.mean(axis=1), kb.mean(axis=1)])  # per positive
+    v01 = np.vstack([ka.mean(axis=0), kb.mean(axis=0)])  # per negative
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    return float(kb.mean() - ka.mean()), float(np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]))
+
+
+def reference_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, rounds: int = 2000) -> list:
+    """The paired percentile bootstrap, one resample at a time with scikit-learn."""
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y), len(y))
+        if y[idx].min() == y[idx].max():
+            continue
+        diffs.append(roc_auc_score(y[idx], b[idx]) - roc_auc_score(y[idx], a[idx]))
+    return list(np.percentile(diffs, [2.5, 97.5]))
+
+
+def test_two_models_compared_on_the_items_two_batches_share(
+    client: FlaskClient, settings: Settings, cough_files: list[Path]
+) -> None:
+    """Two batches of the same recordings (and two the other lacks), scored by two
+    models: both AUCs, the difference and its DeLong and paired-bootstrap intervals,
+    against an independent computation on the same scores; the ROC figure with both."""
+    register(settings, *MODEL)
+    register(settings, *OTHER_MODEL)
+    rng = np.random.default_rng(11)
+    n = 40
+    names = [f"r{i:02d}.mp3" for i in range(n)]
+    data = [f.read_bytes() for f in cough_files[:n]]
+    assert len({bytes(d) for d in data}) == n  # distinct contents: every item pairs
+    y = np.array([i % 2 for i in range(n)])
+    groups = ["a" if i % 4 < 2 else "b" for i in range(n)]
+    a = np.round(np.clip(0.5 + 0.15 * (y - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 2)
+    b = np.round(np.clip(0.5 + 0.45 * (y - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 2)
+    labels = "path,label,group\n" + "".join(
+        f"{p},{'sick' if y[i] else 'not sick'},{groups[i]}\n" for i, p in enumerate(names)
+    )
+    first = post_batch(client, list(zip(names, data, strict=True)), labels.encode(), open="true")
+    first_id = first.get_json()["id"]
+    finish(settings, first_id, {p: ("ok", float(a[i]), MODEL) for i, p in enumerate(names)})
+    close(client, first_id)
+    # The second batch: other names, the same contents, two more recordings.
+    extra = [(f"x{i}.mp3", f.read_bytes()) for i, f in enumerate(cough_files[n : n + 2])]
+    second_files = [(f"s/{p}", d) for p, d in zip(names, data, strict=True)] + extra
+    second_labels = labels.replace("\nr", "\ns/r") + "x0.mp3,sick\nx1.mp3,not sick\n"
+    second = post_batch(client, second_files, second_labels.encode(), open="true")
+    second_id = second.get_json()["id"]
+    outcomes = {f"s/{p}": ("ok", float(b[i]), OTHER_MODEL) for i, p in enumerate(names)}
+    outcomes |= {"x0.mp3": ("ok", 0.9, OTHER_MODEL), "x1.mp3": ("ok", 0.1, OTHER_MODEL)}
+    finish(settings, second_id, outcomes)
+    close(client, second_id)
+
+    response = compare(client, settings, first_id, second_id)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    got = response.get_json()
+    assert got["first"]["id"] == MODEL[0] and got["second"]["id"] == OTHER_MODEL[0]
+    assert got["items"]["paired"] == got["items"]["compared"] == n
+    for name, mask in [
+        ("overall", np.ones(n, bool)),
+        ("a", np.array(groups) == "a"),
+        ("b", np.array(groups) == "b"),
+    ]:
+        figures = got["overall"] if name == "overall" else got["groups"][name]
+        ym, am, bm = y[mask], a[mask], b[mask]
+        assert figures["n"] == int(mask.sum())
+        assert figures["auc_first"] == pytest.approx(roc_auc_score(ym, am))
+        assert figures["auc_second"] == pytest.approx(roc_auc_score(ym, bm))
+        difference, se = reference_delong(ym, am, bm)
+        assert figures["difference"] == pytest.approx(difference)
+        assert figures["delong"]["se"] == pytest.approx(se)
+        lo, hi = figures["delong"]["ci"]
+        assert (lo, hi) == pytest.approx((difference - 1.959964 * se, difference + 1.959964 * se))
+        assert figures["bootstrap_ci"] == pytest.approx(reference_bootstrap(ym, am, bm))
+    png = client.get(got["links"]["roc"])
+    assert png.status_code == 200 and png.data[:4] == b"\x89PNG"
+
+    # Refusals, each with its code.
+    url = f"/api/v1/batches/{first_id}/evaluation"
+    assert_error(client.get(f"{url}?compare={first_id}"), 422, "compare_same_batch")
+    assert_error(client.get(f"{url}?compare=nope"), 422, "compare_batch_not_found")
+    stranger = make_client(settings, "someone-else")
+    theirs = post_batch(stranger, [("t.mp3", data[0])], b"path,label\nt.mp3,sick\n", open="true")
+    theirs_id = theirs.get_json()["id"]
+    assert_error(client.get(f"{url}?compare={theirs_id}"), 422, "compare_batch_not_found")
+    unlabelled = post_batch(client, [("u.mp3", data[0])], open="true").get_json()["id"]
+    assert_error(client.get(f"{url}?compare={unlabelled}"), 422, "compare_batch_not_finished")
+    finish(settings, unlabelled, {"u.mp3": ("ok", 0.3, OTHER_MODEL)})
+    close(client, unlabelled)
+    assert_error(compare(client, settings, first_id, unlabelled), 422, "compare_no_labels")
+    # Labelled, but no recording in common with the first batch.
+    apart = post_batch(
+        client, extra, b"path,label\nx0.mp3,sick\nx1.mp3,not sick\n", open="true"
+    ).get_json()["id"]
+    finish(
+        settings, apart, {"x0.mp3": ("ok", 0.9, OTHER_MODEL), "x1.mp3": ("ok", 0.2, OTHER_MODEL)}
+    )
+    close(client, apart)
+    assert_error(compare(client, settings, first_id, apart), 422, "no_common_items")

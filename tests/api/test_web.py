@@ -28,7 +28,7 @@ from shared.audio import AudioError, check_usable, decode
 from shared.config import PROJECT_ROOT, normalise_database_url
 from tests.audio_samples import wav
 from tests.conftest import base_settings, migrate, require
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -638,8 +638,32 @@ def test_a_labelled_batch_shows_its_evaluation(
             f.name: f"site-{'ab'[i % 2]}" for i, f in enumerate(chosen)
         }
         evaluation = requests.get(f"{base}/evaluation", timeout=30).json()
-        assert evaluation["overall"]["n"] == len(chosen)
+        # The tiny bundle was trained on some of these very recordings: they are left
+        # out of the figures (its split.json), and the page says so before them.
+        left_out = evaluation["training_items"]["left_out"]
+        assert evaluation["overall"]["n"] == len(chosen) - left_out
         assert set(evaluation["groups"]) == {"site-a", "site-b"}
+        if left_out:
+            expect(page.locator("#evaluation-training")).to_contain_text(
+                f"{left_out} of the {len(chosen)} scored items are left out"
+            )
+            expect(page.locator("#evaluation-flattering")).to_contain_text("flatters the model")
+        # The trivial baselines beside the model's AUC, overall and per group.
+        baseline_rows = page.locator("#evaluation-baselines-rows tr")
+        expect(baseline_rows).to_have_count(3)
+        overall_baselines = evaluation["baselines"]["overall"]
+        expect(baseline_rows.nth(0).locator("td")).to_have_text(
+            [
+                _num(overall_baselines["model_auc"]),
+                _num(overall_baselines["duration"]["auc"]),
+                _num(overall_baselines["active_share"]["auc"]),
+                _num(overall_baselines["loudness"]["auc"]),
+                "No: not better than "
+                + ", ".join(x.replace("_", " ") for x in overall_baselines["not_beaten_by"])
+                if overall_baselines["not_beaten_by"]
+                else "Yes",
+            ]
+        )
 
         # The numbers on screen are the API's: overall, then each group.
         rows = page.locator("#evaluation-rows tr")
@@ -655,7 +679,7 @@ def test_a_labelled_batch_shows_its_evaluation(
             expect(rows.nth(i).locator("td")).to_have_text(_evaluation_cells(metrics))
         model = evaluation["model"]
         expect(page.locator("#evaluation-summary")).to_contain_text(
-            f"{len(chosen)} labelled recordings scored by {model['id']} · version "
+            f"{len(chosen) - left_out} labelled recordings scored by {model['id']} · version "
             f"{model['version']}"
         )
         group_only = page.locator("#evaluation-group-only")
@@ -675,6 +699,40 @@ def test_a_labelled_batch_shows_its_evaluation(
         expect(page.locator("#batch-caveat")).to_contain_text(CAVEAT)
         if os.environ.get("TUSSIS_UPDATE_SCREENSHOT") == "1":
             page.locator("#batch-view").screenshot(path=str(EVALUATION_SCREENSHOT))
+
+        # The comparison view: the same recordings again as a second batch (the same
+        # model here: the plumbing, not the statistics, which tests/api/test_evaluation.py
+        # checks against an independent computation), compared on the page.
+        files = [("files", (f.name, f.read_bytes())) for f in chosen]
+        files.append(("labels", ("labels.csv", labels.read_bytes())))
+        second = requests.post(f"{evaluation_stack.url}/api/v1/batches", files=files, timeout=60)
+        assert second.status_code == 202, second.text
+        second_url = f"{evaluation_stack.url}/api/v1/batches/{second.json()['id']}"
+        wait_until(
+            lambda: requests.get(second_url, timeout=10).json()["status"] == "completed",
+            RESULT_TIMEOUT_MS / 1000,
+            "the second batch",
+            0.5,
+        )
+        page.fill("#compare-batch", second.json()["id"])
+        page.click("#compare-button")
+        rows = page.locator("#comparison-rows tr")
+        expect(rows).to_have_count(3, timeout=60_000)
+        compared = requests.get(
+            f"{base}/evaluation?compare={second.json()['id']}", timeout=30
+        ).json()
+        assert compared["items"]["compared"] == len(chosen) - left_out
+        o = compared["overall"]
+        expect(rows.nth(0).locator("th")).to_have_text("All compared")
+        expect(rows.nth(0).locator("td").nth(1)).to_have_text(_num(o["auc_first"]))
+        expect(rows.nth(0).locator("td").nth(2)).to_have_text(_num(o["auc_second"]))
+        expect(page.locator("#comparison-summary")).to_contain_text(compared["items"]["message"])
+        expect(page.locator("#comparison-roc")).to_be_visible(timeout=30_000)
+        # An id that is no batch of this caller: the API's refusal, on the page.
+        page.fill("#compare-batch", "not-a-batch")
+        page.click("#compare-button")
+        expect(page.locator("#comparison-problem")).to_contain_text("compare_batch_not_found")
+        page.fill("#compare-batch", "")
 
         # The page's address now opens this batch: a reload shows it again.
         assert urlsplit(page.url).fragment == f"batch={batch['id']}"

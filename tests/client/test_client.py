@@ -493,9 +493,12 @@ def test_submit_sends_labels_and_results_shows_the_evaluation(
     )
     overall = evaluation["overall"]
     assert set(evaluation["groups"]) == {"site-a", "site-b"}
-    # Every labelled item is counted once: scored, a label error, refused by the gate or failed.
+    # Every labelled item is counted once: scored (in the headline, or left out as one
+    # the tiny bundle was trained on), a label error, refused by the gate or failed.
     errors = evaluation_count(evaluation["label_errors"])
-    assert overall["n"] + errors + evaluation["rejected_by_gate"] + evaluation["failed"] == 11
+    trained = evaluation["training_items"]["left_out"]
+    counted = overall["n"] + trained + errors + evaluation["rejected_by_gate"]
+    assert counted + evaluation["failed"] == 11
     assert errors == 1 and evaluation["label_errors"]["examples"] == [
         {"path": odd, "label": "maybe"}
     ]
@@ -516,7 +519,8 @@ def test_submit_sends_labels_and_results_shows_the_evaluation(
     assert lines[0].startswith(f"evaluation of batch {report['batch_id']}: model tiny-test")
 
     def row(name: str, metrics: dict) -> list[str]:
-        [line] = [line for line in lines if line.strip().startswith(name)]
+        # The first such line: the headline table (the baselines' table follows it).
+        line = next(line for line in lines if line.strip().startswith(name))
         cells = line.split()
         c = metrics["confusion"]
         assert cells[-4:] == [str(c[k]) for k in ("tp", "fn", "tn", "fp")]
@@ -539,6 +543,58 @@ def test_submit_sends_labels_and_results_shows_the_evaluation(
     assert f"    {odd}: 'maybe'" in run.stdout
     for name in ("roc.png", "calibration.png"):
         assert (figures / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Training items (the tiny bundle was trained on some of these recordings) are said
+    # before the figures, and the baselines follow them.
+    if evaluation["training_items"]["left_out"]:
+        assert f"{evaluation['training_items']['left_out']} of the" in run.stdout
+        assert "FLATTERING" in run.stdout
+    assert "trivial baselines" in run.stdout
+    base = evaluation["baselines"]["overall"]
+    assert (
+        any(
+            line.split()[:2] == ["overall", f"{base['model_auc']:.3f}"]
+            for line in lines
+            if base["model_auc"] is not None
+        )
+        or base["model_auc"] is None
+    )
+
+    # --compare: the same recordings again as a second batch, compared with the first.
+    run = tussis(
+        "submit", str(root), "--labels", str(labels_csv), "--server", stack.url,
+        "--wait", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    other = json.loads(run.stdout)["batch_id"]
+    compare_dir = tmp_path / "compare-figures"
+    run = tussis("results", report["batch_id"], "--server", stack.url, "--evaluation",
+                 "--compare", other, "--json", "--figures", str(compare_dir),
+                 cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    compared = json.loads(run.stdout)
+    assert compared == requests.get(f"{url}?compare={other}", timeout=30).json()
+    assert compared["items"]["compared"] == overall["n"]
+    assert (compare_dir / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = tussis("results", report["batch_id"], "--server", stack.url, "--evaluation",
+                 "--compare", other, cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"comparison of batch {report['batch_id']}")
+    first_row = next(line for line in run.stdout.splitlines() if line.strip().startswith("overall"))
+    o = compared["overall"]
+    assert first_row.split()[1:4] == [
+        str(o["n"]),
+        f"{o['auc_first']:.3f}",
+        f"{o['auc_second']:.3f}",
+    ]
+    # The library: Batch.compare gives the same figures.
+    from tussis import Client
+
+    comparison = Client(stack.url).batch(report["batch_id"]).compare(other)
+    assert comparison.overall.auc_first == o["auc_first"]
+    assert comparison.items["compared"] == compared["items"]["compared"]
+    # Refused with the API's code and exit status 4.
+    run = tussis("results", report["batch_id"], "--server", stack.url, "--evaluation",
+                 "--compare", "no-such-batch", cwd=tmp_path)  # fmt: skip
+    assert run.returncode == 4 and "compare_batch_not_found" in run.stderr
 
 
 def evaluation_count(value: Any) -> int:

@@ -179,9 +179,16 @@ def test_submit_batch_with_labels_then_items_csv_and_evaluation(
     assert isinstance(evaluation, Evaluation)
     assert set(evaluation.groups) == {"site-a", "site-b"}
     scored = [i for i in items if i.result is not None]
-    assert evaluation.overall.n == len(scored)
-    assert evaluation.overall.n + evaluation.rejected_by_gate + evaluation.failed == 8
-    assert evaluation.overall.positives == sum(i.label == "sick" for i in scored)
+    # Recordings the tiny bundle was trained on are left out of the headline, and
+    # counted; the figures with every scored item follow (all_items).
+    left_out = int(evaluation.training_items["left_out"])
+    assert evaluation.training_items["split_known"] is True
+    assert evaluation.overall.n == len(scored) - left_out
+    assert evaluation.overall.n + left_out + evaluation.rejected_by_gate + evaluation.failed == 8
+    every = evaluation.all_items or evaluation.raw
+    assert every["overall"]["n"] == len(scored)
+    assert every["overall"]["positives"] == sum(i.label == "sick" for i in scored)
+    assert set(evaluation.baselines["overall"]) >= {"duration", "active_share", "loudness"}
     assert evaluation.model.labels == ["not sick", "sick"]
     assert evaluation.model.version == scored[0].result.model_version  # type: ignore[union-attr]
 

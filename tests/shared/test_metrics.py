@@ -184,3 +184,37 @@ def test_group_only_auc_hand_checked() -> None:
     assert metrics.group_only_auc(labels, groups) == pytest.approx(6 / 9)
     # One group: the group says nothing.
     assert metrics.group_only_auc(labels, ["x"] * 6) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("seed", "n"), [(0, 30), (1, 121), (2, 400)])
+def test_delong_and_the_paired_bootstrap_match_reference_computations(seed: int, n: int) -> None:
+    """Issue 25's paired comparison against independent computations on the same
+    scores, with ties (scores rounded): DeLong from its O(m n) kernel definition, the
+    bootstrap one resample at a time with scikit-learn."""
+    from tests.api.test_evaluation import reference_bootstrap, reference_delong
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    a = np.round(rng.random(n) + 0.3 * y, 1)
+    b = np.round(rng.random(n) + 0.6 * y, 1)
+    got = metrics.delong_auc_difference(y, a, b)
+    assert got is not None
+    difference, se = reference_delong(y, a, b)
+    assert got["auc_first"] == pytest.approx(roc_auc_score(y, a))
+    assert got["auc_second"] == pytest.approx(roc_auc_score(y, b))
+    assert got["difference"] == pytest.approx(difference)
+    assert got["se"] == pytest.approx(se)
+    assert got["p_value"] == pytest.approx(2 * (1 - _normal_cdf(abs(difference / se))))
+    rounds = 300
+    assert metrics.paired_bootstrap_auc_difference(y, a, b, 0, rounds) == pytest.approx(
+        reference_bootstrap(y, a, b, rounds)
+    )
+    # The same score twice: no difference, nothing to test.
+    same = metrics.delong_auc_difference(y, a, a)
+    assert same is not None and same["difference"] == 0 and same["p_value"] == 1.0
+
+
+def _normal_cdf(x: float) -> float:
+    import math
+
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
