@@ -14,16 +14,17 @@ from typing import Any
 from flask import Response, current_app, jsonify
 from flask_openapi3 import APIBlueprint
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from api import contract, intake, schemas
 from api.auth import current_owner
 from api.contract import BatchPath
 from api.errors import ApiError
 from api.representation import batch_url
-from shared import batches, evaluations
+from shared import batches, evaluations, model_registry
 from shared.db import session_scope
 from shared.queue import publish_evaluation
-from shared.tables import BatchStatus
+from shared.tables import Batch, BatchStatus
 
 bp = APIBlueprint("evaluation", __name__, abp_tags=[contract.TAGS["batches"]])
 
@@ -66,6 +67,19 @@ def _check_other(session: Any, batch_id: str, other_id: str, owner: str) -> None
         )
 
 
+def _evaluating_model(session: Session, batch: Batch) -> tuple[str, str] | None:
+    """Whose queue evaluates ``batch``: its model's while a live worker serves it (that
+    worker holds the bundle, hence what it was trained on, to leave those items out);
+    else the shared batch queue, where any worker computes it and the evaluation says
+    the training split was unknown, rather than a message nobody would take."""
+    if not batch.model_id or not batch.model_version:
+        return None
+    s = intake.settings()
+    active = model_registry.active_diagnosis(session, s.queue_name, s.model_grace_s)
+    model = (batch.model_id, batch.model_version)
+    return model if any((r.name, r.version) == model for r in active) else None
+
+
 def _stored(batch_id: str, owner: str, compare: str | None = None) -> evaluations.Stored:
     """The batch's stored evaluation (or its comparison with the batch ``compare``), or
     a 404/409/422 that says why there is none; asks a worker (once) when none is
@@ -85,6 +99,7 @@ def _stored(batch_id: str, owner: str, compare: str | None = None) -> evaluation
         if compare is not None:
             _check_other(session, batch_id, compare, owner)
         stored = evaluations.request(session, batch_id, variant)
+        model = _evaluating_model(session, batch) if stored.publish else None
     if stored.publish:
         try:
             publish_evaluation(
@@ -92,6 +107,7 @@ def _stored(batch_id: str, owner: str, compare: str | None = None) -> evaluation
                 intake.settings(),
                 batch_id,
                 None if compare is None else variant,
+                model=model,
             )
         except Exception as exc:
             # The claim is left pending: the first request after its lease asks again.

@@ -203,12 +203,18 @@ def publish_spectrogram(app: Celery, settings: Settings, job_id: str) -> None:
 
 
 def publish_evaluation(
-    app: Celery, settings: Settings, batch_id: str, variant: str | None = None
+    app: Celery,
+    settings: Settings,
+    batch_id: str,
+    variant: str | None = None,
+    model: Model = None,
 ) -> None:
     """Compute a finished batch's evaluation (or ``variant`` of it, a comparison) once
-    (shared/evaluations.py), beside the batch chunks, never ahead of single jobs."""
+    (shared/evaluations.py), beside the batch chunks, never ahead of single jobs: on the
+    queue of the batch's ``model``, whose workers hold its bundle and so know what it
+    was trained on (a worker without it could not leave those items out)."""
     args = [batch_id] if variant is None else [batch_id, variant]
-    app.send_task(TASK_EVALUATE, args=args, queue=settings.batch_queue_name)
+    app.send_task(TASK_EVALUATE, args=args, queue=batch_queue(settings, model))
 
 
 def publish_callback(app: Celery, settings: Settings, batch_id: str) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import zipfile
 from collections.abc import Iterator
 from datetime import timedelta
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,27 @@ def test_a_worker_takes_only_the_work_of_its_models_and_work_left_for_a_retired_
         log_default = only_default.worker_log.read_text()
         assert for_other in log_other and for_other not in log_default
         assert for_default in log_default and for_default not in log_other
+
+        # A labelled batch of the second model is evaluated by a worker that holds its
+        # bundle, so the items it was trained on are found and left out: evaluated by
+        # the default's worker, its split would be unknown and nothing left out.
+        split = json.loads((other_bundle / "split.json").read_text())
+        digest = {f: sha256(f.read_bytes()).hexdigest() for f in cough_files[:200]}
+        unseen = set(split["train"]) | set(split["conflicting_labels"])
+        trained = [f for f in cough_files[:200] if digest[f] in split["train"]][:2]
+        fair = [f for f in cough_files[:200] if digest[f] not in unseen][:4]
+        labelled = submit_batch(stack, batch_zip(trained + fair), model=OTHER_NAME)
+        wait_batch(stack, labelled["id"])
+
+        def evaluated() -> dict[str, Any] | None:
+            answer = api(stack, "GET", f"/batches/{labelled['id']}/evaluation")
+            assert answer.status_code in (200, 202), answer.text
+            return answer.json() if answer.status_code == 200 else None
+
+        training = wait_until(evaluated, 120, "the evaluation", 0.5)["training_items"]
+        assert training["split_known"] is True, training
+        assert training["left_out"] == 2, training
+        assert labelled["id"] not in only_default.worker_log.read_text()
 
         # Retire the default's worker; its model stays accepted for TUSSIS_MODEL_GRACE.
         only_default.stop()
