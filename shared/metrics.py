@@ -67,12 +67,17 @@ def bootstrap_auc_ci(
     y, s = _arrays(labels, scores)
     if not _both_classes(y):
         return None
-    aucs = _resampled_aucs(y, s, seed, rounds, _block(len(y), s))
-    aucs = aucs[~np.isnan(aucs)]
-    if aucs.size == 0:
+    return _percentile_interval(_resampled_aucs(y, s, seed, rounds, _block(len(y), s)), level)
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
+    """The central ``level`` interval of the resampled ``values`` that are defined (a
+    resample lacking a class gives NaN); None when none is."""
+    values = values[~np.isnan(values)]
+    if values.size == 0:
         return None
     tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(aucs, [tail, 100.0 - tail])
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
     return float(lo), float(hi)
 
 
@@ -129,12 +134,7 @@ def paired_bootstrap_auc_difference(
         return None
     block = _block(len(y), a, b)
     diffs = _resampled_aucs(y, b, seed, rounds, block) - _resampled_aucs(y, a, seed, rounds, block)
-    diffs = diffs[~np.isnan(diffs)]
-    if diffs.size == 0:
-        return None
-    tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(diffs, [tail, 100.0 - tail])
-    return float(lo), float(hi)
+    return _percentile_interval(diffs, level)
 
 
 def _midranks(x: np.ndarray) -> np.ndarray:
