@@ -14,7 +14,7 @@ from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
-from api import auth, contract, guards, limits, metrics, waiting
+from api import auth, contract, guards, intake, limits, metrics, waiting
 from api.batches import bp as batches_bp
 from api.docs import bp as docs_bp
 from api.errors import register_error_handlers
@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # empty one closed) are announced as the worker announces the rest.
     app.extensions["tussis.waiters"] = waiting.Hub(settings, settings.api_threads)
     app.extensions["tussis.notifier"] = notify.Publisher(settings)
+    app.extensions["tussis.active_models"] = intake.ActiveModels()
     celery_init_app(app, settings)
     register_error_handlers(app)
     metrics.init_app(app)  # first, so that it times and counts every request

@@ -190,18 +190,14 @@ def _members() -> tuple[Iterator[Member], dict[str, ItemLabel]]:
     return _file_members(files), read_labels_part(labels_part) if labels_part is not None else {}
 
 
-def _ingest(batch_id: str, owner: str) -> dict[str, Any]:
-    """Validate, store and queue every member; report per-item rejections."""
+def _ingest(batch_id: str, owner: str, model: intake.Model) -> dict[str, Any]:
+    """Validate, store and queue every member, each to be scored with the batch's
+    ``model``; report per-item rejections."""
     s = intake.settings()
     members, labels = _members()
     with session_scope(s.database_url) as session:
         seen = batches.existing_items(session, batch_id)
         seq = batches.next_seq(session, batch_id)
-        row = session.get(Batch, batch_id)
-        # Every item of a batch is scored with the batch's model.
-        model: intake.Model = None
-        if row is not None and row.model_id and row.model_version:
-            model = (row.model_id, row.model_version)
     accepted: list[str] = []
     published = 0
     chunk = max(1, s.batch_chunk_size)
@@ -369,7 +365,7 @@ def create_batch() -> tuple[Response, int, dict[str, str]]:
     with session_scope(s.database_url) as session:
         batch_id = batches.create(session, owner, callback_url, model).id
     try:
-        report = _ingest(batch_id, owner)
+        report = _ingest(batch_id, owner, model)
         if not keep_open:
             _close(batch_id)
     except BaseException:
@@ -400,9 +396,15 @@ def add_items(path: BatchPath) -> tuple[Response, int]:
     s = intake.settings()
     owner = current_owner()
     with session_scope(s.database_url) as session:
-        if _load(session, batch_id, owner).status != BatchStatus.OPEN:
+        batch = _load(session, batch_id, owner)
+        if batch.status != BatchStatus.OPEN:
             raise ApiError(409, "batch_closed", "This batch is closed; start a new batch.")
-    report = _ingest(batch_id, owner)
+        model = (
+            (batch.model_id, batch.model_version)
+            if batch.model_id and batch.model_version
+            else None
+        )
+    report = _ingest(batch_id, owner, model)
     with session_scope(s.database_url) as session:
         body = {**batch_to_dict(session, _load(session, batch_id, owner)), **report}
     return jsonify(schemas.dump(schemas.BatchUpload, body)), 202

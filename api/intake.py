@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from shared.db import session_scope
 from shared.queue import Model, publish_analysis, publish_chunk
 from shared.queue import publish_spectrogram as publish_spectrogram_task
 from shared.storage import AudioStorage
-from shared.tables import Job
+from shared.tables import Job, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,40 @@ def not_served(wanted: str, served: list[str]) -> ApiError:
     )
 
 
+class ActiveModels:
+    """The diagnosis models live workers serve, as this API process last read them.
+
+    Which models are served changes when workers start or retire (minutes apart); jobs
+    arrive many times a second, and a submission is a key lookup, two INSERTs and one
+    commit (tests/api/test_polls.py). So the list is read at most once per
+    ``min(5 s, TUSSIS_MODEL_GRACE / 4)``, and again at once when it lacks the model
+    asked for: a worker that has just registered is never refused for a stale list
+    (while the list is empty, a job that names no model waits, unpinned, for any
+    worker). A retired model stays accepted that much longer at most, inside the grace
+    after which the sweeper fails its work with ``model_not_served``. One per app
+    (``create_app``), so each app reads its own database."""
+
+    MAX_AGE_S = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._rows: list[ServedModel] | None = None
+
+    def get(self, s: Settings, *, fresh: bool = False) -> list[ServedModel]:
+        now = time.monotonic()
+        max_age = min(self.MAX_AGE_S, s.model_grace_s / 4)
+        with self._lock:
+            if not fresh and self._rows is not None and now - self._read_at < max_age:
+                return self._rows
+        with session_scope(s.database_url) as session:
+            # expire_on_commit is off: the rows stay readable after the session.
+            rows = model_registry.active_diagnosis(session, s.queue_name, s.model_grace_s)
+        with self._lock:
+            self._read_at, self._rows = now, rows
+        return rows
+
+
 def chosen_model(wanted: str | None) -> Model:
     """The model a new job or batch is pinned to, from the request's ``model`` field
     (``name`` or ``name@version``; absent or empty: the deployment's default), resolved
@@ -67,15 +103,13 @@ def chosen_model(wanted: str | None) -> Model:
     text = (wanted or "").strip()
     if len(text) > MAX_MODEL_SPEC or has_control(text):
         raise not_served(text[:MAX_MODEL_SPEC].encode("unicode_escape").decode(), [])
+    served: ActiveModels = current_app.extensions["tussis.active_models"]
     try:
-        with session_scope(s.database_url) as session:
-            return model_registry.resolve(
-                session,
-                text or None,
-                queue=s.queue_name,
-                grace_s=s.model_grace_s,
-                default=s.default_model,
-            )
+        return model_registry.choose(served.get(s), text or None, s.default_model)
+    except model_registry.ModelNotServed:
+        pass
+    try:
+        return model_registry.choose(served.get(s, fresh=True), text or None, s.default_model)
     except model_registry.ModelNotServed as exc:
         raise not_served(exc.wanted, exc.served) from None
 

@@ -159,12 +159,19 @@ def default_of(active: list[ServedModel], default_model: str = "") -> ServedMode
 def resolve(
     session: Session, wanted: str | None, *, queue: str | None, grace_s: float, default: str = ""
 ) -> tuple[str, str] | None:
-    """The (name, version) a new job or batch is pinned to: ``wanted`` (``name`` or
-    ``name@version``; a name alone is its newest active version), or the default.
-    None only when nothing is served yet and nothing was asked for: the job then goes
-    to whichever worker comes first, with that worker's default. Raises
-    :class:`ModelNotServed` for a model no live worker serves."""
-    active = active_diagnosis(session, queue, grace_s)
+    """The (name, version) a new job or batch is pinned to, from the models active now
+    (:func:`choose`)."""
+    return choose(active_diagnosis(session, queue, grace_s), wanted, default)
+
+
+def choose(
+    active: list[ServedModel], wanted: str | None, default: str = ""
+) -> tuple[str, str] | None:
+    """The (name, version) of ``active`` (:func:`active_diagnosis`) a new job or batch is
+    pinned to: ``wanted`` (``name`` or ``name@version``; a name alone is its newest
+    active version), or the default. None only when nothing is served yet and nothing
+    was asked for: the job then goes to whichever worker comes first, with that
+    worker's default. Raises :class:`ModelNotServed` for a model no live worker serves."""
     served = [spec(r.name, r.version) for r in active]
     if wanted:
         row = _match(active, wanted)

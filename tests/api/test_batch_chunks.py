@@ -75,9 +75,9 @@ def test_a_chunk_is_one_storage_call_and_one_transaction_published_as_it_goes(
         events.append(("committed", rows))
         return ids
 
-    def publish_chunks(job_ids: list[str]) -> None:
+    def publish_chunks(job_ids: list[str], model: intake.Model = None) -> None:
         events.append(("published", len(job_ids)))
-        real_publish(job_ids)
+        real_publish(job_ids, model)
 
     def one_at_a_time(*_: Any, **__: Any) -> None:
         raise AssertionError("a batch stores its items by the chunk")
