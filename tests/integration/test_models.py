@@ -28,7 +28,7 @@ from shared.retention import purge
 from shared.storage import make_storage
 from shared.tables import utcnow
 from tests.api.test_web import _expect, _submitted_job, browser, playwright  # noqa: F401
-from tests.conftest import base_settings, require
+from tests.conftest import base_settings, migrate, require
 from tests.stack import BIN, Stack, wait_until
 from tussis.client import Client
 from tussis.errors import RequestRefused
@@ -52,10 +52,16 @@ def other_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, postgres_url: str, redis_url: str, other_bundle: Path) -> Settings:
+def settings(
+    tmp_path: Path, fresh_postgres_url: str, redis_url: str, other_bundle: Path
+) -> Settings:
+    # A database of its own: no API key in it, so the stack serves loopback openly (the
+    # session's shared database holds other tests' keys), and no other test's models.
+    database_url = normalise_database_url(fresh_postgres_url)
+    migrate(database_url)
     return base_settings(
         tmp_path,
-        database_url=normalise_database_url(postgres_url),
+        database_url=database_url,
         broker_url=redis_url,
         model_bundles=(DEFAULT, other_bundle),
         model_grace_s=6.0,
@@ -346,7 +352,7 @@ INCEPTION = PROJECT_ROOT / "models" / "inception"
 
 
 def test_the_shipped_yamnet_and_inception_bundles_each_score_a_job_and_a_batch(
-    tmp_path: Path, postgres_url: str, redis_url: str, cough_files: list[Path]
+    tmp_path: Path, fresh_postgres_url: str, redis_url: str, cough_files: list[Path]
 ) -> None:
     """The deployment `make run` starts: both shipped diagnosis bundles in one worker,
     each child loading both; a job and a batch for each, each scored by its own model.
@@ -355,9 +361,11 @@ def test_the_shipped_yamnet_and_inception_bundles_each_score_a_job_and_a_batch(
     inception = json.loads((INCEPTION / "manifest.json").read_text())
     weights = (INCEPTION / inception["backbone"]["pretrained"]["path"]).resolve()
     require(weights.is_file(), f"no Inception V3 backbone at {weights}")
+    database_url = normalise_database_url(fresh_postgres_url)
+    migrate(database_url)  # of its own, without other tests' API keys (as above)
     settings = base_settings(
         tmp_path,
-        database_url=normalise_database_url(postgres_url),
+        database_url=database_url,
         broker_url=redis_url,
         model_bundles=(DEFAULT, INCEPTION),
     )
