@@ -26,6 +26,11 @@ Parts (one or more; ``all``, the default, runs every one):
   compare      the paired comparison of two models on a --compare-items recording pair
                (issue 25): computed once by a worker (DeLong, paired bootstrap per group,
                the ROC figure) and a warm request answered from the stored row
+  rescore      issue 25's target on the live stack, one worker serving models/default and
+               models/inception: a labelled zip of --rescore-files recordings (labels and
+               groups from the data set's metadata) scored by YAMNet, re-scored with
+               Inception (POST /batches/{id}/rescore, no upload), then the paired
+               comparison and its ROC figure: first request -> 200 and warm requests
   long         an --hours long 16-bit WAV (8 h: about 920 MB) streamed to a real stack: API
                RSS while streaming, upload finished -> result against decode + one YAMNet
                pass over its windows in --children processes, child RSS (scripts/bench_long.py)
@@ -182,9 +187,11 @@ BENCH_RATE_LIMIT = "1000000/second"
 POLL_S = 0.05  # the issue's polling interval for single-job latency
 
 
-def _stack(tmp_path: Path) -> tuple[Any, str]:
+def _stack(tmp_path: Path, model_bundles: tuple[Path, ...] = ()) -> tuple[Any, str]:
     """A stack (not started) on DATABASE_URL + REDIS_URL when set, else on the
-    embedded defaults in ``tmp_path``, with its own queue; and what it runs on."""
+    embedded defaults in ``tmp_path``, with its own queue; and what it runs on.
+    ``model_bundles``: the diagnosis bundles its worker serves (the Stack's
+    TUSSIS_MODEL_BUNDLES), default first; none: the settings' default bundle alone."""
     from tests.conftest import migrate
     from tests.stack import Stack
 
@@ -205,6 +212,7 @@ def _stack(tmp_path: Path) -> tuple[Any, str]:
         # and a stopped stack's leftover message must not reach the next one's workers.
         queue_name=f"bench-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         rate_limit=BENCH_RATE_LIMIT,
+        **({"model_bundles": model_bundles} if model_bundles else {}),
     )
     kind = "PostgreSQL + Redis" if env_db else "embedded SQLite + SQLite broker"
     return Stack(run_settings, tmp_path), kind
@@ -1214,6 +1222,248 @@ def bench_compare(n_items: int, n_groups: int = 2, requests_timed: int = 20) -> 
     print(f"  {'warm worker once + a request, same run':<44} {total:8.2f} s")
 
 
+def machine() -> str:
+    """The CPU model (lscpu's "Model name") and the load average now: absolute figures
+    mean little without them on a machine other work shares."""
+    import subprocess
+
+    model = "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        model = next(
+            (r.split(":", 1)[1].strip() for r in out.splitlines() if r.startswith("Model name")),
+            model,
+        )
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "unknown"
+    return f"{model}, {os.cpu_count()} CPUs; load average {load}"
+
+
+DEFAULT_BUNDLE = ROOT / "models" / "default"
+INCEPTION_BUNDLE = ROOT / "models" / "inception"
+
+
+def labelled_files(count: int) -> list[Path]:
+    """``count`` recordings of at least 0.3 s taken in turn from each (source, covid19)
+    stratum of the data set, so both labels and both sources are in the batch (the data
+    set's first 400 entries in file order are all negative)."""
+    strata: dict[tuple[str, bool], list[Path]] = {}
+    for m in json.loads((COUGHS / "metadata.json").read_text()):
+        strata.setdefault((m["source"], bool(m["covid19"])), []).append(
+            COUGHS / "raw" / m["filename"]
+        )
+    queues = [iter(v) for _, v in sorted(strata.items())]
+    good: list[Path] = []
+    while queues and len(good) < count:
+        for q in list(queues):
+            f = next(q, None)
+            if f is None:
+                queues.remove(q)
+                continue
+            try:
+                if decode(f.read_bytes(), 16000).duration_s >= 0.3:
+                    good.append(f)
+            except Exception:
+                continue
+            if len(good) == count:
+                break
+    return good
+
+
+def _labelled_zip(files: list[Path]) -> tuple[bytes, dict[str, int]]:
+    """A zip of ``files`` with a labels.csv: the label from the data set's metadata.json
+    (``covid19`` true: sick), the group its ``source``; and the recordings per group."""
+    import csv
+    import io
+    import zipfile
+
+    meta = {m["filename"]: m for m in json.loads((COUGHS / "metadata.json").read_text())}
+    table = io.StringIO()
+    rows = csv.writer(table, lineterminator="\n")
+    rows.writerow(["path", "label", "group"])
+    groups: dict[str, int] = {}
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        for f in files:
+            m = meta[f.name]
+            z.write(f, f.name)
+            rows.writerow([f.name, "sick" if m["covid19"] else "not sick", m["source"]])
+            groups[m["source"]] = groups.get(m["source"], 0) + 1
+        z.writestr("labels.csv", table.getvalue())
+    return archive.getvalue(), groups
+
+
+def _until_200(url: str, timeout: float = 600) -> tuple[float, int, Any]:
+    """GET ``url`` every 50 ms while it answers 202 (a worker computing it): seconds
+    from the first request to the 200, the 202s before it, and that answer; a refusal
+    is printed, and None."""
+    import requests
+
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    waits = 0
+    while True:
+        r = requests.get(url, timeout=60)
+        if r.status_code == 200:
+            return time.perf_counter() - started, waits, r
+        if r.status_code != 202:
+            print(f"  GET {url.split('/api/v1', 1)[1]}: {r.status_code} {r.text[:300].strip()}")
+            return time.perf_counter() - started, waits, None
+        waits += 1
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} still 202 after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _get_ok(url: str) -> None:
+    import requests
+
+    requests.get(url, timeout=60).raise_for_status()
+
+
+def _auc(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _compared_line(name: str, c: dict[str, Any]) -> str:
+    ci = c["delong"]["ci"] if c.get("delong") else None
+    boot = c.get("bootstrap_ci")
+    diff = "n/a" if c.get("difference") is None else f"{c['difference']:+.3f}"
+    return (
+        f"  {name:<14} n={c['n']:<4} positives {c['positives']:<4} AUC first "
+        f"{_auc(c['auc_first'])}, second {_auc(c['auc_second'])}, difference {diff}"
+        + (f" (DeLong 95 % CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else " (DeLong: n/a")
+        + (f"; paired bootstrap {boot[0]:+.3f} to {boot[1]:+.3f})" if boot else ")")
+    )
+
+
+def bench_rescore(n_files: int, children: int, requests_timed: int = 20) -> None:
+    """Issue 25's target on the live stack: a labelled zip of ``n_files`` recordings
+    scored by the default YAMNet bundle, re-scored with Inception V3 from its stored
+    audio (``POST /batches/{id}/rescore``, no upload), then the paired comparison
+    ``GET /batches/{first}/evaluation?compare={second}`` and its ROC figure: the first
+    request (a worker computes and stores it meanwhile) and warm ones (the stored row).
+    One worker with ``children`` children, each holding both bundles."""
+    import requests
+
+    for bundle in (DEFAULT_BUNDLE, INCEPTION_BUNDLE):
+        if not (bundle / "manifest.json").is_file():
+            print(f"rescore: skipped: no bundle at {bundle} (make models / make inception-model)")
+            return
+    first_model = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["name"]
+    second_model = json.loads((INCEPTION_BUNDLE / "manifest.json").read_text())["name"]
+    files = labelled_files(n_files)
+    data, groups = _labelled_zip(files)
+    print(f"machine: {machine()} (before the rescore part; other sessions share it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        stack, kind = _stack(Path(tmp), model_bundles=(DEFAULT_BUNDLE, INCEPTION_BUNDLE))
+        print(
+            f"rescore on {kind}: one labelled zip of {len(files)} recordings "
+            f"({statistics_str(groups)}), {first_model} then {second_model}; "
+            f"one worker, {children} child(ren) each holding both bundles"
+        )
+        try:
+            stack.start_api()
+            t = time.perf_counter()
+            # Inception V3 costs a child 20 to 80 s to load on a shared machine.
+            stack.start_worker(children, timeout=600)
+
+            def both_served() -> bool:
+                models = requests.get(f"{stack.url}/api/v1/models", timeout=30).json()["models"]
+                return {first_model, second_model} <= {m["id"] for m in models if m["active"]}
+
+            from tests.stack import wait_until
+
+            wait_until(both_served, 120, "the API to list both models as served")
+            loaded = time.perf_counter() - t
+            print(f"  {'worker start -> every child holds both':<44} {loaded:8.2f} s")
+
+            t = time.perf_counter()
+            r = requests.post(
+                f"{stack.url}/api/v1/batches",
+                files={"archive": ("study.zip", data)},
+                data={"model": first_model},
+                timeout=600,
+            )
+            r.raise_for_status()
+            first_id = r.json()["id"]
+            uploaded = time.perf_counter() - t
+            first = _wait_batch(stack, first_id)
+            first_s = time.perf_counter() - t
+            print(f"  first batch ({first_model})")
+            print(f"  {'  upload (zip -> 202)':<44} {uploaded:8.2f} s")
+            print(f"  {'  upload start -> completed':<44} {first_s:8.2f} s")
+            print(f"  {'  clips/s end to end':<44} {len(files) / first_s:8.1f}")
+            print(f"  {'  counts':<44} {first['counts']}")
+
+            t = time.perf_counter()
+            r = requests.post(
+                f"{stack.url}/api/v1/batches/{first_id}/rescore",
+                data={"model": second_model},
+                timeout=600,
+            )
+            if r.status_code != 202:
+                raise RuntimeError(f"rescore refused: {r.status_code} {r.text[:500]}")
+            second_id = r.json()["id"]
+            accepted = time.perf_counter() - t
+            second = _wait_batch(stack, second_id)
+            second_s = time.perf_counter() - t
+            print(f"  rescored ({second_model}), no upload")
+            print(f"  {'  rescore request -> 202':<44} {accepted * 1000:8.1f} ms")
+            print(f"  {'  rescore request -> completed':<44} {second_s:8.2f} s")
+            print(f"  {'  clips/s':<44} {second['total'] / second_s:8.1f}")
+            print(f"  {'  counts':<44} {second['counts']}")
+            if second["counts"].get("failed"):
+                print(f"  {'  why the failed ones failed':<44} {_failure_codes(stack, second_id)}")
+            print(f"  machine: {machine()} (after the two batches)")
+
+            base = f"{stack.url}/api/v1/batches/{first_id}/evaluation"
+            answers: dict[str, Any] = {}
+            cold_compare = float("nan")
+            for label, url in (
+                ("evaluation?compare=", f"{base}?compare={second_id}"),
+                ("evaluation/roc.png?compare=", f"{base}/roc.png?compare={second_id}"),
+            ):
+                cold, waits, answer = _until_200(url)
+                if answer is None:
+                    continue
+                answers[label] = answer
+                if label == "evaluation?compare=":
+                    cold_compare = cold
+                warm = timed(partial(_get_ok, url), requests_timed)
+                print(f"  GET {label} ({len(answer.content)} bytes)")
+                # The figure is stored with the JSON, by the same worker run: its first
+                # request finds the row there (0 x 202), as a client's would.
+                first_label = f"  first request -> 200 ({waits} x 202 before)"
+                print(f"  {first_label:<44} {cold:8.2f} s")
+                line("  warm request (the stored row)", warm)
+            if "evaluation?compare=" in answers:
+                verdict = "met" if cold_compare < 2 else "missed"
+                print(
+                    f"  {'issue 25 target: the comparison under 2 s':<44} "
+                    f"{verdict} (first request {cold_compare:.2f} s)"
+                )
+            print(f"  machine: {machine()} (after the comparison)")
+        finally:
+            stack.stop()
+    if "evaluation?compare=" not in answers:
+        return
+    body = answers["evaluation?compare="].json()
+    print("comparison headline (the second minus the first):")
+    print(
+        f"  first {body['first']['id']} {body['first']['version']}, second "
+        f"{body['second']['id']} {body['second']['version']}"
+    )
+    print(f"  items: {body['items']['message']} compared: {body['items']['compared']}")
+    print(_compared_line("overall", body["overall"]))
+    for name, c in body["groups"].items():
+        print(_compared_line(name, c))
+
+
 def statistics_str(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
@@ -1236,6 +1486,7 @@ PARTS = [
     "scale",
     "evaluation",
     "compare",
+    "rescore",
     "decode-strategies",
     "long",
 ]
@@ -1272,6 +1523,9 @@ def main() -> None:
     parser.add_argument("--eval-items", type=int, default=10_000, help="evaluation: items")
     parser.add_argument(
         "--compare-items", type=int, default=400, help="compare: recordings in the pair"
+    )
+    parser.add_argument(
+        "--rescore-files", type=int, default=400, help="rescore: recordings in the labelled zip"
     )
     parser.add_argument("--eval-groups", type=int, default=5_000, help="evaluation: groups")
     parser.add_argument("--hours", type=float, default=8.0, help="long: the recording's hours")
@@ -1351,6 +1605,8 @@ def main() -> None:
         bench_scale([int(n) for n in args.scale.split(",") if n.strip()], args.scale_files)
     if "compare" in parts:
         bench_compare(args.compare_items)
+    if "rescore" in parts:
+        bench_rescore(args.rescore_files, args.children)
     if "evaluation" in parts:
         bench_evaluation(args.eval_items, args.eval_groups)
     if "decode-strategies" in parts:

@@ -136,7 +136,7 @@ class Stack:
 
         wait_until(healthy, 30, "gunicorn to answer /healthz")
 
-    def start_worker(self, concurrency: int = 1) -> None:
+    def start_worker(self, concurrency: int = 1, timeout: float = 120) -> None:
         self.worker = self._spawn(
             [
                 str(BIN / "celery"),
@@ -155,10 +155,11 @@ class Stack:
             ],
             self.worker_log,
         )
-        self.wait_for_children(concurrency)
+        self.wait_for_children(concurrency, timeout=timeout)
 
-    def wait_for_children(self, count: int, after: int = 0) -> None:
-        """Block until ``count`` children past the first ``after`` have loaded the model."""
+    def wait_for_children(self, count: int, after: int = 0, timeout: float = 120) -> None:
+        """Block until ``count`` children past the first ``after`` have loaded the model
+        (``timeout``: longer for Inception V3, 20 to 80 s a child on a shared machine)."""
 
         def ready() -> bool:
             if self.worker is not None and self.worker.poll() is not None:
@@ -166,7 +167,7 @@ class Stack:
             text = self.worker_log.read_text(errors="replace")
             return text.count(" ready in ") >= after + count and " ready." in text
 
-        wait_until(ready, 120, "the worker's model to load")
+        wait_until(ready, timeout, "the worker's model to load")
 
     def children_ready(self) -> int:
         return self.worker_log.read_text(errors="replace").count(" ready in ")
