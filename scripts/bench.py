@@ -75,16 +75,21 @@ SHARED = Path(os.environ.get("TUSSIS_SHARED_DIR", ROOT.parent / "shared"))
 COUGHS = SHARED / "data" / "covid19-cough"
 
 
+def usable(f: Path) -> bool:
+    """Whether the service would take the recording (it decodes and lasts 0.3 s)."""
+    try:
+        return decode(f.read_bytes(), 16000).duration_s >= 0.3
+    except Exception:
+        return False
+
+
 def real_files(count: int) -> list[Path]:
     meta = json.loads((COUGHS / "metadata.json").read_text())
     files = [COUGHS / "raw" / m["filename"] for m in meta]
     good = []
     for f in files:
-        try:
-            if decode(f.read_bytes(), 16000).duration_s >= 0.3:
-                good.append(f)
-        except Exception:
-            continue
+        if usable(f):
+            good.append(f)
         if len(good) == count:
             break
     return good
@@ -1264,11 +1269,8 @@ def labelled_files(count: int) -> list[Path]:
             if f is None:
                 queues.remove(q)
                 continue
-            try:
-                if decode(f.read_bytes(), 16000).duration_s >= 0.3:
-                    good.append(f)
-            except Exception:
-                continue
+            if usable(f):
+                good.append(f)
             if len(good) == count:
                 break
     return good
